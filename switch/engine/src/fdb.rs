@@ -1,0 +1,462 @@
+//! The forwarding database: (network, MAC) -> port, shared by every worker
+//! without locks.
+//!
+//! A fixed-size table of 8-way buckets with two candidate buckets per key
+//! (two-choice hashing). Keys and values are 64-bit atomics, so workers learn
+//! and look up concurrently and the control thread adds static entries, ages
+//! and flushes, and nobody ever waits on anybody. Memory is allocated once:
+//! a flood of random source MACs fills at most the network's limit, and is
+//! counted when it hits it; it never evicts a static entry.
+//!
+//! Ordering: a writer publishes the key (CAS, AcqRel) before the value
+//! (Release); a remover clears the value before the key. A reader that sees
+//! a key with no valid value treats it as a miss (the frame is flooded).
+use crate::port::PortId;
+use crate::wire::mac::Mac;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+/// Index of a network (bridge domain).
+pub type NetId = u16;
+/// Networks a switch can hold.
+pub const MAX_NETWORKS: usize = 4096;
+const WAYS: usize = 8;
+const VALID: u64 = 1 << 63;
+const STATIC: u64 = 1 << 62;
+
+#[repr(align(64))]
+#[derive(Default)]
+struct Bucket {
+    keys: [AtomicU64; WAYS],
+    vals: [AtomicU64; WAYS],
+}
+
+/// Result of a learning attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Learn {
+    /// Already known on this port.
+    Refreshed,
+    /// New entry.
+    Learned,
+    /// The MAC moved here from another port.
+    Moved {
+        /// Where it was.
+        from: PortId,
+    },
+    /// A static entry exists; learning does not override it.
+    Static,
+    /// The network's MAC limit is reached.
+    Limit,
+    /// Both candidate buckets are full.
+    Full,
+}
+
+/// One entry, for display.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FdbEntry {
+    /// Network.
+    pub net: NetId,
+    /// MAC address.
+    pub mac: Mac,
+    /// Port it is reached through.
+    pub port: PortId,
+    /// Configured, never aged.
+    pub is_static: bool,
+    /// Seconds since last seen (0 for static entries).
+    pub age_secs: u32,
+}
+
+/// Errors of control-plane operations on the table.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FdbError {
+    /// Both buckets of the key are full.
+    #[error("FDB has no free slot for this MAC; raise fdb_capacity in the config")]
+    Full,
+    /// A multicast/zero MAC cannot be a static unicast entry.
+    #[error("{0} is not a unicast MAC")]
+    NotUnicast(Mac),
+    /// Network id out of range.
+    #[error("network id {0} out of range")]
+    BadNetwork(NetId),
+}
+
+/// The shared table.
+pub struct Fdb {
+    buckets: Box<[Bucket]>,
+    mask: usize,
+    learned: Box<[AtomicU32]>,
+    limits: Box<[AtomicU32]>,
+}
+
+impl std::fmt::Debug for Fdb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fdb")
+            .field("slots", &self.capacity())
+            .finish()
+    }
+}
+
+#[inline]
+fn key(net: NetId, mac: Mac) -> u64 {
+    ((net as u64 + 1) << 48) | (mac.0 & 0xffff_ffff_ffff)
+}
+
+#[inline]
+fn pack(port: PortId, now: u32, is_static: bool) -> u64 {
+    VALID | if is_static { STATIC } else { 0 } | (port as u64) << 32 | now as u64
+}
+
+#[inline]
+fn port_of(v: u64) -> PortId {
+    (v >> 32) as u16
+}
+
+impl Fdb {
+    /// A table with room for about `slots` entries (rounded up to a power of
+    /// two, at least 64). Two-choice hashing keeps bucket overflow negligible
+    /// below ~80% load; size it at about twice the sum of network limits.
+    pub fn new(slots: usize) -> Self {
+        let buckets = (slots.max(64) / WAYS).next_power_of_two();
+        Self {
+            buckets: (0..buckets).map(|_| Bucket::default()).collect(),
+            mask: buckets - 1,
+            learned: (0..MAX_NETWORKS).map(|_| AtomicU32::new(0)).collect(),
+            limits: (0..MAX_NETWORKS).map(|_| AtomicU32::new(u32::MAX)).collect(),
+        }
+    }
+
+    /// Number of slots.
+    pub fn capacity(&self) -> usize {
+        self.buckets.len() * WAYS
+    }
+
+    /// Sets how many learned MACs a network may hold.
+    pub fn set_limit(&self, net: NetId, limit: u32) {
+        if let Some(l) = self.limits.get(net as usize) {
+            l.store(limit, Ordering::Relaxed);
+        }
+    }
+
+    /// Learned (not static) entries in a network.
+    pub fn learned_count(&self, net: NetId) -> u32 {
+        self.learned
+            .get(net as usize)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    #[inline]
+    fn buckets_of(&self, k: u64) -> (usize, usize) {
+        // murmur3's 64-bit finalizer: every key bit reaches every index bit.
+        let mut h = k;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^= h >> 33;
+        let b1 = h as usize & self.mask;
+        let mut b2 = (h >> 32) as usize & self.mask;
+        if b2 == b1 {
+            b2 = (b1 ^ 1) & self.mask;
+        }
+        (b1, b2)
+    }
+
+    /// Hints the CPU to fetch the buckets of (net, mac) (batch pre-pass).
+    #[inline]
+    pub fn prefetch(&self, net: NetId, mac: Mac) {
+        let (b1, _) = self.buckets_of(key(net, mac));
+        // A plain load starts the cache fill; the value is not needed.
+        std::hint::black_box(self.buckets[b1].keys[0].load(Ordering::Relaxed));
+    }
+
+    #[inline]
+    fn find(&self, k: u64) -> Option<(&Bucket, usize)> {
+        let (b1, b2) = self.buckets_of(k);
+        for b in [b1, b2] {
+            let bucket = &self.buckets[b];
+            for (i, slot) in bucket.keys.iter().enumerate() {
+                if slot.load(Ordering::Acquire) == k {
+                    return Some((bucket, i));
+                }
+            }
+        }
+        None
+    }
+
+    /// Port of (net, mac), if known.
+    #[inline]
+    pub fn lookup(&self, net: NetId, mac: Mac) -> Option<PortId> {
+        let (b, i) = self.find(key(net, mac))?;
+        let v = b.vals[i].load(Ordering::Acquire);
+        (v & VALID != 0).then(|| port_of(v))
+    }
+
+    fn claim(&self, k: u64, v: u64) -> bool {
+        let (b1, b2) = self.buckets_of(k);
+        // Power of two choices: fill the emptier bucket first.
+        let used = |b: usize| {
+            self.buckets[b]
+                .keys
+                .iter()
+                .filter(|k| k.load(Ordering::Relaxed) != 0)
+                .count()
+        };
+        let order = if used(b2) < used(b1) { [b2, b1] } else { [b1, b2] };
+        for b in order {
+            let bucket = &self.buckets[b];
+            for i in 0..WAYS {
+                if bucket.keys[i]
+                    .compare_exchange(0, k, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    bucket.vals[i].store(v, Ordering::Release);
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// Learns that `mac` was seen on `port` at `now` (seconds).
+    #[inline]
+    pub fn learn(&self, net: NetId, mac: Mac, port: PortId, now: u32) -> Learn {
+        let k = key(net, mac);
+        if let Some((b, i)) = self.find(k) {
+            let v = b.vals[i].load(Ordering::Acquire);
+            if v & STATIC != 0 {
+                return Learn::Static;
+            }
+            if v & VALID != 0 && port_of(v) == port {
+                // Write only when the second changed: no cache-line ping-pong
+                // between workers for busy MACs.
+                if v as u32 != now {
+                    b.vals[i].store(pack(port, now, false), Ordering::Release);
+                }
+                return Learn::Refreshed;
+            }
+            b.vals[i].store(pack(port, now, false), Ordering::Release);
+            if v & VALID == 0 {
+                return Learn::Learned;
+            }
+            return Learn::Moved { from: port_of(v) };
+        }
+        let Some(count) = self.learned.get(net as usize) else {
+            return Learn::Full;
+        };
+        let limit = self.limits[net as usize].load(Ordering::Relaxed);
+        if count.fetch_add(1, Ordering::AcqRel) >= limit {
+            count.fetch_sub(1, Ordering::AcqRel);
+            return Learn::Limit;
+        }
+        if self.claim(k, pack(port, now, false)) {
+            Learn::Learned
+        } else {
+            count.fetch_sub(1, Ordering::AcqRel);
+            Learn::Full
+        }
+    }
+
+    /// Adds or replaces a static entry (never aged, never moved by learning).
+    pub fn add_static(&self, net: NetId, mac: Mac, port: PortId) -> Result<(), FdbError> {
+        if net as usize >= MAX_NETWORKS {
+            return Err(FdbError::BadNetwork(net));
+        }
+        if mac.is_multicast() || mac.is_zero() {
+            return Err(FdbError::NotUnicast(mac));
+        }
+        let k = key(net, mac);
+        let v = pack(port, 0, true);
+        if let Some((b, i)) = self.find(k) {
+            let old = b.vals[i].swap(v, Ordering::AcqRel);
+            if old & VALID != 0 && old & STATIC == 0 {
+                self.learned[net as usize].fetch_sub(1, Ordering::AcqRel);
+            }
+            return Ok(());
+        }
+        if self.claim(k, v) {
+            Ok(())
+        } else {
+            Err(FdbError::Full)
+        }
+    }
+
+    fn clear_slot(&self, b: &Bucket, i: usize, net: NetId) {
+        let old = b.vals[i].swap(0, Ordering::AcqRel);
+        b.keys[i].store(0, Ordering::Release);
+        if old & VALID != 0 && old & STATIC == 0 {
+            self.learned[net as usize].fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Removes (net, mac); `true` if it was there.
+    pub fn remove(&self, net: NetId, mac: Mac) -> bool {
+        match self.find(key(net, mac)) {
+            Some((b, i)) => {
+                self.clear_slot(b, i, net);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Visits every entry; removes those for which `f` returns `true`.
+    /// Returns how many were removed.
+    pub fn retain_not(&self, now: u32, mut f: impl FnMut(&FdbEntry) -> bool) -> usize {
+        let mut removed = 0;
+        for b in self.buckets.iter() {
+            for i in 0..WAYS {
+                let k = b.keys[i].load(Ordering::Acquire);
+                if k == 0 {
+                    continue;
+                }
+                let v = b.vals[i].load(Ordering::Acquire);
+                if v & VALID == 0 {
+                    continue;
+                }
+                let e = entry(k, v, now);
+                if f(&e) {
+                    self.clear_slot(b, i, e.net);
+                    removed += 1;
+                }
+            }
+        }
+        removed
+    }
+
+    /// Removes learned entries older than the network's aging time
+    /// (`max_age(net)` seconds; `None`: the network does not age).
+    pub fn age(&self, now: u32, max_age: impl Fn(NetId) -> Option<u32>) -> usize {
+        self.retain_not(now, |e| {
+            !e.is_static && max_age(e.net).is_some_and(|m| e.age_secs > m)
+        })
+    }
+
+    /// Every entry.
+    pub fn entries(&self, now: u32) -> Vec<FdbEntry> {
+        let mut out = Vec::new();
+        self.retain_not(now, |e| {
+            out.push(e.clone());
+            false
+        });
+        out.sort_by_key(|e| (e.net, e.mac));
+        out
+    }
+}
+
+fn entry(k: u64, v: u64, now: u32) -> FdbEntry {
+    let is_static = v & STATIC != 0;
+    FdbEntry {
+        net: ((k >> 48) - 1) as NetId,
+        mac: Mac(k & 0xffff_ffff_ffff),
+        port: port_of(v),
+        is_static,
+        age_secs: if is_static {
+            0
+        } else {
+            now.wrapping_sub(v as u32)
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mac(n: u64) -> Mac {
+        Mac(0x0200_0000_0000 | n)
+    }
+
+    #[test]
+    fn learn_lookup_move_refresh() {
+        let f = Fdb::new(1024);
+        assert_eq!(f.lookup(0, mac(1)), None);
+        assert_eq!(f.learn(0, mac(1), 3, 10), Learn::Learned);
+        assert_eq!(f.lookup(0, mac(1)), Some(3));
+        assert_eq!(f.lookup(1, mac(1)), None, "networks are separate");
+        assert_eq!(f.learn(0, mac(1), 3, 11), Learn::Refreshed);
+        assert_eq!(f.learn(0, mac(1), 4, 12), Learn::Moved { from: 3 });
+        assert_eq!(f.lookup(0, mac(1)), Some(4));
+        assert_eq!(f.learned_count(0), 1);
+    }
+
+    #[test]
+    fn aging_removes_only_old_learned() {
+        let f = Fdb::new(1024);
+        f.learn(0, mac(1), 1, 0);
+        f.learn(0, mac(2), 1, 250);
+        f.add_static(0, mac(3), 2).unwrap();
+        assert_eq!(f.age(301, |_| Some(300)), 1);
+        assert_eq!(f.lookup(0, mac(1)), None);
+        assert_eq!(f.lookup(0, mac(2)), Some(1));
+        assert_eq!(f.lookup(0, mac(3)), Some(2));
+        assert_eq!(f.learned_count(0), 1);
+        assert_eq!(f.age(10_000, |_| None), 0, "aging off");
+    }
+
+    #[test]
+    fn limit_caps_learning_and_spares_static() {
+        let f = Fdb::new(4096);
+        f.set_limit(0, 100);
+        f.add_static(0, mac(999_999), 7).unwrap();
+        let mut limited = 0;
+        for i in 0..1000 {
+            if f.learn(0, mac(i), 1, 0) == Learn::Limit {
+                limited += 1;
+            }
+        }
+        assert_eq!(f.learned_count(0), 100);
+        assert_eq!(limited, 900);
+        assert_eq!(f.lookup(0, mac(999_999)), Some(7));
+        assert_eq!(f.learn(0, mac(999_999), 1, 0), Learn::Static);
+        assert_eq!(f.lookup(0, mac(999_999)), Some(7));
+    }
+
+    #[test]
+    fn static_rejects_multicast() {
+        let f = Fdb::new(64);
+        assert_eq!(f.add_static(0, Mac::BROADCAST, 1), Err(FdbError::NotUnicast(Mac::BROADCAST)));
+    }
+
+    #[test]
+    fn fills_to_design_load_without_overflow() {
+        let f = Fdb::new(1 << 18);
+        let half = (f.capacity() as u64) / 2;
+        let full = (0..half).filter(|i| f.learn(1, mac(*i), 1, 0) == Learn::Full).count();
+        assert_eq!(full, 0, "the design load (50%) must never overflow a bucket");
+        let more = (half..half * 3 / 2).filter(|i| f.learn(1, mac(*i), 1, 0) == Learn::Full).count();
+        assert!(more < 100, "at 75% load, {more} overflowed");
+        assert!((0..half).all(|i| f.lookup(1, mac(i)) == Some(1)));
+    }
+
+    #[test]
+    fn flush_by_port_and_entries() {
+        let f = Fdb::new(1024);
+        f.learn(0, mac(1), 1, 5);
+        f.learn(0, mac(2), 2, 5);
+        f.learn(1, mac(3), 2, 5);
+        assert_eq!(f.retain_not(5, |e| e.port == 2), 2);
+        let e = f.entries(7);
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].mac, mac(1));
+        assert_eq!(e[0].age_secs, 2);
+    }
+
+    #[test]
+    fn concurrent_learners_agree() {
+        let f = std::sync::Arc::new(Fdb::new(1 << 16));
+        let hs: Vec<_> = (0..4)
+            .map(|t| {
+                let f = f.clone();
+                std::thread::spawn(move || {
+                    for i in 0..5000u64 {
+                        f.learn(0, mac(i * 4 + t), t as u16, 0);
+                    }
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+        assert_eq!(f.learned_count(0), 20_000);
+        assert!((0..20_000u64).all(|i| f.lookup(0, mac(i)) == Some((i % 4) as u16)));
+    }
+}

@@ -1,0 +1,80 @@
+//! The Internet checksum (RFC 1071) and incremental updates (RFC 1624).
+
+/// Adds `data` into a 32-bit ones-complement accumulator.
+#[inline]
+pub fn sum(mut acc: u32, data: &[u8]) -> u32 {
+    let mut chunks = data.chunks_exact(2);
+    for c in &mut chunks {
+        acc = acc.wrapping_add(u16::from_be_bytes([c[0], c[1]]) as u32);
+        if acc > 0xffff_0000 {
+            acc = (acc & 0xffff) + (acc >> 16);
+        }
+    }
+    if let [b] = chunks.remainder() {
+        acc = acc.wrapping_add((*b as u32) << 8);
+    }
+    acc
+}
+
+/// Folds an accumulator to 16 bits (not complemented).
+#[inline]
+pub fn fold(mut acc: u32) -> u16 {
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc as u16
+}
+
+/// The checksum field value for `data` starting from `acc`.
+#[inline]
+pub fn finish(acc: u32, data: &[u8]) -> u16 {
+    !fold(sum(acc, data))
+}
+
+/// RFC 1624 eqn. 3: the new checksum after a 16-bit word changes from `old` to `new`.
+#[inline]
+pub fn update16(check: u16, old: u16, new: u16) -> u16 {
+    let acc = (!check as u32) + (!old as u32) + new as u32;
+    !fold(acc)
+}
+
+/// Completes a checksum-partial frame: the field at `start + offset` holds the
+/// pseudo-header sum; sums `frame[start..]` into it. `false` if out of range.
+pub fn complete_partial(frame: &mut [u8], start: usize, offset: usize) -> bool {
+    let field = start + offset;
+    if field + 2 > frame.len() || start >= frame.len() {
+        return false;
+    }
+    let c = finish(0, &frame[start..]);
+    // RFC 768: a computed UDP checksum of zero is sent as all ones; harmless for TCP.
+    let c = if c == 0 { 0xffff } else { c };
+    frame[field..field + 2].copy_from_slice(&c.to_be_bytes());
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc1071_example() {
+        // RFC 1071 section 3 example bytes: 00 01 f2 03 f4 f5 f6 f7 -> sum ddf2.
+        let d = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
+        assert_eq!(fold(sum(0, &d)), 0xddf2);
+    }
+
+    #[test]
+    fn incremental_matches_full() {
+        let mut d = [0x45u8, 0, 0, 84, 0x12, 0x34, 0x40, 0, 64, 1, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2];
+        let c = finish(0, &d);
+        d[10..12].copy_from_slice(&c.to_be_bytes());
+        assert_eq!(fold(sum(0, &d)), 0xffff);
+        // change TTL/proto word 64,1 -> 63,1
+        let old = u16::from_be_bytes([d[8], d[9]]);
+        d[8] = 63;
+        let new = u16::from_be_bytes([d[8], d[9]]);
+        let inc = update16(c, old, new);
+        d[10..12].copy_from_slice(&[0, 0]);
+        assert_eq!(inc, finish(0, &d));
+    }
+}

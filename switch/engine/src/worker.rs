@@ -1,0 +1,448 @@
+//! The poll-mode worker: rx burst → pipeline → tx burst per output port.
+//!
+//! A worker owns its ports (only it receives and transmits on them), reads the
+//! tables without locks, and takes commands (add/remove a port, stop) from the
+//! control thread through a channel it drains between bursts. Frames for a
+//! port owned by another worker are handed over through that worker's inbox.
+use crate::clock::Clock;
+use crate::packet::{Packet, PacketPool};
+use crate::pipeline::{offload, Pipeline, TxQueues, BATCH};
+use crate::port::{Port, PortId};
+use crate::stats::{BatchDrops, DropReason};
+use crate::tables::{Snapshot, Tables};
+use crossbeam::channel::{Receiver, Sender};
+use crossbeam::queue::ArrayQueue;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use serde::{Deserialize, Serialize};
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How a worker behaves when its ports are quiet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "lowercase")]
+pub enum IdleMode {
+    /// Poll forever: lowest latency, one core at 100%.
+    Busy,
+    /// Poll while there is traffic; after `idle_after_us` without any, sleep
+    /// in poll(2) on the ports' fds for at most `max_sleep_ms`, and go back to
+    /// polling on the first frame.
+    Adaptive {
+        /// Quiet time before sleeping, in microseconds.
+        idle_after_us: u64,
+        /// Longest sleep, in milliseconds.
+        max_sleep_ms: u64,
+    },
+}
+
+impl Default for IdleMode {
+    fn default() -> Self {
+        IdleMode::Adaptive {
+            idle_after_us: 200,
+            max_sleep_ms: 100,
+        }
+    }
+}
+
+/// Static settings of one worker.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerConfig {
+    /// Index among the workers.
+    pub id: usize,
+    /// Core to pin to (`None`: not pinned).
+    pub core: Option<usize>,
+    /// Idle behaviour.
+    pub idle: IdleMode,
+}
+
+/// What the control thread asks of a worker.
+pub enum Command {
+    /// Start polling this port.
+    AddPort {
+        /// Its id in the tables.
+        id: PortId,
+        /// The port.
+        port: Box<dyn Port>,
+    },
+    /// Stop polling this port and drop it; `ack` is signalled once it is gone.
+    RemovePort {
+        /// Its id.
+        id: PortId,
+        /// Signalled after the port is dropped.
+        ack: Sender<()>,
+    },
+    /// Leave the loop.
+    Stop,
+}
+
+/// What a worker tells the control thread.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A port failed for good (e.g. its interface was deleted).
+    PortGone {
+        /// Its id.
+        id: PortId,
+        /// What happened.
+        reason: String,
+    },
+}
+
+/// The part of a worker other threads touch.
+#[derive(Debug)]
+pub struct WorkerShared {
+    inbox: ArrayQueue<(PortId, Packet)>,
+    wake_fd: EventFd,
+    sleeping: AtomicBool,
+    /// Loop iterations that found work.
+    pub busy_loops: AtomicU64,
+    /// Times the worker went to sleep.
+    pub sleeps: AtomicU64,
+}
+
+impl WorkerShared {
+    fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            inbox: ArrayQueue::new(4096),
+            wake_fd: EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK)
+                .map_err(std::io::Error::from)?,
+            sleeping: AtomicBool::new(false),
+            busy_loops: AtomicU64::new(0),
+            sleeps: AtomicU64::new(0),
+        })
+    }
+
+    /// Wakes the worker if it sleeps.
+    pub fn wake(&self) {
+        if self.sleeping.load(Ordering::SeqCst) {
+            let _ = self.wake_fd.write(1);
+        }
+    }
+}
+
+/// The control thread's handle on a running worker.
+pub struct WorkerHandle {
+    /// Settings it runs with.
+    pub config: WorkerConfig,
+    cmd: Sender<Command>,
+    /// Its shared state.
+    pub shared: Arc<WorkerShared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl WorkerHandle {
+    /// Sends a command and wakes the worker.
+    pub fn send(&self, c: Command) {
+        let _ = self.cmd.send(c);
+        let _ = self.shared.wake_fd.write(1);
+    }
+
+    /// Stops the worker and waits for it.
+    pub fn stop(&mut self) {
+        self.send(Command::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for WorkerHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Creates the shared parts of `n` workers (inboxes must exist before any
+/// worker starts, since each may hand frames to any other).
+pub fn shared_for(n: usize) -> std::io::Result<Arc<[Arc<WorkerShared>]>> {
+    (0..n)
+        .map(|_| WorkerShared::new().map(Arc::new))
+        .collect::<std::io::Result<Vec<_>>>()
+        .map(Into::into)
+}
+
+/// Starts worker `config.id`.
+pub fn spawn(
+    config: WorkerConfig,
+    tables: Arc<Tables>,
+    all: Arc<[Arc<WorkerShared>]>,
+    clock: Arc<dyn Clock>,
+    events: Sender<Event>,
+) -> std::io::Result<WorkerHandle> {
+    let (cmd_tx, cmd_rx) = crossbeam::channel::unbounded();
+    let shared = all[config.id].clone();
+    let thread = std::thread::Builder::new()
+        .name(format!("vswitch-worker{}", config.id))
+        .spawn(move || {
+            if let Some(core) = config.core {
+                if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+                    tracing::warn!(core, "could not pin worker to core");
+                }
+            }
+            let mut w = Worker::new(config, tables, all, clock, events, cmd_rx);
+            w.run();
+        })?;
+    Ok(WorkerHandle {
+        config,
+        cmd: cmd_tx,
+        shared,
+        thread: Some(thread),
+    })
+}
+
+struct Owned {
+    id: PortId,
+    port: Box<dyn Port>,
+    gone: bool,
+}
+
+/// The loop's state. Public for benchmarks and scenario tests, which drive
+/// [`Worker::poll_once`] on in-memory ports without a thread.
+pub struct Worker {
+    config: WorkerConfig,
+    tables: Arc<Tables>,
+    all: Arc<[Arc<WorkerShared>]>,
+    clock: Arc<dyn Clock>,
+    events: Sender<Event>,
+    cmd_rx: Receiver<Command>,
+    owned: Vec<Owned>,
+    pool: PacketPool,
+    batch: Vec<Packet>,
+    scratch: Vec<Packet>,
+    txq: TxQueues,
+    pipeline: Pipeline,
+    drops: BatchDrops,
+    idle_since: Option<u64>,
+    stop: bool,
+}
+
+impl Worker {
+    /// A worker not yet running.
+    pub fn new(
+        config: WorkerConfig,
+        tables: Arc<Tables>,
+        all: Arc<[Arc<WorkerShared>]>,
+        clock: Arc<dyn Clock>,
+        events: Sender<Event>,
+        cmd_rx: Receiver<Command>,
+    ) -> Self {
+        Self {
+            config,
+            tables,
+            all,
+            clock,
+            events,
+            cmd_rx,
+            owned: Vec::new(),
+            pool: PacketPool::default(),
+            batch: Vec::with_capacity(BATCH),
+            scratch: Vec::with_capacity(BATCH * 4),
+            txq: TxQueues::default(),
+            pipeline: Pipeline::default(),
+            drops: BatchDrops::default(),
+            idle_since: None,
+            stop: false,
+        }
+    }
+
+    /// Adds a port directly (tests and benchmarks without a control thread).
+    pub fn add_port(&mut self, id: PortId, port: Box<dyn Port>) {
+        self.owned.retain(|o| o.id != id);
+        self.owned.push(Owned {
+            id,
+            port,
+            gone: false,
+        });
+    }
+
+    fn me(&self) -> &WorkerShared {
+        &self.all[self.config.id]
+    }
+
+    /// Runs until told to stop.
+    pub fn run(&mut self) {
+        tracing::info!(worker = self.config.id, idle = ?self.config.idle, "worker started");
+        while !self.stop {
+            let work = self.poll_once();
+            if work > 0 {
+                self.idle_since = None;
+                self.me().busy_loops.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.idle();
+            }
+        }
+        tracing::info!(worker = self.config.id, "worker stopped");
+    }
+
+    fn commands(&mut self) {
+        while let Ok(c) = self.cmd_rx.try_recv() {
+            match c {
+                Command::AddPort { id, port } => {
+                    tracing::debug!(worker = self.config.id, id, name = port.name(), "port added");
+                    self.add_port(id, port);
+                }
+                Command::RemovePort { id, ack } => {
+                    self.owned.retain(|o| o.id != id);
+                    let q = self.txq.queue(id);
+                    self.pool.put_all(q);
+                    let _ = ack.send(());
+                }
+                Command::Stop => self.stop = true,
+            }
+        }
+    }
+
+    /// One pass: commands, rx on every port, handoffs, tx. Returns the number
+    /// of frames handled.
+    pub fn poll_once(&mut self) -> usize {
+        self.commands();
+        let snap = self.tables.snap.load_full();
+        let now = self.clock.now_secs();
+        let mut work = 0;
+        for i in 0..self.owned.len() {
+            if self.owned[i].gone {
+                continue;
+            }
+            let id = self.owned[i].id;
+            match self.owned[i]
+                .port
+                .rx_burst(&mut self.pool, &mut self.batch, BATCH)
+            {
+                Ok(0) => {}
+                Ok(n) => {
+                    work += n;
+                    if let Some(v) = snap.port(id) {
+                        let bytes: usize = self.batch.iter().map(Packet::len).sum();
+                        v.stats.add_rx(n as u64, bytes as u64);
+                    }
+                    self.pipeline.run(
+                        &self.tables,
+                        &snap,
+                        id,
+                        now,
+                        &mut self.batch,
+                        &mut self.pool,
+                        &mut self.txq,
+                        &mut self.drops,
+                    );
+                    if let Some(v) = snap.port(id) {
+                        self.drops.flush(&v.stats);
+                    }
+                }
+                Err(e) => {
+                    self.owned[i].gone = true;
+                    self.pool.put_all(&mut self.batch);
+                    tracing::warn!(port = id, error = %e, "port failed; no longer polled");
+                    let _ = self.events.send(Event::PortGone {
+                        id,
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+        while let Some((pid, p)) = self.me().inbox.pop() {
+            self.txq.push(pid, p);
+            work += 1;
+        }
+        self.flush(&snap);
+        work
+    }
+
+    fn flush(&mut self, snap: &Snapshot) {
+        let pending = self.txq.take_pending();
+        for &pid in &pending {
+            let q = self.txq.queue(pid);
+            let Some(view) = snap.port(pid) else {
+                self.pool.put_all(q);
+                continue;
+            };
+            if view.worker != self.config.id {
+                let Some(peer) = self.all.get(view.worker) else {
+                    view.stats.count_drop(DropReason::PortDown, q.len() as u64);
+                    self.pool.put_all(q);
+                    continue;
+                };
+                for p in q.drain(..) {
+                    if let Err((_, p)) = peer.inbox.push((pid, p)) {
+                        view.stats.count_drop(DropReason::HandoffFull, 1);
+                        self.pool.put(p);
+                    }
+                }
+                peer.wake();
+                continue;
+            }
+            let Some(o) = self.owned.iter_mut().find(|o| o.id == pid && !o.gone) else {
+                view.stats.count_drop(DropReason::PortDown, q.len() as u64);
+                self.pool.put_all(q);
+                continue;
+            };
+            offload::prepare(q, view.caps, &mut self.pool, &mut self.scratch, &mut self.drops);
+            let r = o.port.tx_burst(q, &mut self.pool);
+            // A port must drain the queue; whatever it left is dropped.
+            if !q.is_empty() {
+                self.drops.add(DropReason::TxFull);
+                self.pool.put_all(q);
+            }
+            view.stats.add_tx(r.sent as u64, r.bytes as u64);
+            if r.full > 0 {
+                view.stats.count_drop(DropReason::TxFull, r.full as u64);
+            }
+            if r.errors > 0 {
+                view.stats.count_drop(DropReason::TxError, r.errors as u64);
+            }
+            self.drops.flush(&view.stats);
+        }
+        self.txq.restore_pending(pending);
+    }
+
+    fn idle(&mut self) {
+        for o in self.owned.iter_mut().filter(|o| !o.gone) {
+            o.port.idle();
+        }
+        let IdleMode::Adaptive {
+            idle_after_us,
+            max_sleep_ms,
+        } = self.config.idle
+        else {
+            std::hint::spin_loop();
+            return;
+        };
+        let now = self.clock.now_ns();
+        let since = *self.idle_since.get_or_insert(now);
+        if now.saturating_sub(since) < idle_after_us * 1000 {
+            std::hint::spin_loop();
+            return;
+        }
+        self.sleep(Duration::from_millis(max_sleep_ms.max(1)));
+    }
+
+    fn sleep(&mut self, max: Duration) {
+        let me = self.all[self.config.id].clone();
+        me.sleeping.store(true, Ordering::SeqCst);
+        if !me.inbox.is_empty() || !self.cmd_rx.is_empty() {
+            me.sleeping.store(false, Ordering::SeqCst);
+            return;
+        }
+        me.sleeps.fetch_add(1, Ordering::Relaxed);
+        let mut all_fds = true;
+        let mut fds = vec![PollFd::new(me.wake_fd.as_fd(), PollFlags::POLLIN)];
+        for o in self.owned.iter().filter(|o| !o.gone) {
+            match o.port.wait_fd() {
+                Some(fd) => fds.push(PollFd::new(fd, PollFlags::POLLIN)),
+                None => all_fds = false,
+            }
+        }
+        let timeout = if all_fds {
+            max
+        } else {
+            // In-memory ports have no fd: nap briefly and look again.
+            Duration::from_millis(1)
+        };
+        let t = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
+        let _ = nix::poll::poll(&mut fds, t);
+        drop(fds);
+        me.sleeping.store(false, Ordering::SeqCst);
+        let _ = me.wake_fd.read();
+    }
+}
