@@ -61,5 +61,7 @@ pub trait Port: Send {
         None
     }
     /// Periodic housekeeping while idle (reclaim TX completions, kick rings).
-    fn idle(&mut self) {}
+    fn idle(&mut self) -> Result<(), PortError> {
+        Ok(())
+    }
 }

@@ -398,7 +398,14 @@ impl Worker {
 
     fn idle(&mut self) {
         for o in self.owned.iter_mut().filter(|o| !o.gone) {
-            o.port.idle();
+            if let Err(e) = o.port.idle() {
+                o.gone = true;
+                tracing::warn!(port = o.id, error = %e, "port failed; no longer polled");
+                let _ = self.events.send(Event::PortGone {
+                    id: o.id,
+                    reason: e.to_string(),
+                });
+            }
         }
         let IdleMode::Adaptive {
             idle_after_us,

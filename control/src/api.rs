@@ -1,0 +1,163 @@
+//! The management protocol: one JSON request per line on the Unix socket,
+//! one JSON response line back.
+use crate::config::{NetworkConfig, PortKind};
+use serde::{Deserialize, Serialize};
+
+/// How an attached container interface is built.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachKind {
+    /// A TAP device moved into the namespace (virtio-net offloads, fastest TCP).
+    Tap,
+    /// A veth pair, AF_XDP on the host end (fastest small packets).
+    Veth,
+}
+
+/// A request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    /// Create a network.
+    NetworkCreate(NetworkConfig),
+    /// List networks.
+    NetworkLs,
+    /// One network in detail.
+    NetworkInspect {
+        /// Name.
+        name: String,
+    },
+    /// Remove a network (must have no ports).
+    NetworkRm {
+        /// Name.
+        name: String,
+    },
+    /// Create a container interface in a namespace and attach it.
+    Attach {
+        /// Network.
+        network: String,
+        /// Namespace name (`/run/netns/NAME`).
+        netns: String,
+        /// Interface name inside it.
+        ifname: String,
+        /// TAP or veth.
+        kind: AttachKind,
+        /// Address with prefix.
+        ip: Option<String>,
+        /// MAC address.
+        mac: Option<String>,
+    },
+    /// Remove an attached interface.
+    Detach {
+        /// Network.
+        network: String,
+        /// Namespace.
+        netns: String,
+        /// Interface name inside it.
+        ifname: String,
+    },
+    /// Use an existing interface as a port.
+    PortAdd {
+        /// Network.
+        network: String,
+        /// Interface.
+        iface: String,
+        /// How to open it.
+        kind: PortKind,
+        /// Worker to poll it.
+        worker: Option<usize>,
+    },
+    /// List ports.
+    PortLs,
+    /// Remove a port by interface name.
+    PortRm {
+        /// Interface.
+        iface: String,
+    },
+    /// List FDB entries.
+    FdbShow {
+        /// Only this network.
+        network: Option<String>,
+    },
+    /// Add a static FDB entry.
+    FdbAdd {
+        /// Network.
+        network: String,
+        /// MAC.
+        mac: String,
+        /// Port interface name.
+        port: String,
+    },
+    /// Remove an FDB entry.
+    FdbRm {
+        /// Network.
+        network: String,
+        /// MAC.
+        mac: String,
+    },
+    /// Counters.
+    Stats,
+}
+
+/// A response.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Response {
+    /// Whether the request succeeded.
+    pub ok: bool,
+    /// What went wrong, and what to do about it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The answer.
+    #[serde(default)]
+    pub data: serde_json::Value,
+}
+
+/// A network in listings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NetworkInfo {
+    /// Its configuration.
+    #[serde(flatten)]
+    pub config: NetworkConfig,
+    /// Internal index.
+    pub id: u16,
+    /// Ports (interface names).
+    pub ports: Vec<String>,
+    /// Learned MACs right now.
+    pub learned_macs: u32,
+}
+
+/// A port in listings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PortInfo {
+    /// Internal index.
+    pub id: u16,
+    /// Switch-side interface.
+    pub iface: String,
+    /// Kind.
+    pub kind: PortKind,
+    /// Network.
+    pub network: String,
+    /// Polling worker.
+    pub worker: usize,
+    /// `up`, or `gone: reason`.
+    pub status: String,
+    /// How the I/O is set up (XDP mode, hugepages, offloads).
+    pub mode: String,
+    /// Container side, if created by `attach`.
+    pub attached: Option<String>,
+}
+
+/// An FDB entry in listings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FdbInfo {
+    /// Network.
+    pub network: String,
+    /// MAC.
+    pub mac: String,
+    /// Port interface.
+    pub port: String,
+    /// `static` or `learned`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Seconds since last seen.
+    pub age_secs: u32,
+}

@@ -1,0 +1,292 @@
+//! The TOML configuration file.
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use vswitch_engine::worker::IdleMode;
+
+/// Whole file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Switch-wide settings.
+    #[serde(default)]
+    pub switch: SwitchConfig,
+    /// Worker threads (at least one).
+    #[serde(default = "default_workers")]
+    pub workers: Vec<WorkerConfig>,
+    /// Networks created at start.
+    #[serde(default)]
+    pub networks: Vec<NetworkConfig>,
+    /// Existing interfaces attached at start.
+    #[serde(default)]
+    pub ports: Vec<PortConfig>,
+}
+
+/// Switch-wide settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchConfig {
+    /// FDB slots shared by all networks (about twice the sum of MAC limits).
+    #[serde(default = "default_fdb_capacity")]
+    pub fdb_capacity: usize,
+}
+
+impl Default for SwitchConfig {
+    fn default() -> Self {
+        Self {
+            fdb_capacity: default_fdb_capacity(),
+        }
+    }
+}
+
+/// One worker thread.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Core to pin to; omit to let the scheduler choose.
+    pub core: Option<usize>,
+    /// `{ mode = "busy" }` or `{ mode = "adaptive", idle_after_us = 200, max_sleep_ms = 100 }`.
+    #[serde(default)]
+    pub idle: IdleMode,
+}
+
+/// A network (bridge domain).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// Unique name.
+    pub name: String,
+    /// Subnet, e.g. `10.1.0.0/24` (informational until the gateway issue).
+    pub subnet: Option<String>,
+    /// Gateway address inside the subnet.
+    pub gateway: Option<String>,
+    /// MTU given to attached interfaces.
+    #[serde(default = "default_mtu")]
+    pub mtu: u32,
+    /// Learned MAC entries allowed in this network.
+    #[serde(default = "default_mac_limit")]
+    pub mac_limit: u32,
+    /// Seconds a learned MAC lives without being seen (0: never ages).
+    #[serde(default = "default_aging")]
+    pub aging_secs: u32,
+}
+
+/// Kinds of port.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PortKind {
+    /// AF_XDP socket on an interface.
+    Afxdp,
+    /// TAP device with virtio-net headers.
+    Tap,
+}
+
+impl std::fmt::Display for PortKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            PortKind::Afxdp => "afxdp",
+            PortKind::Tap => "tap",
+        })
+    }
+}
+
+/// An existing interface as a port.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortConfig {
+    /// Network it joins.
+    pub network: String,
+    /// Interface name.
+    pub iface: String,
+    /// How to open it.
+    pub kind: PortKind,
+    /// Worker that polls it (default: the least loaded).
+    pub worker: Option<usize>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            switch: SwitchConfig::default(),
+            workers: default_workers(),
+            networks: Vec::new(),
+            ports: Vec::new(),
+        }
+    }
+}
+
+fn default_workers() -> Vec<WorkerConfig> {
+    vec![WorkerConfig {
+        core: None,
+        idle: IdleMode::default(),
+    }]
+}
+fn default_fdb_capacity() -> usize {
+    1 << 18
+}
+fn default_mtu() -> u32 {
+    1500
+}
+fn default_mac_limit() -> u32 {
+    16384
+}
+fn default_aging() -> u32 {
+    300
+}
+
+/// A configuration that cannot be used, and where.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Unreadable file.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Syntax or unknown keys.
+    #[error("config {path} is not valid: {source}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// Why.
+        source: Box<toml::de::Error>,
+    },
+    /// Semantics.
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads and checks a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let c: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.display().to_string(),
+            source: Box::new(source),
+        })?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.workers.is_empty() {
+            return Err(ConfigError::Invalid("at least one [[workers]] entry is needed".into()));
+        }
+        let ncores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        for (i, w) in self.workers.iter().enumerate() {
+            if let Some(c) = w.core {
+                if c >= ncores {
+                    return Err(ConfigError::Invalid(format!(
+                        "workers[{i}].core = {c}, but this machine has cores 0..{}",
+                        ncores - 1
+                    )));
+                }
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for n in &self.networks {
+            validate_network(n)?;
+            if !names.insert(&n.name) {
+                return Err(ConfigError::Invalid(format!("network {:?} is defined twice", n.name)));
+            }
+        }
+        for p in &self.ports {
+            if !names.contains(&p.network) {
+                return Err(ConfigError::Invalid(format!(
+                    "port {:?} names network {:?}, which no [[networks]] entry defines",
+                    p.iface, p.network
+                )));
+            }
+            if let Some(w) = p.worker {
+                if w >= self.workers.len() {
+                    return Err(ConfigError::Invalid(format!(
+                        "port {:?} names worker {w}, but only {} are configured",
+                        p.iface,
+                        self.workers.len()
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks one network definition (config file and `network create` alike).
+pub fn validate_network(n: &NetworkConfig) -> Result<(), ConfigError> {
+    if n.name.is_empty() || n.name.len() > 64 || !n.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        return Err(ConfigError::Invalid(format!(
+            "network name {:?} must be 1-64 characters of letters, digits, '-', '_' or '.'",
+            n.name
+        )));
+    }
+    if !(68..=9000).contains(&n.mtu) {
+        return Err(ConfigError::Invalid(format!("network {:?}: mtu {} is outside 68..=9000", n.name, n.mtu)));
+    }
+    let subnet = match &n.subnet {
+        Some(s) => Some(s.parse::<ipnetwork::IpNetwork>().map_err(|e| {
+            ConfigError::Invalid(format!("network {:?}: subnet {s:?} is not a CIDR like 10.1.0.0/24: {e}", n.name))
+        })?),
+        None => None,
+    };
+    if let Some(g) = &n.gateway {
+        let ip: std::net::IpAddr = g
+            .parse()
+            .map_err(|_| ConfigError::Invalid(format!("network {:?}: gateway {g:?} is not an IP address", n.name)))?;
+        match subnet {
+            Some(s) if !s.contains(ip) => {
+                return Err(ConfigError::Invalid(format!(
+                    "network {:?}: gateway {ip} is outside subnet {s}",
+                    n.name
+                )))
+            }
+            None => {
+                return Err(ConfigError::Invalid(format!(
+                    "network {:?}: a gateway needs a subnet",
+                    n.name
+                )))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config, String> {
+        let c: Config = toml::from_str(s).map_err(|e| e.to_string())?;
+        c.validate().map_err(|e| e.to_string())?;
+        Ok(c)
+    }
+
+    #[test]
+    fn examples_parse() {
+        for f in ["demo.toml", "edge-gateway.toml"] {
+            let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs").join(f);
+            Config::load(&p).unwrap_or_else(|e| panic!("{f}: {e}"));
+        }
+    }
+
+    #[test]
+    fn errors_name_what_to_fix() {
+        let e = parse("[[networks]]\nname = \"a\"\nsubnet = \"10.0.0.0/33\"\n").unwrap_err();
+        assert!(e.contains("subnet") && e.contains("CIDR"), "{e}");
+        let e = parse("[[networks]]\nname = \"a\"\nsubnet = \"10.0.0.0/24\"\ngateway = \"10.0.1.1\"\n").unwrap_err();
+        assert!(e.contains("outside subnet"), "{e}");
+        let e = parse("[[ports]]\nnetwork = \"x\"\niface = \"v0\"\nkind = \"afxdp\"\n").unwrap_err();
+        assert!(e.contains("no [[networks]] entry"), "{e}");
+        let e = parse("[[ports]]\nnetwork = \"x\"\niface = \"v0\"\nkind = \"bogus\"\n").unwrap_err();
+        assert!(e.contains("kind") || e.contains("variant"), "{e}");
+        let e = parse("[switch]\nfdb_capacity = 10\nbogus = 1\n").unwrap_err();
+        assert!(e.contains("bogus"), "{e}");
+        let e = parse("[[workers]]\ncore = 999\n").unwrap_err();
+        assert!(e.contains("core"), "{e}");
+    }
+}

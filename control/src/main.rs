@@ -1,0 +1,435 @@
+//! `vswitch`: the switch (`vswitch run`) and its client (every other command).
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use vswitch_control::api::{AttachKind, FdbInfo, NetworkInfo, PortInfo, Request};
+use vswitch_control::config::{Config, NetworkConfig, PortKind};
+use vswitch_control::server;
+
+#[derive(Parser)]
+#[command(name = "vswitch", version, about = "Userspace virtual switch for container hosts")]
+struct Cli {
+    /// Management socket of the running switch.
+    #[arg(long, global = true, env = "VSWITCH_SOCKET", default_value = "/run/vswitch/vswitch.sock")]
+    socket: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the switch in the foreground.
+    Run {
+        /// TOML configuration file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Networks (bridge domains).
+    #[command(subcommand)]
+    Network(NetworkCmd),
+    /// Create an interface in a network namespace and attach it.
+    Attach {
+        /// Network to join.
+        network: String,
+        /// Network namespace (as in `ip netns`).
+        #[arg(long)]
+        netns: String,
+        /// Interface name inside the namespace.
+        #[arg(long, default_value = "eth0")]
+        ifname: String,
+        /// TAP (virtio-net offloads) or veth (AF_XDP on the host end).
+        #[arg(long, value_enum, default_value = "tap")]
+        kind: KindArg,
+        /// Address with prefix, e.g. 10.1.0.2/24.
+        #[arg(long)]
+        ip: Option<String>,
+        /// MAC address (default: derived from network, namespace and name).
+        #[arg(long)]
+        mac: Option<String>,
+    },
+    /// Remove an attached interface.
+    Detach {
+        /// Network.
+        network: String,
+        /// Network namespace.
+        #[arg(long)]
+        netns: String,
+        /// Interface name inside the namespace.
+        #[arg(long, default_value = "eth0")]
+        ifname: String,
+    },
+    /// Existing interfaces as ports.
+    #[command(subcommand)]
+    Port(PortCmd),
+    /// Forwarding database.
+    #[command(subcommand)]
+    Fdb(FdbCmd),
+    /// Per-port counters and drops by reason.
+    Stats {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum KindArg {
+    Tap,
+    Veth,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PortKindArg {
+    Afxdp,
+    Tap,
+}
+
+#[derive(Subcommand)]
+enum NetworkCmd {
+    /// Create a network.
+    Create(CreateArgs),
+    /// List networks.
+    Ls {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one network as JSON.
+    Inspect {
+        /// Name.
+        name: String,
+    },
+    /// Remove a network with no ports.
+    Rm {
+        /// Name.
+        name: String,
+    },
+}
+
+#[derive(Args)]
+struct CreateArgs {
+    /// Name.
+    name: String,
+    /// Subnet, e.g. 10.1.0.0/24.
+    #[arg(long)]
+    subnet: Option<String>,
+    /// Gateway address in the subnet.
+    #[arg(long)]
+    gateway: Option<String>,
+    /// MTU of attached interfaces.
+    #[arg(long, default_value_t = 1500)]
+    mtu: u32,
+    /// Learned MACs allowed.
+    #[arg(long, default_value_t = 16384)]
+    mac_limit: u32,
+    /// Seconds before an unseen MAC is forgotten (0: never).
+    #[arg(long, default_value_t = 300)]
+    aging: u32,
+}
+
+#[derive(Subcommand)]
+enum PortCmd {
+    /// Add an existing interface.
+    Add {
+        /// Network.
+        network: String,
+        /// Interface.
+        #[arg(long)]
+        iface: String,
+        /// How to open it.
+        #[arg(long, value_enum)]
+        kind: PortKindArg,
+        /// Worker to poll it.
+        #[arg(long)]
+        worker: Option<usize>,
+    },
+    /// List ports.
+    Ls {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a port.
+    Rm {
+        /// Interface.
+        iface: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum FdbCmd {
+    /// List entries.
+    Show {
+        /// Only this network.
+        #[arg(long)]
+        network: Option<String>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a static entry.
+    Add {
+        /// Network.
+        network: String,
+        /// MAC.
+        #[arg(long)]
+        mac: String,
+        /// Port: switch-side interface or NETNS:IFNAME.
+        #[arg(long)]
+        port: String,
+    },
+    /// Remove an entry.
+    Rm {
+        /// Network.
+        network: String,
+        /// MAC.
+        #[arg(long)]
+        mac: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vswitch: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn call(cli: &Cli, req: Request) -> Result<serde_json::Value, String> {
+    let r = server::request(&cli.socket, &req)?;
+    if r.ok {
+        Ok(r.data)
+    } else {
+        Err(r.error.unwrap_or_else(|| "request failed".into()))
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, String> {
+    serde_json::from_value(v).map_err(|e| format!("bad response: {e}"))
+}
+
+fn pretty(v: &serde_json::Value) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default()
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    match &cli.cmd {
+        Cmd::Run { config } => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_env("VSWITCH_LOG")
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            let cfg = match config {
+                Some(p) => Config::load(p).map_err(|e| e.to_string())?,
+                None => Config::default(),
+            };
+            server::run(cfg, &cli.socket)
+        }
+        Cmd::Network(NetworkCmd::Create(a)) => {
+            call(
+                &cli,
+                Request::NetworkCreate(NetworkConfig {
+                    name: a.name.clone(),
+                    subnet: a.subnet.clone(),
+                    gateway: a.gateway.clone(),
+                    mtu: a.mtu,
+                    mac_limit: a.mac_limit,
+                    aging_secs: a.aging,
+                }),
+            )?;
+            println!("{}", a.name);
+            Ok(())
+        }
+        Cmd::Network(NetworkCmd::Ls { json }) => {
+            let v = call(&cli, Request::NetworkLs)?;
+            if *json {
+                println!("{}", pretty(&v));
+                return Ok(());
+            }
+            let nets: Vec<NetworkInfo> = parse(v)?;
+            println!("{:<16} {:<18} {:<6} {:<6} PORTS", "NAME", "SUBNET", "MTU", "MACS");
+            for n in nets {
+                println!(
+                    "{:<16} {:<18} {:<6} {:<6} {}",
+                    n.config.name,
+                    n.config.subnet.unwrap_or_else(|| "-".into()),
+                    n.config.mtu,
+                    n.learned_macs,
+                    n.ports.join(",")
+                );
+            }
+            Ok(())
+        }
+        Cmd::Network(NetworkCmd::Inspect { name }) => {
+            println!("{}", pretty(&call(&cli, Request::NetworkInspect { name: name.clone() })?));
+            Ok(())
+        }
+        Cmd::Network(NetworkCmd::Rm { name }) => {
+            call(&cli, Request::NetworkRm { name: name.clone() })?;
+            Ok(())
+        }
+        Cmd::Attach {
+            network,
+            netns,
+            ifname,
+            kind,
+            ip,
+            mac,
+        } => {
+            let v = call(
+                &cli,
+                Request::Attach {
+                    network: network.clone(),
+                    netns: netns.clone(),
+                    ifname: ifname.clone(),
+                    kind: match kind {
+                        KindArg::Tap => AttachKind::Tap,
+                        KindArg::Veth => AttachKind::Veth,
+                    },
+                    ip: ip.clone(),
+                    mac: mac.clone(),
+                },
+            )?;
+            println!("{netns}:{ifname} attached to {network} (mac {})", v["mac"].as_str().unwrap_or("?"));
+            Ok(())
+        }
+        Cmd::Detach { network, netns, ifname } => {
+            call(
+                &cli,
+                Request::Detach {
+                    network: network.clone(),
+                    netns: netns.clone(),
+                    ifname: ifname.clone(),
+                },
+            )?;
+            Ok(())
+        }
+        Cmd::Port(PortCmd::Add {
+            network,
+            iface,
+            kind,
+            worker,
+        }) => {
+            call(
+                &cli,
+                Request::PortAdd {
+                    network: network.clone(),
+                    iface: iface.clone(),
+                    kind: match kind {
+                        PortKindArg::Afxdp => PortKind::Afxdp,
+                        PortKindArg::Tap => PortKind::Tap,
+                    },
+                    worker: *worker,
+                },
+            )?;
+            Ok(())
+        }
+        Cmd::Port(PortCmd::Ls { json }) => {
+            let v = call(&cli, Request::PortLs)?;
+            if *json {
+                println!("{}", pretty(&v));
+                return Ok(());
+            }
+            let ports: Vec<PortInfo> = parse(v)?;
+            println!(
+                "{:<4} {:<14} {:<6} {:<12} {:<3} {:<26} {:<20} STATUS",
+                "ID", "IFACE", "KIND", "NETWORK", "W", "MODE", "ATTACHED"
+            );
+            for p in ports {
+                println!(
+                    "{:<4} {:<14} {:<6} {:<12} {:<3} {:<26} {:<20} {}",
+                    p.id,
+                    p.iface,
+                    p.kind,
+                    p.network,
+                    p.worker,
+                    p.mode,
+                    p.attached.unwrap_or_else(|| "-".into()),
+                    p.status
+                );
+            }
+            Ok(())
+        }
+        Cmd::Port(PortCmd::Rm { iface }) => {
+            call(&cli, Request::PortRm { iface: iface.clone() })?;
+            Ok(())
+        }
+        Cmd::Fdb(FdbCmd::Show { network, json }) => {
+            let v = call(&cli, Request::FdbShow { network: network.clone() })?;
+            if *json {
+                println!("{}", pretty(&v));
+                return Ok(());
+            }
+            let es: Vec<FdbInfo> = parse(v)?;
+            println!("{:<12} {:<18} {:<14} {:<8} AGE", "NETWORK", "MAC", "PORT", "TYPE");
+            for e in es {
+                println!("{:<12} {:<18} {:<14} {:<8} {}", e.network, e.mac, e.port, e.kind, e.age_secs);
+            }
+            Ok(())
+        }
+        Cmd::Fdb(FdbCmd::Add { network, mac, port }) => {
+            call(
+                &cli,
+                Request::FdbAdd {
+                    network: network.clone(),
+                    mac: mac.clone(),
+                    port: port.clone(),
+                },
+            )?;
+            Ok(())
+        }
+        Cmd::Fdb(FdbCmd::Rm { network, mac }) => {
+            call(
+                &cli,
+                Request::FdbRm {
+                    network: network.clone(),
+                    mac: mac.clone(),
+                },
+            )?;
+            Ok(())
+        }
+        Cmd::Stats { json } => {
+            let v = call(&cli, Request::Stats)?;
+            if *json {
+                println!("{}", pretty(&v));
+                return Ok(());
+            }
+            println!(
+                "{:<14} {:<12} {:>12} {:>14} {:>12} {:>14}  DROPS",
+                "PORT", "NETWORK", "RX_PKTS", "RX_BYTES", "TX_PKTS", "TX_BYTES"
+            );
+            for p in v["ports"].as_array().cloned().unwrap_or_default() {
+                let s = &p["stats"];
+                let drops = s["drops"]
+                    .as_object()
+                    .map(|m| m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "))
+                    .unwrap_or_default();
+                let name = p["attached"].as_str().unwrap_or(p["port"].as_str().unwrap_or("?"));
+                println!(
+                    "{:<14} {:<12} {:>12} {:>14} {:>12} {:>14}  {}",
+                    name,
+                    p["network"].as_str().unwrap_or(""),
+                    s["rx_packets"],
+                    s["rx_bytes"],
+                    s["tx_packets"],
+                    s["tx_bytes"],
+                    if drops.is_empty() { "-".into() } else { drops }
+                );
+            }
+            for w in v["workers"].as_array().cloned().unwrap_or_default() {
+                println!(
+                    "worker {} core {} idle {} busy_loops {} sleeps {}",
+                    w["id"], w["core"], w["idle"]["mode"], w["busy_loops"], w["sleeps"]
+                );
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! `vswitch run`: the control thread (management socket), the housekeeping
+//! timer and signal handling around the workers.
+use crate::api::{Request, Response};
+use crate::config::Config;
+use crate::state::State;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Runs the switch until SIGINT/SIGTERM.
+pub fn run(cfg: Config, socket: &Path) -> Result<(), String> {
+    // Block the stop signals in every thread; one thread waits for them.
+    let mut sigs = nix::sys::signal::SigSet::empty();
+    sigs.add(nix::sys::signal::Signal::SIGINT);
+    sigs.add(nix::sys::signal::Signal::SIGTERM);
+    sigs.thread_block().map_err(|e| format!("block signals: {e}"))?;
+
+    cfg.validate().map_err(|e| e.to_string())?;
+    if UnixStream::connect(socket).is_ok() {
+        return Err(format!(
+            "another vswitch is already listening on {}; stop it or pass --socket",
+            socket.display()
+        ));
+    }
+    let _ = std::fs::remove_file(socket);
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    }
+    let listener = UnixListener::bind(socket).map_err(|e| format!("listen on {}: {e}", socket.display()))?;
+
+    let state = State::start(&cfg).map_err(|e| {
+        let _ = std::fs::remove_file(socket);
+        e.to_string()
+    })?;
+    let state = Arc::new(Mutex::new(state));
+    tracing::info!(socket = %socket.display(), "vswitch running");
+
+    let hk = state.clone();
+    std::thread::Builder::new()
+        .name("vswitch-housekeeping".into())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(500));
+            match hk.lock() {
+                Ok(mut s) => s.housekeeping(),
+                Err(_) => return,
+            }
+        })
+        .map_err(|e| e.to_string())?;
+
+    let ctl = state.clone();
+    std::thread::Builder::new()
+        .name("vswitch-control".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                match conn {
+                    Ok(c) => {
+                        if let Err(e) = serve(c, &ctl) {
+                            tracing::debug!(error = %e, "client connection");
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "accept"),
+                }
+            }
+        })
+        .map_err(|e| e.to_string())?;
+
+    let sig = sigs.wait().map_err(|e| format!("sigwait: {e}"))?;
+    tracing::info!(signal = ?sig, "stopping");
+    let sock: PathBuf = socket.to_path_buf();
+    let _ = std::fs::remove_file(&sock);
+    if let Ok(mut s) = state.lock() {
+        s.shutdown();
+    }
+    Ok(())
+}
+
+fn serve(c: UnixStream, state: &Mutex<State>) -> std::io::Result<()> {
+    c.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut w = c.try_clone()?;
+    let mut r = BufReader::new(c);
+    let mut line = String::new();
+    while r.read_line(&mut line)? > 0 {
+        let resp = match serde_json::from_str::<Request>(&line) {
+            Ok(req) => {
+                tracing::debug!(?req, "request");
+                match state.lock() {
+                    Ok(mut s) => s.handle(req),
+                    Err(_) => Response {
+                        ok: false,
+                        error: Some("switch state is poisoned; restart vswitch".into()),
+                        data: serde_json::Value::Null,
+                    },
+                }
+            }
+            Err(e) => Response {
+                ok: false,
+                error: Some(format!("malformed request: {e}")),
+                data: serde_json::Value::Null,
+            },
+        };
+        let mut out = serde_json::to_vec(&resp)?;
+        out.push(b'\n');
+        w.write_all(&out)?;
+        line.clear();
+    }
+    Ok(())
+}
+
+/// Sends one request to a running switch.
+pub fn request(socket: &Path, req: &Request) -> Result<Response, String> {
+    let c = UnixStream::connect(socket).map_err(|e| {
+        format!(
+            "cannot reach vswitch at {}: {e} (is `vswitch run` running? set --socket or VSWITCH_SOCKET)",
+            socket.display()
+        )
+    })?;
+    let mut w = c.try_clone().map_err(|e| e.to_string())?;
+    let mut body = serde_json::to_vec(req).map_err(|e| e.to_string())?;
+    body.push(b'\n');
+    w.write_all(&body).map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    BufReader::new(c).read_line(&mut line).map_err(|e| e.to_string())?;
+    serde_json::from_str(&line).map_err(|e| format!("bad response from switch: {e}"))
+}

@@ -1,0 +1,303 @@
+//! AF_XDP ports: one socket on one queue of an interface (the host end of a
+//! veth, or a NIC queue), with its own UMEM and our redirect program.
+//!
+//! The UMEM is split in two: frames the kernel fills with received frames
+//! (kept on the fill ring) and frames the switch transmits from (a free list,
+//! replenished from the completion ring). Received frames are copied into the
+//! engine's packet buffers and their UMEM frame goes straight back to the fill
+//! ring, so the engine never holds UMEM memory and ports stay independent.
+pub mod bpf;
+mod umem;
+
+use crate::IoError;
+use bpf::XdpRedirect;
+use std::ffi::CString;
+use std::num::NonZeroU32;
+use std::os::fd::{BorrowedFd, RawFd};
+use umem::Area;
+use vswitch_engine::packet::{Packet, PacketPool};
+use vswitch_engine::port::{Port, PortCaps, PortError, TxResult};
+use xdpilone::xdp::XdpDesc;
+use xdpilone::{DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, UmemConfig, User};
+
+const FRAME: u32 = 4096;
+const RX_FRAMES: u32 = 1024;
+const TX_FRAMES: u32 = 1024;
+
+/// Settings of an AF_XDP port.
+#[derive(Debug, Clone)]
+pub struct AfXdpConfig {
+    /// Interface name.
+    pub ifname: String,
+    /// Queue id.
+    pub queue: u32,
+}
+
+/// How the port ended up bound, for `port ls`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AfXdpMode {
+    /// XDP program in the driver hook (else generic/SKB).
+    pub native: bool,
+    /// UMEM on 2 MiB hugepages.
+    pub hugepages: bool,
+}
+
+/// An AF_XDP socket as a switch port.
+pub struct AfXdpPort {
+    name: String,
+    rx: RingRx,
+    tx: RingTx,
+    dq: DeviceQueue,
+    _user: User,
+    _sock: Socket,
+    _umem: Umem,
+    _xdp: XdpRedirect,
+    fd: RawFd,
+    free_tx: Vec<u64>,
+    refill: Vec<u64>,
+    idle_calls: u32,
+    mode: AfXdpMode,
+    // Last: the memory must outlive every ring and the UMEM registration.
+    area: Area,
+}
+
+// SAFETY: the rings and UMEM pointers refer to memory owned by this struct
+// (the mmap'd area and the kernel's ring mappings); the port is used by one
+// thread at a time (the worker that owns it), which `&mut self` enforces.
+unsafe impl Send for AfXdpPort {}
+
+impl std::fmt::Debug for AfXdpPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AfXdpPort")
+            .field("name", &self.name)
+            .field("mode", &self.mode)
+            .finish()
+    }
+}
+
+fn errno(what: &str, e: xdpilone::Errno) -> IoError {
+    IoError::errno(what, std::io::Error::from_raw_os_error(e.get_raw()))
+}
+
+impl AfXdpPort {
+    /// Opens the socket, loads the redirect program and fills the fill ring.
+    pub fn open(cfg: &AfXdpConfig) -> Result<Self, IoError> {
+        let cname = CString::new(cfg.ifname.clone()).map_err(|_| IoError::NoInterface(cfg.ifname.clone()))?;
+        let ifindex = nix::net::if_::if_nametoindex(cname.as_c_str())
+            .map_err(|_| IoError::NoInterface(cfg.ifname.clone()))?;
+        let mut area = Area::new((RX_FRAMES + TX_FRAMES) as usize * FRAME as usize)?;
+        let ucfg = UmemConfig {
+            fill_size: RX_FRAMES,
+            complete_size: TX_FRAMES,
+            frame_size: FRAME,
+            headroom: 0,
+            flags: 0,
+        };
+        // SAFETY: `area` is a page-aligned mapping of the whole length that
+        // lives as long as `self` (declared last, dropped last) and is only
+        // accessed through frames the rings hand to us.
+        let umem = unsafe { Umem::new(ucfg, area.as_nonnull()) }.map_err(|e| errno("register UMEM", e))?;
+        let mut info = IfInfo::invalid();
+        info.from_ifindex(ifindex).map_err(|e| errno("interface info", e))?;
+        info.set_queue(cfg.queue);
+        let sock = Socket::with_shared(&info, &umem).map_err(|e| errno("AF_XDP socket", e))?;
+        let dq = umem.fq_cq(&sock).map_err(|e| errno("fill/completion rings", e))?;
+        let user = umem
+            .rx_tx(
+                &sock,
+                &SocketConfig {
+                    rx_size: NonZeroU32::new(RX_FRAMES),
+                    tx_size: NonZeroU32::new(TX_FRAMES),
+                    bind_flags: SocketConfig::XDP_BIND_NEED_WAKEUP,
+                },
+            )
+            .map_err(|e| errno("rx/tx rings", e))?;
+        let rx = user.map_rx().map_err(|e| errno("map rx ring", e))?;
+        let tx = user.map_tx().map_err(|e| errno("map tx ring", e))?;
+        umem.bind(&user).map_err(|e| errno(&format!("bind AF_XDP socket to {} queue {}", cfg.ifname, cfg.queue), e))?;
+        let fd = user.as_raw_fd();
+        let xdp = XdpRedirect::attach(ifindex, cfg.queue + 1)?;
+        xdp.insert(cfg.queue, fd)?;
+        let mode = AfXdpMode {
+            native: xdp.native,
+            hugepages: area.huge(),
+        };
+        area.zero();
+        let mut port = Self {
+            name: cfg.ifname.clone(),
+            rx,
+            tx,
+            dq,
+            _user: user,
+            _sock: sock,
+            _umem: umem,
+            _xdp: xdp,
+            fd,
+            free_tx: (RX_FRAMES..RX_FRAMES + TX_FRAMES)
+                .map(|i| i as u64 * FRAME as u64)
+                .collect(),
+            refill: (0..RX_FRAMES).map(|i| i as u64 * FRAME as u64).collect(),
+            idle_calls: 0,
+            mode,
+            area,
+        };
+        port.fill();
+        tracing::info!(port = %port.name, native = mode.native, hugepages = mode.hugepages, "AF_XDP port up");
+        Ok(port)
+    }
+
+    /// How the port is bound.
+    pub fn mode(&self) -> AfXdpMode {
+        self.mode
+    }
+
+    /// Puts frames back on the fill ring; the ring may take fewer than
+    /// offered, the rest wait for the next call.
+    fn fill(&mut self) {
+        if self.refill.is_empty() {
+            return;
+        }
+        let mut w = self.dq.fill(self.refill.len() as u32);
+        let n = w.insert(self.refill.iter().copied()) as usize;
+        w.commit();
+        drop(w);
+        self.refill.drain(..n);
+    }
+
+    fn reclaim(&mut self) {
+        let mut c = self.dq.complete(TX_FRAMES);
+        while let Some(addr) = c.read() {
+            self.free_tx.push(addr);
+        }
+        c.release();
+    }
+
+    fn kick(&self) {
+        // Copy mode transmits only inside sendto(); zero-copy drivers ask for
+        // it only when they set the need-wakeup flag.
+        self.tx.wake();
+    }
+}
+
+impl Port for AfXdpPort {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn caps(&self) -> PortCaps {
+        PortCaps {
+            csum: false,
+            tso: false,
+            max_frame: FRAME as usize,
+        }
+    }
+
+    fn rx_burst(
+        &mut self,
+        pool: &mut PacketPool,
+        out: &mut Vec<Packet>,
+        max: usize,
+    ) -> Result<usize, PortError> {
+        let mut n = 0;
+        let mut r = self.rx.receive(max as u32);
+        while let Some(XdpDesc { addr, len, .. }) = r.read() {
+            if let Some(src) = self.area.frame(addr, len) {
+                let mut p = pool.get_small();
+                let dst = p.rx_space();
+                let l = src.len().min(dst.len());
+                dst[..l].copy_from_slice(&src[..l]);
+                p.set_len(l);
+                out.push(p);
+                n += 1;
+            }
+            self.refill.push(addr & !(FRAME as u64 - 1));
+        }
+        r.release();
+        drop(r);
+        self.fill();
+        Ok(n)
+    }
+
+    fn tx_burst(&mut self, pkts: &mut Vec<Packet>, pool: &mut PacketPool) -> TxResult {
+        let mut res = TxResult::default();
+        if self.free_tx.len() < pkts.len() {
+            self.reclaim();
+        }
+        let mut descs: [XdpDesc; 64] = [XdpDesc::default(); 64];
+        let mut queued = 0;
+        for p in pkts.drain(..) {
+            if queued == descs.len() {
+                res.full += 1;
+                pool.put(p);
+                continue;
+            }
+            let Some(addr) = self.free_tx.pop() else {
+                res.full += 1;
+                pool.put(p);
+                continue;
+            };
+            let len = p.len();
+            match self.area.frame_mut(addr, len as u32) {
+                Some(dst) => {
+                    dst.copy_from_slice(p.data());
+                    descs[queued] = XdpDesc {
+                        addr,
+                        len: len as u32,
+                        options: 0,
+                    };
+                    queued += 1;
+                    res.bytes += len;
+                }
+                None => {
+                    self.free_tx.push(addr);
+                    res.errors += 1;
+                }
+            }
+            pool.put(p);
+        }
+        // The TX ring may take fewer descriptors than offered: kick, reclaim
+        // completions and offer the rest again, a bounded number of times.
+        let mut done = 0;
+        for _ in 0..16 {
+            let mut w = self.tx.transmit((queued - done) as u32);
+            let k = w.insert(descs[done..queued].iter().copied()) as usize;
+            w.commit();
+            drop(w);
+            done += k;
+            self.kick();
+            if done == queued {
+                break;
+            }
+            self.reclaim();
+        }
+        for d in &descs[done..queued] {
+            res.bytes -= d.len as usize;
+            self.free_tx.push(d.addr);
+            res.full += 1;
+        }
+        res.sent = done;
+        res
+    }
+
+    fn wait_fd(&self) -> Option<BorrowedFd<'_>> {
+        // SAFETY: `self.fd` is the socket owned by `self._user`, valid for as
+        // long as `self` and thus for the returned borrow.
+        Some(unsafe { BorrowedFd::borrow_raw(self.fd) })
+    }
+
+    fn idle(&mut self) -> Result<(), PortError> {
+        self.reclaim();
+        self.fill();
+        self.idle_calls = self.idle_calls.wrapping_add(1);
+        if self.idle_calls % 256 == 0 {
+            // The kernel reports an unregistered interface as a socket error.
+            let fd = self.wait_fd().expect("AF_XDP always has an fd");
+            if let Ok(e) = nix::sys::socket::getsockopt(&fd, nix::sys::socket::sockopt::SocketError) {
+                if e == libc::ENETDOWN || e == libc::ENODEV || e == libc::ENXIO {
+                    return Err(PortError::Gone(self.name.clone()));
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,36 @@
+//! Ports that touch the kernel. Every `unsafe` block of vswitch lives here,
+//! each with a `SAFETY:` comment: ring and UMEM memory, ioctls, `bpf(2)`.
+pub mod afxdp;
+pub mod ethtool;
+pub mod tap;
+
+/// Setup errors, with what to do about them.
+#[derive(Debug, thiserror::Error)]
+pub enum IoError {
+    /// A system call failed.
+    #[error("{what} failed: {source}")]
+    Sys {
+        /// What was attempted.
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The interface does not exist.
+    #[error("no interface named {0:?} (check `ip link` in the switch's network namespace)")]
+    NoInterface(String),
+}
+
+impl IoError {
+    pub(crate) fn last(what: impl Into<String>) -> Self {
+        IoError::Sys {
+            what: what.into(),
+            source: std::io::Error::last_os_error(),
+        }
+    }
+    pub(crate) fn errno(what: impl Into<String>, e: impl Into<std::io::Error>) -> Self {
+        IoError::Sys {
+            what: what.into(),
+            source: e.into(),
+        }
+    }
+}
