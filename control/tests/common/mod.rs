@@ -1,0 +1,213 @@
+//! A topology of network namespaces with a vswitch inside a "host" namespace.
+//! Everything it makes is named with a per-test prefix and removed on drop,
+//! also when the test fails (panics unwind through `Drop`).
+#![allow(dead_code)]
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Real-namespace tests share two cores: run them one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+pub struct Topo {
+    pub prefix: String,
+    namespaces: Vec<String>,
+    switch: Option<Child>,
+    pub sock: PathBuf,
+    dir: PathBuf,
+    _serial: MutexGuard<'static, ()>,
+}
+
+pub fn sh(cmd: &str, args: &[&str]) -> Output {
+    Command::new(cmd)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e} (run scripts/install-deps.sh)"))
+}
+
+pub fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "command failed: {}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+impl Topo {
+    /// `tag`: a short name of the test (prefix = "vt" + tag + pid).
+    pub fn new(tag: &str) -> Self {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "namespace tests need root (CI runs as root; locally: sudo -E cargo test)"
+        );
+        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let prefix = format!("vt{tag}{}", std::process::id() % 10000);
+        let dir = std::env::temp_dir().join(format!("{prefix}-dir"));
+        let _ = std::fs::create_dir_all(&dir);
+        let mut t = Self {
+            sock: dir.join("vswitch.sock"),
+            prefix,
+            namespaces: Vec::new(),
+            switch: None,
+            dir,
+            _serial: serial,
+        };
+        t.add_ns("host");
+        t
+    }
+
+    pub fn ns(&self, name: &str) -> String {
+        format!("{}-{name}", self.prefix)
+    }
+
+    pub fn add_ns(&mut self, name: &str) -> String {
+        let ns = self.ns(name);
+        let _ = sh("ip", &["netns", "del", &ns]);
+        ok(&sh("ip", &["netns", "add", &ns]));
+        self.namespaces.push(ns.clone());
+        ok(&self.exec(name, &["ip", "link", "set", "lo", "up"]));
+        // Quiet containers: no IPv6 chatter to confuse counters and aging.
+        let _ = self.exec(name, &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
+        let _ = self.exec(name, &["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
+        ns
+    }
+
+    pub fn exec(&self, name: &str, args: &[&str]) -> Output {
+        let ns = self.ns(name);
+        let mut a = vec!["netns", "exec", ns.as_str()];
+        a.extend_from_slice(args);
+        sh("ip", &a)
+    }
+
+    pub fn spawn_in(&self, name: &str, args: &[&str]) -> Child {
+        let ns = self.ns(name);
+        Command::new("ip")
+            .args(["netns", "exec", &ns])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn in namespace")
+    }
+
+    pub fn write_config(&self, text: &str) -> PathBuf {
+        let p = self.dir.join("vswitch.toml");
+        std::fs::write(&p, text).expect("write config");
+        p
+    }
+
+    /// Starts `vswitch run` in the host namespace and waits for its socket.
+    pub fn start_switch(&mut self, config: &str) {
+        let cfg = self.write_config(config);
+        let log = std::fs::File::create(self.dir.join("vswitch.log")).expect("log file");
+        let ns = self.ns("host");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns, env!("CARGO_BIN_EXE_vswitch"), "run", "--config"])
+            .arg(&cfg)
+            .arg("--socket")
+            .arg(&self.sock)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start vswitch");
+        self.switch = Some(child);
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(10) {
+            if std::os::unix::net::UnixStream::connect(&self.sock).is_ok() {
+                return;
+            }
+            assert!(self.switch_alive(), "vswitch exited at start:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("vswitch did not open its socket:\n{}", self.log());
+    }
+
+    pub fn switch_alive(&mut self) -> bool {
+        matches!(self.switch.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("vswitch.log")).unwrap_or_default()
+    }
+
+    /// Runs a `vswitch` client command.
+    pub fn vs(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_vswitch"))
+            .arg("--socket")
+            .arg(&self.sock)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run vswitch client")
+    }
+
+    pub fn vs_ok(&self, args: &[&str]) -> String {
+        let o = self.vs(args);
+        assert!(
+            o.status.success(),
+            "vswitch {args:?} failed: {}\nswitch log:\n{}",
+            String::from_utf8_lossy(&o.stderr),
+            self.log()
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        serde_json::from_str(&self.vs_ok(args)).expect("JSON output")
+    }
+
+    /// Per-port stats keyed by "netns:ifname" (attached) or interface name.
+    pub fn port_stats(&self, key: &str) -> serde_json::Value {
+        let v = self.json(&["stats", "--json"]);
+        v["ports"]
+            .as_array()
+            .and_then(|a| {
+                a.iter()
+                    .find(|p| p["attached"].as_str() == Some(key) || p["port"].as_str() == Some(key))
+            })
+            .map(|p| p["stats"].clone())
+            .unwrap_or_else(|| panic!("no port {key} in stats: {v}"))
+    }
+
+    pub fn mac_of(&self, name: &str, ifname: &str) -> String {
+        let o = ok(&self.exec(name, &["cat", &format!("/sys/class/net/{ifname}/address")]));
+        o.trim().to_string()
+    }
+
+    pub fn ping(&self, from: &str, to: &str, count: u32) -> bool {
+        self.exec(from, &["ping", "-c", &count.to_string(), "-i", "0.2", "-W", "1", to])
+            .status
+            .success()
+    }
+}
+
+impl Drop for Topo {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.switch.take() {
+            // `ip netns exec` execs the switch: this PID is the switch itself.
+            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(5) {
+                if matches!(c.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in self.namespaces.drain(..).rev() {
+            let _ = sh("ip", &["netns", "del", &ns]);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub const ADAPTIVE: &str = "[[workers]]\nidle = { mode = \"adaptive\", idle_after_us = 500, max_sleep_ms = 50 }\n";
