@@ -412,7 +412,11 @@ impl Worker {
             max_sleep_ms,
         } = self.config.idle
         else {
-            std::hint::spin_loop();
+            // Busy mode still yields on an empty poll: on a host with few
+            // cores the kernel work that feeds our rings (softirqs of the
+            // veths, run by ksoftirqd on this core) must not wait for the
+            // scheduler to preempt a spinning worker.
+            std::thread::yield_now();
             return;
         };
         let now = self.clock.now_ns();

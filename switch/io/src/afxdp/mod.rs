@@ -23,6 +23,7 @@ use xdpilone::{DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, 
 const FRAME: u32 = 4096;
 const RX_FRAMES: u32 = 1024;
 const TX_FRAMES: u32 = 1024;
+const TX_CHUNK: usize = 64;
 
 /// Settings of an AF_XDP port.
 #[derive(Debug, Clone)]
@@ -172,6 +173,35 @@ impl AfXdpPort {
         c.release();
     }
 
+    /// Puts `descs` on the TX ring and kicks the kernel. The ring may take
+    /// fewer than offered: kick, reclaim completions and offer the rest again,
+    /// a bounded number of times; what still does not fit is counted full.
+    fn push_tx(&mut self, descs: &[XdpDesc], res: &mut TxResult) {
+        let mut done = 0;
+        for _ in 0..64 {
+            if done == descs.len() {
+                break;
+            }
+            let mut w = self.tx.transmit((descs.len() - done) as u32);
+            let k = w.insert(descs[done..].iter().copied()) as usize;
+            w.commit();
+            drop(w);
+            done += k;
+            self.kick();
+            if done < descs.len() {
+                self.reclaim();
+            }
+        }
+        for d in &descs[..done] {
+            res.sent += 1;
+            res.bytes += d.len as usize;
+        }
+        for d in &descs[done..] {
+            self.free_tx.push(d.addr);
+            res.full += 1;
+        }
+    }
+
     fn kick(&self) {
         // Copy mode transmits only inside sendto(); zero-copy drivers ask for
         // it only when they set the need-wakeup flag.
@@ -220,16 +250,14 @@ impl Port for AfXdpPort {
 
     fn tx_burst(&mut self, pkts: &mut Vec<Packet>, pool: &mut PacketPool) -> TxResult {
         let mut res = TxResult::default();
-        if self.free_tx.len() < pkts.len() {
-            self.reclaim();
-        }
-        let mut descs: [XdpDesc; 64] = [XdpDesc::default(); 64];
+        let mut descs = [XdpDesc::default(); TX_CHUNK];
         let mut queued = 0;
         for p in pkts.drain(..) {
-            if queued == descs.len() {
-                res.full += 1;
-                pool.put(p);
-                continue;
+            if self.free_tx.is_empty() {
+                // Flush what is queued so completions can come back.
+                self.push_tx(&descs[..queued], &mut res);
+                queued = 0;
+                self.reclaim();
             }
             let Some(addr) = self.free_tx.pop() else {
                 res.full += 1;
@@ -246,7 +274,6 @@ impl Port for AfXdpPort {
                         options: 0,
                     };
                     queued += 1;
-                    res.bytes += len;
                 }
                 None => {
                     self.free_tx.push(addr);
@@ -254,28 +281,12 @@ impl Port for AfXdpPort {
                 }
             }
             pool.put(p);
-        }
-        // The TX ring may take fewer descriptors than offered: kick, reclaim
-        // completions and offer the rest again, a bounded number of times.
-        let mut done = 0;
-        for _ in 0..16 {
-            let mut w = self.tx.transmit((queued - done) as u32);
-            let k = w.insert(descs[done..queued].iter().copied()) as usize;
-            w.commit();
-            drop(w);
-            done += k;
-            self.kick();
-            if done == queued {
-                break;
+            if queued == TX_CHUNK {
+                self.push_tx(&descs, &mut res);
+                queued = 0;
             }
-            self.reclaim();
         }
-        for d in &descs[done..queued] {
-            res.bytes -= d.len as usize;
-            self.free_tx.push(d.addr);
-            res.full += 1;
-        }
-        res.sent = done;
+        self.push_tx(&descs[..queued], &mut res);
         res
     }
 

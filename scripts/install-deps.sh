@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what the tests, the demo and the benchmark need on a fresh Debian
+# machine, and sets the kernel up: tools as kernel referees, 2 MiB hugepages
+# for AF_XDP UMEMs, the tun device. Idempotent; needs root.
+set -euo pipefail
+if [ "$(id -u)" != 0 ]; then
+    echo "install-deps.sh: needs root (it installs packages and sets sysctls)" >&2
+    exit 1
+fi
+pkgs=(iproute2 iputils-ping iperf3 tcpdump netsniff-ng ethtool procps kmod)
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# 2 MiB hugepages for UMEMs (ports fall back to ordinary pages without them).
+want=${VSWITCH_HUGEPAGES:-128}
+have=$(cat /proc/sys/vm/nr_hugepages)
+if [ "$have" -lt "$want" ]; then
+    echo "$want" > /proc/sys/vm/nr_hugepages || echo "warning: could not reserve hugepages" >&2
+fi
+modprobe tun 2>/dev/null || true
+[ -c /dev/net/tun ] || { mkdir -p /dev/net && mknod /dev/net/tun c 10 200; }
+# AF_XDP rings and UMEM are locked memory.
+ulimit -l unlimited 2>/dev/null || true
+echo "dependencies ready (hugepages: $(cat /proc/sys/vm/nr_hugepages))"
