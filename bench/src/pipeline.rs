@@ -1,0 +1,114 @@
+//! The L2 stages (classify, learn, forward, queue) on a batch of 32 64-byte
+//! frames, with 1 and with 100,000 learned MACs. No ports: this is the
+//! per-packet work of the engine alone. The MAC rewrite that makes every
+//! batch new traffic is included in the figure (12 byte stores per frame).
+use std::sync::Arc;
+use std::time::Instant;
+use vswitch_engine::fdb::NetId;
+use vswitch_engine::packet::{Packet, PacketPool};
+use vswitch_engine::pipeline::{Pipeline, TxQueues, BATCH};
+use vswitch_engine::port::PortCaps;
+use vswitch_engine::stats::{BatchDrops, PortStats};
+use vswitch_engine::tables::{NetworkView, PortView, Snapshot, Tables};
+use vswitch_engine::wire::mac::Mac;
+
+const NET: NetId = 0;
+
+fn tables() -> (Arc<Tables>, Arc<Snapshot>) {
+    let t = Arc::new(Tables::new(1 << 19));
+    t.fdb.set_limit(NET, 1_000_000);
+    let port = |id| {
+        Some(PortView {
+            id,
+            name: format!("p{id}"),
+            net: Some(NET),
+            worker: 0,
+            caps: PortCaps::default(),
+            stats: Arc::new(PortStats::default()),
+        })
+    };
+    t.publish(Snapshot {
+        generation: 0,
+        ports: vec![None, port(1), port(2)],
+        networks: vec![Some(NetworkView {
+            id: NET,
+            name: "bench".into(),
+            ports: vec![1, 2],
+        })],
+    });
+    let snap = t.snap.load_full();
+    (t, snap)
+}
+
+fn frame() -> Vec<u8> {
+    let mut f = vec![0u8; 64];
+    f[12] = 0x08; // IPv4
+    f[14] = 0x45;
+    f
+}
+
+/// Returns (ns per packet, packets forwarded).
+fn case(macs: u64, batches: usize) -> (f64, u64) {
+    let (t, snap) = tables();
+    let src = |i: u64| Mac(0x0200_0000_0000 | i);
+    let dst = |i: u64| Mac(0x0600_0000_0000 | i);
+    for i in 0..macs {
+        t.fdb.learn(NET, dst(i), 2, 0);
+        t.fdb.learn(NET, src(i), 1, 0);
+    }
+    let mut pool = PacketPool::default();
+    let mut txq = TxQueues::default();
+    let mut drops = BatchDrops::default();
+    let mut pipe = Pipeline::default();
+    let mut batch: Vec<Packet> = (0..BATCH).map(|_| Packet::from_slice(&frame())).collect();
+    // A fixed pseudo-random walk over the MAC set (xorshift), precomputed.
+    let mut x = 0x9E37_79B9u64;
+    let seq: Vec<u64> = (0..(1 << 16))
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % macs
+        })
+        .collect();
+    let mut k = 0usize;
+    let mut forwarded = 0u64;
+    let start = Instant::now();
+    for _ in 0..batches {
+        for p in batch.iter_mut() {
+            let i = seq[k & 0xffff];
+            k += 1;
+            let d = p.data_mut();
+            d[0..6].copy_from_slice(&dst(i).bytes());
+            d[6..12].copy_from_slice(&src(i).bytes());
+        }
+        pipe.run(&t, &snap, 1, 0, &mut batch, &mut pool, &mut txq, &mut drops);
+        let pending = txq.take_pending();
+        for p in &pending {
+            let q = txq.queue(*p);
+            forwarded += q.len() as u64;
+            batch.append(q);
+        }
+        txq.restore_pending(pending);
+    }
+    let ns = start.elapsed().as_nanos() as f64 / (batches * BATCH) as f64;
+    (ns, forwarded)
+}
+
+/// Prints the table and one JSON line per case.
+pub fn run(batches: usize) {
+    let mhz = crate::cpu_mhz();
+    println!("pipeline on memory: 64-byte frames, batches of {BATCH}, one core, {mhz:.0} MHz");
+    println!("{:<14} {:>10} {:>12} {:>12}", "learned MACs", "Mpps", "ns/packet", "cycles/pkt");
+    for macs in [1u64, 100_000] {
+        let (ns, fwd) = case(macs, batches);
+        let expected = (batches * BATCH) as u64;
+        assert_eq!(fwd, expected, "every frame must be forwarded by unicast");
+        let cycles = ns * mhz / 1000.0;
+        println!("{:<14} {:>10.2} {:>12.1} {:>12.1}", macs, 1000.0 / ns, ns, cycles);
+        println!(
+            "JSON {}",
+            serde_json::json!({"case": format!("pipeline_l2_{macs}_macs"), "mpps": 1000.0 / ns, "ns_per_packet": ns, "cycles_per_packet": cycles, "mhz": mhz})
+        );
+    }
+}
