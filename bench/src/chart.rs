@@ -15,12 +15,18 @@ struct Row {
 pub fn report(input: &Path, commit: &str, out: &Path) -> Result<(), String> {
     let text = std::fs::read_to_string(input).map_err(|e| format!("{}: {e}", input.display()))?;
     let mut rows = Vec::new();
-    for l in text.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')) {
+    for l in text
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+    {
         let f: Vec<&str> = l.split_whitespace().collect();
         if f.len() < 4 {
             return Err(format!("bad results line {l:?}"));
         }
-        let num = |s: &str| s.parse::<f64>().map_err(|_| format!("bad number {s:?} in {l:?}"));
+        let num = |s: &str| {
+            s.parse::<f64>()
+                .map_err(|_| format!("bad number {s:?} in {l:?}"))
+        };
         rows.push(Row {
             metric: f[0].to_string(),
             unit: f[1].to_string(),
@@ -29,17 +35,24 @@ pub fn report(input: &Path, commit: &str, out: &Path) -> Result<(), String> {
             higher_is_better: f.get(4) != Some(&"lower"),
         });
     }
-    println!("{:<34} {:>14} {:>14} {:>8}  unit", "metric", "kernel", "vswitch", "ratio");
+    println!(
+        "{:<34} {:>14} {:>14} {:>8}  unit",
+        "metric", "kernel", "vswitch", "ratio"
+    );
     let mut json = Vec::new();
     for r in &rows {
         let ratio = ratio(r);
-        println!("{:<34} {:>14.2} {:>14.2} {:>7.2}x  {}", r.metric, r.kernel, r.vswitch, ratio, r.unit);
+        println!(
+            "{:<34} {:>14.2} {:>14.2} {:>7.2}x  {}",
+            r.metric, r.kernel, r.vswitch, ratio, r.unit
+        );
         json.push(serde_json::json!({"metric": r.metric, "unit": r.unit, "kernel": r.kernel, "vswitch": r.vswitch, "ratio_vs_kernel": ratio, "higher_is_better": r.higher_is_better}));
     }
     std::fs::create_dir_all(out).map_err(|e| e.to_string())?;
     let doc = serde_json::json!({"commit": commit, "results": json});
     let jp = out.join(format!("{commit}.json"));
-    std::fs::write(&jp, serde_json::to_string_pretty(&doc).unwrap_or_default()).map_err(|e| e.to_string())?;
+    std::fs::write(&jp, serde_json::to_string_pretty(&doc).unwrap_or_default())
+        .map_err(|e| e.to_string())?;
     let sp = out.join(format!("{commit}.svg"));
     std::fs::write(&sp, svg(&rows, commit)).map_err(|e| e.to_string())?;
     println!("wrote {} and {}", jp.display(), sp.display());
@@ -61,16 +74,34 @@ fn svg(rows: &[Row], commit: &str) -> String {
     let max = rows.iter().map(ratio).fold(2.0f64, f64::max);
     let scale = (w - left - 80.0) / max;
     let mut s = String::new();
-    let _ = write!(s, r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#);
-    let _ = write!(s, r#"<rect width="100%" height="100%" fill="white"/><text x="10" y="20" font-size="14">vswitch / kernel (higher is better), commit {commit}</text>"#);
+    let _ = write!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = write!(
+        s,
+        r#"<rect width="100%" height="100%" fill="white"/><text x="10" y="20" font-size="14">vswitch / kernel (higher is better), commit {commit}</text>"#
+    );
     let x1 = left + scale;
-    let _ = write!(s, r#"<line x1="{x1}" y1="30" x2="{x1}" y2="{}" stroke="gray" stroke-dasharray="4"/><text x="{x1}" y="{}" fill="gray">1.0x</text>"#, h - 15.0, h - 3.0);
+    let _ = write!(
+        s,
+        r#"<line x1="{x1}" y1="30" x2="{x1}" y2="{}" stroke="gray" stroke-dasharray="4"/><text x="{x1}" y="{}" fill="gray">1.0x</text>"#,
+        h - 15.0,
+        h - 3.0
+    );
     for (i, r) in rows.iter().enumerate() {
         let y = 40.0 + i as f64 * (bar_h + gap);
         let v = ratio(r);
         let color = if v >= 1.0 { "#2a9d8f" } else { "#e76f51" };
-        let _ = write!(s, r#"<text x="10" y="{}">{}</text><rect x="{left}" y="{y}" width="{}" height="{bar_h}" fill="{color}"/><text x="{}" y="{}">{v:.2}x</text>"#,
-            y + 15.0, r.metric, (v * scale).max(1.0), left + v * scale + 5.0, y + 15.0);
+        let _ = write!(
+            s,
+            r#"<text x="10" y="{}">{}</text><rect x="{left}" y="{y}" width="{}" height="{bar_h}" fill="{color}"/><text x="{}" y="{}">{v:.2}x</text>"#,
+            y + 15.0,
+            r.metric,
+            (v * scale).max(1.0),
+            left + v * scale + 5.0,
+            y + 15.0
+        );
     }
     s.push_str("</svg>\n");
     s

@@ -4,7 +4,6 @@
 use clap::{Parser, Subcommand};
 use std::net::UdpSocket;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod chart;
@@ -92,8 +91,10 @@ fn udp_echo(bind: &str) -> Result<(), String> {
 fn rtt(to: &str, count: u64, interval_us: u64) -> Result<(), String> {
     let s = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
     s.connect(to).map_err(|e| format!("connect {to}: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_millis(500))).map_err(|e| e.to_string())?;
-    let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 10_000_000, 3).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .map_err(|e| e.to_string())?;
+    let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 10_000_000, 3)
+        .map_err(|e| e.to_string())?;
     let mut lost = 0u64;
     let mut buf = [0u8; 64];
     // Warm-up: ARP, FDB learning.
@@ -139,6 +140,3 @@ pub(crate) fn cpu_mhz() -> f64 {
         })
         .unwrap_or(0.0)
 }
-
-#[allow(dead_code)]
-fn _assert_send(_: Arc<()>) {}

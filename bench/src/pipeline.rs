@@ -99,13 +99,22 @@ fn case(macs: u64, batches: usize) -> (f64, u64) {
 pub fn run(batches: usize) {
     let mhz = crate::cpu_mhz();
     println!("pipeline on memory: 64-byte frames, batches of {BATCH}, one core, {mhz:.0} MHz");
-    println!("{:<14} {:>10} {:>12} {:>12}", "learned MACs", "Mpps", "ns/packet", "cycles/pkt");
+    println!(
+        "{:<14} {:>10} {:>12} {:>12}",
+        "learned MACs", "Mpps", "ns/packet", "cycles/pkt"
+    );
     for macs in [1u64, 100_000] {
         let (ns, fwd) = case(macs, batches);
         let expected = (batches * BATCH) as u64;
         assert_eq!(fwd, expected, "every frame must be forwarded by unicast");
         let cycles = ns * mhz / 1000.0;
-        println!("{:<14} {:>10.2} {:>12.1} {:>12.1}", macs, 1000.0 / ns, ns, cycles);
+        println!(
+            "{:<14} {:>10.2} {:>12.1} {:>12.1}",
+            macs,
+            1000.0 / ns,
+            ns,
+            cycles
+        );
         println!(
             "JSON {}",
             serde_json::json!({"case": format!("pipeline_l2_{macs}_macs"), "mpps": 1000.0 / ns, "ns_per_packet": ns, "cycles_per_packet": cycles, "mhz": mhz})

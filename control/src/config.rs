@@ -175,7 +175,9 @@ impl Config {
     /// Checks what serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.workers.is_empty() {
-            return Err(ConfigError::Invalid("at least one [[workers]] entry is needed".into()));
+            return Err(ConfigError::Invalid(
+                "at least one [[workers]] entry is needed".into(),
+            ));
         }
         let ncores = std::thread::available_parallelism().map_or(1, |n| n.get());
         for (i, w) in self.workers.iter().enumerate() {
@@ -192,7 +194,10 @@ impl Config {
         for n in &self.networks {
             validate_network(n)?;
             if !names.insert(&n.name) {
-                return Err(ConfigError::Invalid(format!("network {:?} is defined twice", n.name)));
+                return Err(ConfigError::Invalid(format!(
+                    "network {:?} is defined twice",
+                    n.name
+                )));
             }
         }
         for p in &self.ports {
@@ -218,25 +223,40 @@ impl Config {
 
 /// Checks one network definition (config file and `network create` alike).
 pub fn validate_network(n: &NetworkConfig) -> Result<(), ConfigError> {
-    if n.name.is_empty() || n.name.len() > 64 || !n.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+    if n.name.is_empty()
+        || n.name.len() > 64
+        || !n
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
         return Err(ConfigError::Invalid(format!(
             "network name {:?} must be 1-64 characters of letters, digits, '-', '_' or '.'",
             n.name
         )));
     }
     if !(68..=9000).contains(&n.mtu) {
-        return Err(ConfigError::Invalid(format!("network {:?}: mtu {} is outside 68..=9000", n.name, n.mtu)));
+        return Err(ConfigError::Invalid(format!(
+            "network {:?}: mtu {} is outside 68..=9000",
+            n.name, n.mtu
+        )));
     }
     let subnet = match &n.subnet {
         Some(s) => Some(s.parse::<ipnetwork::IpNetwork>().map_err(|e| {
-            ConfigError::Invalid(format!("network {:?}: subnet {s:?} is not a CIDR like 10.1.0.0/24: {e}", n.name))
+            ConfigError::Invalid(format!(
+                "network {:?}: subnet {s:?} is not a CIDR like 10.1.0.0/24: {e}",
+                n.name
+            ))
         })?),
         None => None,
     };
     if let Some(g) = &n.gateway {
-        let ip: std::net::IpAddr = g
-            .parse()
-            .map_err(|_| ConfigError::Invalid(format!("network {:?}: gateway {g:?} is not an IP address", n.name)))?;
+        let ip: std::net::IpAddr = g.parse().map_err(|_| {
+            ConfigError::Invalid(format!(
+                "network {:?}: gateway {g:?} is not an IP address",
+                n.name
+            ))
+        })?;
         match subnet {
             Some(s) if !s.contains(ip) => {
                 return Err(ConfigError::Invalid(format!(
@@ -269,7 +289,9 @@ mod tests {
     #[test]
     fn examples_parse() {
         for f in ["demo.toml", "edge-gateway.toml"] {
-            let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs").join(f);
+            let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../configs")
+                .join(f);
             Config::load(&p).unwrap_or_else(|e| panic!("{f}: {e}"));
         }
     }
@@ -278,11 +300,15 @@ mod tests {
     fn errors_name_what_to_fix() {
         let e = parse("[[networks]]\nname = \"a\"\nsubnet = \"10.0.0.0/33\"\n").unwrap_err();
         assert!(e.contains("subnet") && e.contains("CIDR"), "{e}");
-        let e = parse("[[networks]]\nname = \"a\"\nsubnet = \"10.0.0.0/24\"\ngateway = \"10.0.1.1\"\n").unwrap_err();
+        let e =
+            parse("[[networks]]\nname = \"a\"\nsubnet = \"10.0.0.0/24\"\ngateway = \"10.0.1.1\"\n")
+                .unwrap_err();
         assert!(e.contains("outside subnet"), "{e}");
-        let e = parse("[[ports]]\nnetwork = \"x\"\niface = \"v0\"\nkind = \"afxdp\"\n").unwrap_err();
+        let e =
+            parse("[[ports]]\nnetwork = \"x\"\niface = \"v0\"\nkind = \"afxdp\"\n").unwrap_err();
         assert!(e.contains("no [[networks]] entry"), "{e}");
-        let e = parse("[[ports]]\nnetwork = \"x\"\niface = \"v0\"\nkind = \"bogus\"\n").unwrap_err();
+        let e =
+            parse("[[ports]]\nnetwork = \"x\"\niface = \"v0\"\nkind = \"bogus\"\n").unwrap_err();
         assert!(e.contains("kind") || e.contains("variant"), "{e}");
         let e = parse("[switch]\nfdb_capacity = 10\nbogus = 1\n").unwrap_err();
         assert!(e.contains("bogus"), "{e}");

@@ -7,10 +7,19 @@ use vswitch_control::config::{Config, NetworkConfig, PortKind};
 use vswitch_control::server;
 
 #[derive(Parser)]
-#[command(name = "vswitch", version, about = "Userspace virtual switch for container hosts")]
+#[command(
+    name = "vswitch",
+    version,
+    about = "Userspace virtual switch for container hosts"
+)]
 struct Cli {
     /// Management socket of the running switch.
-    #[arg(long, global = true, env = "VSWITCH_SOCKET", default_value = "/run/vswitch/vswitch.sock")]
+    #[arg(
+        long,
+        global = true,
+        env = "VSWITCH_SOCKET",
+        default_value = "/run/vswitch/vswitch.sock"
+    )]
     socket: PathBuf,
     #[command(subcommand)]
     cmd: Cmd,
@@ -254,7 +263,10 @@ fn run(cli: Cli) -> Result<(), String> {
                 return Ok(());
             }
             let nets: Vec<NetworkInfo> = parse(v)?;
-            println!("{:<16} {:<18} {:<6} {:<6} PORTS", "NAME", "SUBNET", "MTU", "MACS");
+            println!(
+                "{:<16} {:<18} {:<6} {:<6} PORTS",
+                "NAME", "SUBNET", "MTU", "MACS"
+            );
             for n in nets {
                 println!(
                     "{:<16} {:<18} {:<6} {:<6} {}",
@@ -268,7 +280,10 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Cmd::Network(NetworkCmd::Inspect { name }) => {
-            println!("{}", pretty(&call(&cli, Request::NetworkInspect { name: name.clone() })?));
+            println!(
+                "{}",
+                pretty(&call(&cli, Request::NetworkInspect { name: name.clone() })?)
+            );
             Ok(())
         }
         Cmd::Network(NetworkCmd::Rm { name }) => {
@@ -297,10 +312,17 @@ fn run(cli: Cli) -> Result<(), String> {
                     mac: mac.clone(),
                 },
             )?;
-            println!("{netns}:{ifname} attached to {network} (mac {})", v["mac"].as_str().unwrap_or("?"));
+            println!(
+                "{netns}:{ifname} attached to {network} (mac {})",
+                v["mac"].as_str().unwrap_or("?")
+            );
             Ok(())
         }
-        Cmd::Detach { network, netns, ifname } => {
+        Cmd::Detach {
+            network,
+            netns,
+            ifname,
+        } => {
             call(
                 &cli,
                 Request::Detach {
@@ -358,19 +380,35 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Cmd::Port(PortCmd::Rm { iface }) => {
-            call(&cli, Request::PortRm { iface: iface.clone() })?;
+            call(
+                &cli,
+                Request::PortRm {
+                    iface: iface.clone(),
+                },
+            )?;
             Ok(())
         }
         Cmd::Fdb(FdbCmd::Show { network, json }) => {
-            let v = call(&cli, Request::FdbShow { network: network.clone() })?;
+            let v = call(
+                &cli,
+                Request::FdbShow {
+                    network: network.clone(),
+                },
+            )?;
             if *json {
                 println!("{}", pretty(&v));
                 return Ok(());
             }
             let es: Vec<FdbInfo> = parse(v)?;
-            println!("{:<12} {:<18} {:<14} {:<8} AGE", "NETWORK", "MAC", "PORT", "TYPE");
+            println!(
+                "{:<12} {:<18} {:<14} {:<8} AGE",
+                "NETWORK", "MAC", "PORT", "TYPE"
+            );
             for e in es {
-                println!("{:<12} {:<18} {:<14} {:<8} {}", e.network, e.mac, e.port, e.kind, e.age_secs);
+                println!(
+                    "{:<12} {:<18} {:<14} {:<8} {}",
+                    e.network, e.mac, e.port, e.kind, e.age_secs
+                );
             }
             Ok(())
         }
@@ -409,9 +447,16 @@ fn run(cli: Cli) -> Result<(), String> {
                 let s = &p["stats"];
                 let drops = s["drops"]
                     .as_object()
-                    .map(|m| m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "))
+                    .map(|m| {
+                        m.iter()
+                            .map(|(k, v)| format!("{k}={v}"))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    })
                     .unwrap_or_default();
-                let name = p["attached"].as_str().unwrap_or(p["port"].as_str().unwrap_or("?"));
+                let name = p["attached"]
+                    .as_str()
+                    .unwrap_or(p["port"].as_str().unwrap_or("?"));
                 println!(
                     "{:<14} {:<12} {:>12} {:>14} {:>12} {:>14}  {}",
                     name,

@@ -50,7 +50,10 @@ pub fn open_ns(name: &str) -> Result<OwnedFd, NetnsError> {
 /// Runs `f` with a netlink handle inside namespace `ns` (`None`: the switch's own).
 pub fn run_in<T: Send + 'static>(
     ns: Option<&str>,
-    f: impl FnOnce(Handle) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, NetnsError>> + Send>>
+    f: impl FnOnce(
+            Handle,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, NetnsError>> + Send>>
         + Send
         + 'static,
 ) -> Result<T, NetnsError> {
@@ -58,8 +61,12 @@ pub fn run_in<T: Send + 'static>(
     let ns_name = ns.unwrap_or("").to_string();
     std::thread::spawn(move || {
         if let Some(fd) = &fd {
-            nix::sched::setns(fd.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(|source| NetnsError::Enter { ns: ns_name, source })?;
+            nix::sched::setns(fd.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).map_err(
+                |source| NetnsError::Enter {
+                    ns: ns_name,
+                    source,
+                },
+            )?;
         }
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_io()
@@ -84,8 +91,12 @@ pub fn with_ns<T: Send + 'static>(
     let fd = open_ns(ns)?;
     let ns_name = ns.to_string();
     std::thread::spawn(move || {
-        nix::sched::setns(fd.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-            .map_err(|source| NetnsError::Enter { ns: ns_name, source })?;
+        nix::sched::setns(fd.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).map_err(|source| {
+            NetnsError::Enter {
+                ns: ns_name,
+                source,
+            }
+        })?;
         f()
     })
     .join()
@@ -103,7 +114,10 @@ async fn index_of(h: &Handle, name: &str) -> Result<u32, NetnsError> {
 /// Whether interface `name` exists in the switch's namespace.
 pub fn link_exists(name: &str) -> bool {
     let n = name.to_string();
-    run_in(None, move |h| Box::pin(async move { index_of(&h, &n).await })).is_ok()
+    run_in(None, move |h| {
+        Box::pin(async move { index_of(&h, &n).await })
+    })
+    .is_ok()
 }
 
 /// Creates veth `host`<->`peer` in the switch's namespace, brings `host` up
@@ -126,7 +140,11 @@ pub fn create_veth(host: &str, peer: &str, ns: &str, mtu: u32) -> Result<(), Net
                 .map_err(nl)?;
             let pi = index_of(&h, &peer).await?;
             h.link()
-                .set(LinkUnspec::new_with_index(pi).setns_by_fd(nsfd.as_raw_fd()).build())
+                .set(
+                    LinkUnspec::new_with_index(pi)
+                        .setns_by_fd(nsfd.as_raw_fd())
+                        .build(),
+                )
                 .execute()
                 .await
                 .map_err(nl)?;
@@ -143,7 +161,11 @@ pub fn move_to_ns(name: &str, ns: &str) -> Result<(), NetnsError> {
         Box::pin(async move {
             let i = index_of(&h, &name).await?;
             h.link()
-                .set(LinkUnspec::new_with_index(i).setns_by_fd(nsfd.as_raw_fd()).build())
+                .set(
+                    LinkUnspec::new_with_index(i)
+                        .setns_by_fd(nsfd.as_raw_fd())
+                        .build(),
+                )
                 .execute()
                 .await
                 .map_err(nl)
@@ -174,7 +196,9 @@ pub fn configure(
                 )
                 .execute()
                 .await
-                .map_err(|e| NetnsError::Netlink(format!("configure {to}: {e} (is the name already taken?)")))?;
+                .map_err(|e| {
+                    NetnsError::Netlink(format!("configure {to}: {e} (is the name already taken?)"))
+                })?;
             for (ip, prefix) in addrs {
                 h.address().add(i, ip, prefix).execute().await.map_err(nl)?;
             }

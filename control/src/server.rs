@@ -15,7 +15,8 @@ pub fn run(cfg: Config, socket: &Path) -> Result<(), String> {
     let mut sigs = nix::sys::signal::SigSet::empty();
     sigs.add(nix::sys::signal::Signal::SIGINT);
     sigs.add(nix::sys::signal::Signal::SIGTERM);
-    sigs.thread_block().map_err(|e| format!("block signals: {e}"))?;
+    sigs.thread_block()
+        .map_err(|e| format!("block signals: {e}"))?;
 
     cfg.validate().map_err(|e| e.to_string())?;
     if UnixStream::connect(socket).is_ok() {
@@ -28,7 +29,8 @@ pub fn run(cfg: Config, socket: &Path) -> Result<(), String> {
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     }
-    let listener = UnixListener::bind(socket).map_err(|e| format!("listen on {}: {e}", socket.display()))?;
+    let listener =
+        UnixListener::bind(socket).map_err(|e| format!("listen on {}: {e}", socket.display()))?;
 
     let state = State::start(&cfg).map_err(|e| {
         let _ = std::fs::remove_file(socket);
@@ -121,6 +123,8 @@ pub fn request(socket: &Path, req: &Request) -> Result<Response, String> {
     body.push(b'\n');
     w.write_all(&body).map_err(|e| e.to_string())?;
     let mut line = String::new();
-    BufReader::new(c).read_line(&mut line).map_err(|e| e.to_string())?;
+    BufReader::new(c)
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
     serde_json::from_str(&line).map_err(|e| format!("bad response from switch: {e}"))
 }

@@ -87,7 +87,8 @@ impl State {
         let tables = Arc::new(Tables::new(cfg.switch.fdb_capacity));
         let clock: Arc<dyn Clock> = Arc::new(MonotonicClock::default());
         let (ev_tx, ev_rx) = crossbeam::channel::unbounded();
-        let shared = worker::shared_for(cfg.workers.len()).map_err(|e| CmdError(format!("eventfd: {e}")))?;
+        let shared =
+            worker::shared_for(cfg.workers.len()).map_err(|e| CmdError(format!("eventfd: {e}")))?;
         let mut workers = Vec::new();
         for (id, w) in cfg.workers.iter().enumerate() {
             let wc = WorkerConfig {
@@ -96,8 +97,14 @@ impl State {
                 idle: w.idle,
             };
             workers.push(
-                worker::spawn(wc, tables.clone(), shared.clone(), clock.clone(), ev_tx.clone())
-                    .map_err(|e| CmdError(format!("cannot start worker {id}: {e}")))?,
+                worker::spawn(
+                    wc,
+                    tables.clone(),
+                    shared.clone(),
+                    clock.clone(),
+                    ev_tx.clone(),
+                )
+                .map_err(|e| CmdError(format!("cannot start worker {id}: {e}")))?,
             );
         }
         let mut s = Self {
@@ -132,7 +139,14 @@ impl State {
                 kind,
                 ip,
                 mac,
-            } => self.attach(&network, &netns, &ifname, kind, ip.as_deref(), mac.as_deref()),
+            } => self.attach(
+                &network,
+                &netns,
+                &ifname,
+                kind,
+                ip.as_deref(),
+                mac.as_deref(),
+            ),
             Request::Detach {
                 network,
                 netns,
@@ -149,7 +163,9 @@ impl State {
             Request::PortLs => Ok(json!(self.port_infos())),
             Request::PortRm { iface } => self.port_rm_by_name(&iface).map(|_| json!(null)),
             Request::FdbShow { network } => self.fdb_show(network.as_deref()).map(|v| json!(v)),
-            Request::FdbAdd { network, mac, port } => self.fdb_add(&network, &mac, &port).map(|_| json!(null)),
+            Request::FdbAdd { network, mac, port } => {
+                self.fdb_add(&network, &mac, &port).map(|_| json!(null))
+            }
             Request::FdbRm { network, mac } => self.fdb_rm(&network, &mac).map(|_| json!(null)),
             Request::Stats => Ok(self.stats()),
         };
@@ -170,7 +186,12 @@ impl State {
     fn publish(&self) {
         let max_port = self.ports.keys().next_back().map_or(0, |k| *k as usize + 1);
         let mut ports: Vec<Option<PortView>> = vec![None; max_port];
-        let max_net = self.networks.values().map(|n| n.id as usize + 1).max().unwrap_or(0);
+        let max_net = self
+            .networks
+            .values()
+            .map(|n| n.id as usize + 1)
+            .max()
+            .unwrap_or(0);
         let mut networks: Vec<Option<NetworkView>> = vec![None; max_net];
         for n in self.networks.values() {
             networks[n.id as usize] = Some(NetworkView {
@@ -224,7 +245,12 @@ impl State {
         let Some(n) = self.networks.get(name) else {
             return err(format!("no network {name:?} (see `vswitch network ls`)"));
         };
-        let users: Vec<_> = self.ports.values().filter(|p| p.net == name).map(|p| p.iface.clone()).collect();
+        let users: Vec<_> = self
+            .ports
+            .values()
+            .filter(|p| p.net == name)
+            .map(|p| p.iface.clone())
+            .collect();
         if !users.is_empty() {
             return err(format!(
                 "network {name:?} still has ports {users:?}; detach or `port rm` them first"
@@ -255,17 +281,29 @@ impl State {
     }
 
     fn network_inspect(&self, name: &str) -> Result<serde_json::Value, CmdError> {
-        let Some(info) = self.network_infos().into_iter().find(|n| n.config.name == name) else {
+        let Some(info) = self
+            .network_infos()
+            .into_iter()
+            .find(|n| n.config.name == name)
+        else {
             return err(format!("no network {name:?} (see `vswitch network ls`)"));
         };
-        let ports: Vec<_> = self.port_infos().into_iter().filter(|p| p.network == name).collect();
+        let ports: Vec<_> = self
+            .port_infos()
+            .into_iter()
+            .filter(|p| p.network == name)
+            .collect();
         Ok(json!({ "network": info, "ports": ports }))
     }
 
     fn alloc_port_id(&mut self) -> Result<PortId, CmdError> {
         for _ in 0..MAX_PORTS {
             let id = self.next_port;
-            self.next_port = if (self.next_port as usize) + 1 >= MAX_PORTS { 1 } else { self.next_port + 1 };
+            self.next_port = if (self.next_port as usize) + 1 >= MAX_PORTS {
+                1
+            } else {
+                self.next_port + 1
+            };
             if !self.ports.contains_key(&id) {
                 return Ok(id);
             }
@@ -276,7 +314,10 @@ impl State {
     fn pick_worker(&self, want: Option<usize>) -> Result<usize, CmdError> {
         if let Some(w) = want {
             if w >= self.workers.len() {
-                return err(format!("worker {w} does not exist; this switch runs {} worker(s)", self.workers.len()));
+                return err(format!(
+                    "worker {w} does not exist; this switch runs {} worker(s)",
+                    self.workers.len()
+                ));
             }
             return Ok(w);
         }
@@ -294,7 +335,9 @@ impl State {
         attach: Option<Attachment>,
     ) -> Result<PortId, CmdError> {
         if !self.networks.contains_key(network) {
-            return err(format!("no network {network:?} (create it with `vswitch network create {network}`)"));
+            return err(format!(
+                "no network {network:?} (create it with `vswitch network create {network}`)"
+            ));
         }
         if self.ports.values().any(|p| p.iface == iface) {
             return err(format!("interface {iface:?} is already a port"));
@@ -315,7 +358,10 @@ impl State {
                 );
                 (Box::new(p), mode)
             }
-            PortKind::Tap => (Box::new(TapPort::open(iface)?), "vnet_hdr tso csum".to_string()),
+            PortKind::Tap => (
+                Box::new(TapPort::open(iface)?),
+                "vnet_hdr tso csum".to_string(),
+            ),
         };
         let rec = PortRec {
             id,
@@ -351,7 +397,9 @@ impl State {
 
     fn port_rm_by_name(&mut self, iface: &str) -> Result<(), CmdError> {
         let Some(id) = self.ports.values().find(|p| p.iface == iface).map(|p| p.id) else {
-            return err(format!("no port on interface {iface:?} (see `vswitch port ls`)"));
+            return err(format!(
+                "no port on interface {iface:?} (see `vswitch port ls`)"
+            ));
         };
         if let Some(a) = &self.ports[&id].attach {
             return err(format!(
@@ -372,9 +420,15 @@ impl State {
                 kind: p.kind,
                 network: p.net.clone(),
                 worker: p.worker,
-                status: p.gone.as_ref().map_or("up".to_string(), |r| format!("gone: {r}")),
+                status: p
+                    .gone
+                    .as_ref()
+                    .map_or("up".to_string(), |r| format!("gone: {r}")),
                 mode: p.mode.clone(),
-                attached: p.attach.as_ref().map(|a| format!("{}:{}", a.netns, a.ifname)),
+                attached: p
+                    .attach
+                    .as_ref()
+                    .map(|a| format!("{}:{}", a.netns, a.ifname)),
             })
             .collect()
     }
@@ -390,20 +444,28 @@ impl State {
         mac: Option<&str>,
     ) -> Result<serde_json::Value, CmdError> {
         let Some(net) = self.networks.get(network).cloned() else {
-            return err(format!("no network {network:?} (create it with `vswitch network create {network}`)"));
+            return err(format!(
+                "no network {network:?} (create it with `vswitch network create {network}`)"
+            ));
         };
         netns::open_ns(ns)?;
         if ifname.is_empty() || ifname.len() > 15 {
             return err(format!("interface name {ifname:?} must be 1-15 characters"));
         }
-        if self.ports.values().any(|p| p.attach.as_ref().is_some_and(|a| a.netns == ns && a.ifname == ifname)) {
+        if self.ports.values().any(|p| {
+            p.attach
+                .as_ref()
+                .is_some_and(|a| a.netns == ns && a.ifname == ifname)
+        }) {
             return err(format!("{ns}:{ifname} is already attached"));
         }
         let addrs = match ip {
             Some(s) => {
-                let n: ipnetwork::IpNetwork = s
-                    .parse()
-                    .map_err(|e| CmdError(format!("--ip {s:?} is not an address like 10.1.0.2/24: {e}")))?;
+                let n: ipnetwork::IpNetwork = s.parse().map_err(|e| {
+                    CmdError(format!(
+                        "--ip {s:?} is not an address like 10.1.0.2/24: {e}"
+                    ))
+                })?;
                 let prefix = if s.contains('/') {
                     n.prefix()
                 } else {
@@ -418,7 +480,9 @@ impl State {
             None => Vec::new(),
         };
         let mac: Mac = match mac {
-            Some(m) => m.parse().map_err(|e: vswitch_engine::wire::mac::MacParseError| CmdError(e.to_string()))?,
+            Some(m) => m
+                .parse()
+                .map_err(|e: vswitch_engine::wire::mac::MacParseError| CmdError(e.to_string()))?,
             None => derived_mac(network, ns, ifname),
         };
         if mac.is_multicast() || mac.is_zero() {
@@ -439,7 +503,8 @@ impl State {
                 netns::configure(ns, &tmp, ifname, mac.bytes(), mtu, addrs)?;
                 let name = ifname.to_string();
                 netns::with_ns(ns, move || {
-                    vswitch_io::ethtool::set_tx_csum(&name, false).map_err(|e| netns::NetnsError::Other(e.to_string()))
+                    vswitch_io::ethtool::set_tx_csum(&name, false)
+                        .map_err(|e| netns::NetnsError::Other(e.to_string()))
                 })?;
                 self.port_add(network, &host, PortKind::Afxdp, None, attach)
             })(),
@@ -474,10 +539,17 @@ impl State {
         let Some(id) = self
             .ports
             .values()
-            .find(|p| p.net == network && p.attach.as_ref().is_some_and(|a| a.netns == ns && a.ifname == ifname))
+            .find(|p| {
+                p.net == network
+                    && p.attach
+                        .as_ref()
+                        .is_some_and(|a| a.netns == ns && a.ifname == ifname)
+            })
             .map(|p| p.id)
         else {
-            return err(format!("{ns}:{ifname} is not attached to network {network:?} (see `vswitch port ls`)"));
+            return err(format!(
+                "{ns}:{ifname} is not attached to network {network:?} (see `vswitch port ls`)"
+            ));
         };
         let Some(rec) = self.remove_port(id) else {
             return Ok(());
@@ -519,7 +591,10 @@ impl State {
             .map(|e| FdbInfo {
                 network: self.net_name(e.net),
                 mac: e.mac.to_string(),
-                port: self.ports.get(&e.port).map_or_else(|| format!("#{}", e.port), |p| p.iface.clone()),
+                port: self
+                    .ports
+                    .get(&e.port)
+                    .map_or_else(|| format!("#{}", e.port), |p| p.iface.clone()),
                 kind: if e.is_static { "static" } else { "learned" }.into(),
                 age_secs: e.age_secs,
             })
@@ -530,19 +605,32 @@ impl State {
         let Some(net) = self.networks.get(network) else {
             return err(format!("no network {network:?} (see `vswitch network ls`)"));
         };
-        let mac: Mac = mac.parse().map_err(|e: vswitch_engine::wire::mac::MacParseError| CmdError(e.to_string()))?;
+        let mac: Mac = mac
+            .parse()
+            .map_err(|e: vswitch_engine::wire::mac::MacParseError| CmdError(e.to_string()))?;
         Ok((net.id, mac))
     }
 
     fn fdb_add(&mut self, network: &str, mac: &str, port: &str) -> Result<(), CmdError> {
         let (net, mac) = self.fdb_target(network, mac)?;
-        let Some(p) = self.ports.values().find(|p| p.iface == port || p.attach.as_ref().is_some_and(|a| format!("{}:{}", a.netns, a.ifname) == port)) else {
+        let Some(p) = self.ports.values().find(|p| {
+            p.iface == port
+                || p.attach
+                    .as_ref()
+                    .is_some_and(|a| format!("{}:{}", a.netns, a.ifname) == port)
+        }) else {
             return err(format!("no port {port:?} (give the switch-side interface or NETNS:IFNAME from `vswitch port ls`)"));
         };
         if p.net != network {
-            return err(format!("port {port:?} is in network {:?}, not {network:?}", p.net));
+            return err(format!(
+                "port {port:?} is in network {:?}, not {network:?}",
+                p.net
+            ));
         }
-        self.tables.fdb.add_static(net, mac, p.id).map_err(|e| CmdError(e.to_string()))
+        self.tables
+            .fdb
+            .add_static(net, mac, p.id)
+            .map_err(|e| CmdError(e.to_string()))
     }
 
     fn fdb_rm(&mut self, network: &str, mac: &str) -> Result<(), CmdError> {
@@ -586,7 +674,11 @@ impl State {
     /// Periodic work: FDB aging and worker events.
     pub fn housekeeping(&mut self) {
         let now = self.clock.now_secs();
-        let ages: BTreeMap<NetId, u32> = self.networks.values().map(|n| (n.id, n.cfg.aging_secs)).collect();
+        let ages: BTreeMap<NetId, u32> = self
+            .networks
+            .values()
+            .map(|n| (n.id, n.cfg.aging_secs))
+            .collect();
         let aged = self
             .tables
             .fdb
@@ -617,7 +709,11 @@ impl State {
         let attached: Vec<(String, String, String)> = self
             .ports
             .values()
-            .filter_map(|p| p.attach.as_ref().map(|a| (p.net.clone(), a.netns.clone(), a.ifname.clone())))
+            .filter_map(|p| {
+                p.attach
+                    .as_ref()
+                    .map(|a| (p.net.clone(), a.netns.clone(), a.ifname.clone()))
+            })
             .collect();
         for (n, ns, i) in attached {
             if let Err(e) = self.detach(&n, &ns, &i) {

@@ -5,7 +5,16 @@ use common::{ok, Topo, ADAPTIVE};
 use std::time::Duration;
 
 fn attach(t: &Topo, net: &str, c: &str, kind: &str, ip: &str) {
-    t.vs_ok(&["attach", net, "--netns", &t.ns(c), "--kind", kind, "--ip", ip]);
+    t.vs_ok(&[
+        "attach",
+        net,
+        "--netns",
+        &t.ns(c),
+        "--kind",
+        kind,
+        "--ip",
+        ip,
+    ]);
 }
 
 /// Three containers on one network, one on another: every pair of the first
@@ -27,7 +36,14 @@ fn ping_isolation_and_fdb() {
     attach(&t, "red", "r1", "tap", "10.61.0.9/24");
 
     let red_before = t.port_stats(&format!("{}:eth0", t.ns("r1")));
-    for (a, b) in [("c1", "10.61.0.2"), ("c1", "10.61.0.3"), ("c2", "10.61.0.3"), ("c2", "10.61.0.1"), ("c3", "10.61.0.1"), ("c3", "10.61.0.2")] {
+    for (a, b) in [
+        ("c1", "10.61.0.2"),
+        ("c1", "10.61.0.3"),
+        ("c2", "10.61.0.3"),
+        ("c2", "10.61.0.1"),
+        ("c3", "10.61.0.1"),
+        ("c3", "10.61.0.2"),
+    ] {
         assert!(t.ping(a, b, 2), "{a} -> {b} failed\n{}", t.log());
     }
     // Blue broadcasts ARP for the red address: it must never arrive.
@@ -42,7 +58,11 @@ fn ping_isolation_and_fdb() {
         .trim()
         .parse()
         .unwrap();
-    assert_eq!(rx, red_before["tx_packets"].as_u64().unwrap(), "red container received blue frames");
+    assert_eq!(
+        rx,
+        red_before["tx_packets"].as_u64().unwrap(),
+        "red container received blue frames"
+    );
 
     let fdb = t.json(&["fdb", "show", "--network", "blue", "--json"]);
     let entries = fdb.as_array().unwrap();
@@ -79,7 +99,15 @@ fn aging_and_mac_move() {
         t.add_ns(c);
     }
     t.start_switch(ADAPTIVE);
-    t.vs_ok(&["network", "create", "blue", "--subnet", "10.62.0.0/24", "--aging", "2"]);
+    t.vs_ok(&[
+        "network",
+        "create",
+        "blue",
+        "--subnet",
+        "10.62.0.0/24",
+        "--aging",
+        "2",
+    ]);
     attach(&t, "blue", "c1", "tap", "10.62.0.1/24");
     attach(&t, "blue", "c2", "tap", "10.62.0.2/24");
     attach(&t, "blue", "c3", "veth", "10.62.0.3/24");
@@ -96,7 +124,11 @@ fn aging_and_mac_move() {
     let first = learned(&t).expect("c1 learned after ping");
     // Keep c1 silent (static neighbour entries stop ARP refreshes).
     std::thread::sleep(Duration::from_secs(5));
-    assert_eq!(learned(&t), None, "entry did not age out after 2 s of silence");
+    assert_eq!(
+        learned(&t),
+        None,
+        "entry did not age out after 2 s of silence"
+    );
 
     // MAC move: c3 takes c1's MAC and talks.
     ok(&t.exec("c1", &["ip", "link", "set", "eth0", "down"]));
@@ -120,14 +152,21 @@ fn iperf3_tcp_tap_and_veth() {
     attach(&t, "blue", "t2", "tap", "10.63.0.2/24");
     attach(&t, "blue", "v1", "veth", "10.63.0.3/24");
     attach(&t, "blue", "v2", "veth", "10.63.0.4/24");
-    for (srv, cli, ip) in [("t2", "t1", "10.63.0.2"), ("v2", "v1", "10.63.0.4"), ("v1", "t1", "10.63.0.3")] {
+    for (srv, cli, ip) in [
+        ("t2", "t1", "10.63.0.2"),
+        ("v2", "v1", "10.63.0.4"),
+        ("v1", "t1", "10.63.0.3"),
+    ] {
         let mut s = t.spawn_in(srv, &["iperf3", "-s", "-1", "-B", ip]);
         std::thread::sleep(Duration::from_millis(300));
         let out = ok(&t.exec(cli, &["iperf3", "-c", ip, "-t", "2", "-J"]));
         let _ = s.wait();
         let v: serde_json::Value = serde_json::from_str(&out).expect("iperf3 JSON");
         let bytes = v["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0);
-        assert!(bytes > 1_000_000, "{cli} -> {srv}: only {bytes} bytes received: {out}");
+        assert!(
+            bytes > 1_000_000,
+            "{cli} -> {srv}: only {bytes} bytes received: {out}"
+        );
     }
     let s = t.port_stats(&format!("{}:eth0", t.ns("v1")));
     assert!(s["tx_packets"].as_u64().unwrap() > 1000);
@@ -150,14 +189,23 @@ fn survives_interface_deleted_underneath() {
     assert!(t.ping("c1", "10.64.0.3", 1));
     ok(&t.exec("c2", &["ip", "link", "del", "eth0"]));
     ok(&t.exec("c4", &["ip", "link", "del", "eth0"]));
-    assert!(t.ping("c1", "10.64.0.3", 3), "forwarding stopped after deletions\n{}", t.log());
+    assert!(
+        t.ping("c1", "10.64.0.3", 3),
+        "forwarding stopped after deletions\n{}",
+        t.log()
+    );
     assert!(t.switch_alive(), "switch died:\n{}", t.log());
     // The TAP's loss is seen on its next read; give housekeeping a moment.
     std::thread::sleep(Duration::from_secs(2));
     let ports = t.json(&["port", "ls", "--json"]);
     let status = |c: &str| {
         let key = format!("{}:eth0", t.ns(c));
-        ports.as_array().unwrap().iter().find(|p| p["attached"].as_str() == Some(&key)).unwrap()["status"]
+        ports
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["attached"].as_str() == Some(&key))
+            .unwrap()["status"]
             .as_str()
             .unwrap()
             .to_string()
@@ -176,13 +224,16 @@ fn bad_config_and_commands_rejected() {
     let mut t = Topo::new("bad");
     t.add_ns("c1");
     t.add_ns("c2");
-    let cfg = t.write_config("[[networks]]\nname = \"x\"\nsubnet = \"10.0.0.0/24\"\ngateway = \"10.9.9.9\"\n");
+    let cfg = t.write_config(
+        "[[networks]]\nname = \"x\"\nsubnet = \"10.0.0.0/24\"\ngateway = \"10.9.9.9\"\n",
+    );
     let o = t.vs(&["run", "--config", cfg.to_str().unwrap()]);
     assert!(!o.status.success());
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(e.contains("gateway 10.9.9.9 is outside subnet"), "{e}");
     let cfg = t.write_config("[[workers]]\ncore = 4096\n");
-    let e = String::from_utf8_lossy(&t.vs(&["run", "--config", cfg.to_str().unwrap()]).stderr).into_owned();
+    let e = String::from_utf8_lossy(&t.vs(&["run", "--config", cfg.to_str().unwrap()]).stderr)
+        .into_owned();
     assert!(e.contains("core"), "{e}");
 
     t.start_switch(ADAPTIVE);
@@ -193,9 +244,31 @@ fn bad_config_and_commands_rejected() {
         (vec!["network", "create", "blue"], "already exists"),
         (vec!["network", "create", "bad name"], "network name"),
         (vec!["attach", "nosuch", "--netns", "x"], "no network"),
-        (vec!["port", "add", "blue", "--iface", "nosuchif0", "--kind", "afxdp"], "no interface"),
+        (
+            vec![
+                "port",
+                "add",
+                "blue",
+                "--iface",
+                "nosuchif0",
+                "--kind",
+                "afxdp",
+            ],
+            "no interface",
+        ),
         (vec!["network", "rm", "blue"], "still has ports"),
-        (vec!["fdb", "add", "blue", "--mac", "01:00:5e:00:00:01", "--port", "x"], "no port"),
+        (
+            vec![
+                "fdb",
+                "add",
+                "blue",
+                "--mac",
+                "01:00:5e:00:00:01",
+                "--port",
+                "x",
+            ],
+            "no port",
+        ),
     ] {
         let o = t.vs(&args);
         assert!(!o.status.success(), "{args:?} succeeded");
@@ -204,5 +277,8 @@ fn bad_config_and_commands_rejected() {
     }
     let o = t.vs(&["attach", "blue", "--netns", "nosuchns-vt"]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("ip netns add"));
-    assert!(t.ping("c1", "10.65.0.2", 2), "running traffic lost after bad commands");
+    assert!(
+        t.ping("c1", "10.65.0.2", 2),
+        "running traffic lost after bad commands"
+    );
 }

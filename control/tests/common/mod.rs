@@ -72,7 +72,10 @@ impl Topo {
         ok(&self.exec(name, &["ip", "link", "set", "lo", "up"]));
         // Quiet containers: no IPv6 chatter to confuse counters and aging.
         let _ = self.exec(name, &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
-        let _ = self.exec(name, &["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
+        let _ = self.exec(
+            name,
+            &["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"],
+        );
         ns
     }
 
@@ -107,7 +110,14 @@ impl Topo {
         let log = std::fs::File::create(self.dir.join("vswitch.log")).expect("log file");
         let ns = self.ns("host");
         let child = Command::new("ip")
-            .args(["netns", "exec", &ns, env!("CARGO_BIN_EXE_vswitch"), "run", "--config"])
+            .args([
+                "netns",
+                "exec",
+                &ns,
+                env!("CARGO_BIN_EXE_vswitch"),
+                "run",
+                "--config",
+            ])
             .arg(&cfg)
             .arg("--socket")
             .arg(&self.sock)
@@ -122,7 +132,11 @@ impl Topo {
             if std::os::unix::net::UnixStream::connect(&self.sock).is_ok() {
                 return;
             }
-            assert!(self.switch_alive(), "vswitch exited at start:\n{}", self.log());
+            assert!(
+                self.switch_alive(),
+                "vswitch exited at start:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("vswitch did not open its socket:\n{}", self.log());
@@ -168,8 +182,9 @@ impl Topo {
         v["ports"]
             .as_array()
             .and_then(|a| {
-                a.iter()
-                    .find(|p| p["attached"].as_str() == Some(key) || p["port"].as_str() == Some(key))
+                a.iter().find(|p| {
+                    p["attached"].as_str() == Some(key) || p["port"].as_str() == Some(key)
+                })
             })
             .map(|p| p["stats"].clone())
             .unwrap_or_else(|| panic!("no port {key} in stats: {v}"))
@@ -181,9 +196,12 @@ impl Topo {
     }
 
     pub fn ping(&self, from: &str, to: &str, count: u32) -> bool {
-        self.exec(from, &["ping", "-c", &count.to_string(), "-i", "0.2", "-W", "1", to])
-            .status
-            .success()
+        self.exec(
+            from,
+            &["ping", "-c", &count.to_string(), "-i", "0.2", "-W", "1", to],
+        )
+        .status
+        .success()
     }
 }
 
@@ -210,4 +228,5 @@ impl Drop for Topo {
     }
 }
 
-pub const ADAPTIVE: &str = "[[workers]]\nidle = { mode = \"adaptive\", idle_after_us = 500, max_sleep_ms = 50 }\n";
+pub const ADAPTIVE: &str =
+    "[[workers]]\nidle = { mode = \"adaptive\", idle_after_us = 500, max_sleep_ms = 50 }\n";

@@ -120,7 +120,9 @@ impl Fdb {
             buckets: (0..buckets).map(|_| Bucket::default()).collect(),
             mask: buckets - 1,
             learned: (0..MAX_NETWORKS).map(|_| AtomicU32::new(0)).collect(),
-            limits: (0..MAX_NETWORKS).map(|_| AtomicU32::new(u32::MAX)).collect(),
+            limits: (0..MAX_NETWORKS)
+                .map(|_| AtomicU32::new(u32::MAX))
+                .collect(),
         }
     }
 
@@ -200,7 +202,11 @@ impl Fdb {
                 .filter(|k| k.load(Ordering::Relaxed) != 0)
                 .count()
         };
-        let order = if used(b2) < used(b1) { [b2, b1] } else { [b1, b2] };
+        let order = if used(b2) < used(b1) {
+            [b2, b1]
+        } else {
+            [b1, b2]
+        };
         for b in order {
             let bucket = &self.buckets[b];
             for i in 0..WAYS {
@@ -413,16 +419,26 @@ mod tests {
     #[test]
     fn static_rejects_multicast() {
         let f = Fdb::new(64);
-        assert_eq!(f.add_static(0, Mac::BROADCAST, 1), Err(FdbError::NotUnicast(Mac::BROADCAST)));
+        assert_eq!(
+            f.add_static(0, Mac::BROADCAST, 1),
+            Err(FdbError::NotUnicast(Mac::BROADCAST))
+        );
     }
 
     #[test]
     fn fills_to_design_load_without_overflow() {
         let f = Fdb::new(1 << 18);
         let half = (f.capacity() as u64) / 2;
-        let full = (0..half).filter(|i| f.learn(1, mac(*i), 1, 0) == Learn::Full).count();
-        assert_eq!(full, 0, "the design load (50%) must never overflow a bucket");
-        let more = (half..half * 3 / 2).filter(|i| f.learn(1, mac(*i), 1, 0) == Learn::Full).count();
+        let full = (0..half)
+            .filter(|i| f.learn(1, mac(*i), 1, 0) == Learn::Full)
+            .count();
+        assert_eq!(
+            full, 0,
+            "the design load (50%) must never overflow a bucket"
+        );
+        let more = (half..half * 3 / 2)
+            .filter(|i| f.learn(1, mac(*i), 1, 0) == Learn::Full)
+            .count();
         assert!(more < 100, "at 75% load, {more} overflowed");
         assert!((0..half).all(|i| f.lookup(1, mac(i)) == Some(1)));
     }

@@ -279,7 +279,12 @@ impl Worker {
         while let Ok(c) = self.cmd_rx.try_recv() {
             match c {
                 Command::AddPort { id, port } => {
-                    tracing::debug!(worker = self.config.id, id, name = port.name(), "port added");
+                    tracing::debug!(
+                        worker = self.config.id,
+                        id,
+                        name = port.name(),
+                        "port added"
+                    );
                     self.add_port(id, port);
                 }
                 Command::RemovePort { id, ack } => {
@@ -377,7 +382,13 @@ impl Worker {
                 self.pool.put_all(q);
                 continue;
             };
-            offload::prepare(q, view.caps, &mut self.pool, &mut self.scratch, &mut self.drops);
+            offload::prepare(
+                q,
+                view.caps,
+                &mut self.pool,
+                &mut self.scratch,
+                &mut self.drops,
+            );
             let r = o.port.tx_burst(q, &mut self.pool);
             // A port must drain the queue; whatever it left is dropped.
             if !q.is_empty() {

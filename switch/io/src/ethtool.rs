@@ -42,13 +42,19 @@ pub fn set_tx_csum(ifname: &str, on: bool) -> Result<(), IoError> {
         data: &mut val,
         _pad: [0; 16],
     };
-    for (d, s) in req.name.iter_mut().zip(ifname.bytes().take(libc::IFNAMSIZ - 1)) {
+    for (d, s) in req
+        .name
+        .iter_mut()
+        .zip(ifname.bytes().take(libc::IFNAMSIZ - 1))
+    {
         *d = s as libc::c_char;
     }
     // SAFETY: SIOCETHTOOL reads a `struct ifreq` whose data pointer points to a
     // `struct ethtool_value`; both live on this stack frame across the call.
     if unsafe { libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL, &mut req) } < 0 {
-        return Err(IoError::last(format!("ethtool tx-checksumming on {ifname}")));
+        return Err(IoError::last(format!(
+            "ethtool tx-checksumming on {ifname}"
+        )));
     }
     Ok(())
 }

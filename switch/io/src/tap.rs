@@ -41,9 +41,16 @@ impl TapPort {
         let path = CString::new("/dev/net/tun").expect("static path has no NUL");
         // SAFETY: `path` is a valid NUL-terminated string; open(2) has no other
         // memory effects. The returned fd is checked before use.
-        let raw = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC) };
+        let raw = unsafe {
+            libc::open(
+                path.as_ptr(),
+                libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
+            )
+        };
         if raw < 0 {
-            return Err(IoError::last("open /dev/net/tun (is the tun module loaded?)"));
+            return Err(IoError::last(
+                "open /dev/net/tun (is the tun module loaded?)",
+            ));
         }
         // SAFETY: `raw` is a fresh fd we own exclusively.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };

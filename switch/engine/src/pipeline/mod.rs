@@ -94,7 +94,10 @@ impl TxQueues {
 
     /// Frames waiting in total.
     pub fn len(&self) -> usize {
-        self.pending.iter().map(|p| self.queues[*p as usize].len()).sum()
+        self.pending
+            .iter()
+            .map(|p| self.queues[*p as usize].len())
+            .sum()
     }
 
     /// Nothing waiting.

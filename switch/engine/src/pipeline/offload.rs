@@ -125,10 +125,14 @@ pub fn segment(p: &Packet, pool: &mut PacketPool, out: &mut Vec<Packet>) -> Opti
     let id0 = u16::from_be_bytes([f[t.l3 + 4], f[t.l3 + 5]]);
     let flags0 = f[t.l4 + 13];
     let nseg = payload.len().div_ceil(mss).max(1);
-    for (i, chunk) in payload.chunks(mss).chain(
-        // A TSO frame with no payload still yields its one header-only segment.
-        std::iter::once(&[][..]).take(usize::from(payload.is_empty())),
-    ).enumerate() {
+    for (i, chunk) in payload
+        .chunks(mss)
+        .chain(
+            // A TSO frame with no payload still yields its one header-only segment.
+            std::iter::once(&[][..]).take(usize::from(payload.is_empty())),
+        )
+        .enumerate()
+    {
         let mut s = pool.get_small();
         let len = t.hdrs + chunk.len();
         let buf = s.rx_space();
@@ -257,7 +261,10 @@ mod tests {
         assert_eq!(segs[0], (1000, 0x10, 1000));
         assert_eq!(segs[1], (2000, 0x10, 1000));
         assert_eq!(segs[3], (4000, 0x19, 500), "PSH and FIN only on the last");
-        let ids: Vec<_> = out.iter().map(|s| u16::from_be_bytes([s.data()[18], s.data()[19]])).collect();
+        let ids: Vec<_> = out
+            .iter()
+            .map(|s| u16::from_be_bytes([s.data()[18], s.data()[19]]))
+            .collect();
         assert_eq!(ids[1], ids[0].wrapping_add(1));
     }
 
@@ -268,7 +275,11 @@ mod tests {
         let mut q = vec![p];
         let mut pool = PacketPool::default();
         let mut drops = BatchDrops::default();
-        let caps = PortCaps { csum: false, tso: false, max_frame: 1514 };
+        let caps = PortCaps {
+            csum: false,
+            tso: false,
+            max_frame: 1514,
+        };
         prepare(&mut q, caps, &mut pool, &mut Vec::new(), &mut drops);
         assert_eq!(q.len(), 1);
         tcp_ok(q[0].data());
@@ -280,19 +291,40 @@ mod tests {
         let p = tso_frame(3500, false);
         let before = p.data().to_vec();
         let mut q = vec![p];
-        let caps = PortCaps { csum: true, tso: true, max_frame: 65535 };
-        prepare(&mut q, caps, &mut PacketPool::default(), &mut Vec::new(), &mut BatchDrops::default());
+        let caps = PortCaps {
+            csum: true,
+            tso: true,
+            max_frame: 65535,
+        };
+        prepare(
+            &mut q,
+            caps,
+            &mut PacketPool::default(),
+            &mut Vec::new(),
+            &mut BatchDrops::default(),
+        );
         assert_eq!(q[0].data(), &before[..]);
     }
 
     #[test]
     fn garbage_tso_is_a_counted_drop() {
         let mut p = Packet::from_slice(&[0u8; 60]);
-        p.meta.offload.gso = Some(Gso { kind: GsoKind::Tcp4, size: 1000, hdr_len: 54, ecn: false });
+        p.meta.offload.gso = Some(Gso {
+            kind: GsoKind::Tcp4,
+            size: 1000,
+            hdr_len: 54,
+            ecn: false,
+        });
         let mut q = vec![p];
         let mut drops = BatchDrops::default();
         let stats = crate::stats::PortStats::default();
-        prepare(&mut q, PortCaps::default(), &mut PacketPool::default(), &mut Vec::new(), &mut drops);
+        prepare(
+            &mut q,
+            PortCaps::default(),
+            &mut PacketPool::default(),
+            &mut Vec::new(),
+            &mut drops,
+        );
         drops.flush(&stats);
         assert!(q.is_empty());
         assert_eq!(stats.drops_of(DropReason::BadOffload), 1);

@@ -12,7 +12,9 @@ impl Mac {
     /// From six bytes in wire order.
     #[inline]
     pub fn from_bytes(b: &[u8; 6]) -> Self {
-        Mac(u64::from_be_bytes([0, 0, b[0], b[1], b[2], b[3], b[4], b[5]]))
+        Mac(u64::from_be_bytes([
+            0, 0, b[0], b[1], b[2], b[3], b[4], b[5],
+        ]))
     }
 
     /// The six bytes in wire order.

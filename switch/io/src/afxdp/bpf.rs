@@ -95,7 +95,8 @@ impl XdpRedirect {
         put_u32(&mut a, 4, 4);
         put_u32(&mut a, 8, 4);
         put_u32(&mut a, 12, queues.max(1));
-        let map = fd_from(bpf(BPF_MAP_CREATE, &mut a).map_err(|e| IoError::errno("create XSKMAP", e))?);
+        let map =
+            fd_from(bpf(BPF_MAP_CREATE, &mut a).map_err(|e| IoError::errno("create XSKMAP", e))?);
         let prog = [
             insn(0x61, 2, 1, 16, 0), // ldxw r2, [r1+16]
             insn(0x18, 1, BPF_PSEUDO_MAP_FD, 0, map.as_raw_fd()),
@@ -120,7 +121,10 @@ impl XdpRedirect {
             Err(e) => {
                 let msg = String::from_utf8_lossy(&log);
                 return Err(IoError::errno(
-                    format!("load XDP program (verifier: {})", msg.trim_end_matches('\0').trim()),
+                    format!(
+                        "load XDP program (verifier: {})",
+                        msg.trim_end_matches('\0').trim()
+                    ),
                     e,
                 ));
             }
@@ -159,7 +163,8 @@ impl XdpRedirect {
         put_u32(&mut a, 0, self.map.as_raw_fd() as u32);
         a[1] = &key as *const u32 as u64;
         a[2] = &val as *const u32 as u64;
-        bpf(BPF_MAP_UPDATE_ELEM, &mut a).map_err(|e| IoError::errno("insert socket into XSKMAP", e))?;
+        bpf(BPF_MAP_UPDATE_ELEM, &mut a)
+            .map_err(|e| IoError::errno("insert socket into XSKMAP", e))?;
         Ok(())
     }
 }

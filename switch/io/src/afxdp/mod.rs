@@ -83,7 +83,8 @@ fn errno(what: &str, e: xdpilone::Errno) -> IoError {
 impl AfXdpPort {
     /// Opens the socket, loads the redirect program and fills the fill ring.
     pub fn open(cfg: &AfXdpConfig) -> Result<Self, IoError> {
-        let cname = CString::new(cfg.ifname.clone()).map_err(|_| IoError::NoInterface(cfg.ifname.clone()))?;
+        let cname = CString::new(cfg.ifname.clone())
+            .map_err(|_| IoError::NoInterface(cfg.ifname.clone()))?;
         let ifindex = nix::net::if_::if_nametoindex(cname.as_c_str())
             .map_err(|_| IoError::NoInterface(cfg.ifname.clone()))?;
         let mut area = Area::new((RX_FRAMES + TX_FRAMES) as usize * FRAME as usize)?;
@@ -97,12 +98,16 @@ impl AfXdpPort {
         // SAFETY: `area` is a page-aligned mapping of the whole length that
         // lives as long as `self` (declared last, dropped last) and is only
         // accessed through frames the rings hand to us.
-        let umem = unsafe { Umem::new(ucfg, area.as_nonnull()) }.map_err(|e| errno("register UMEM", e))?;
+        let umem =
+            unsafe { Umem::new(ucfg, area.as_nonnull()) }.map_err(|e| errno("register UMEM", e))?;
         let mut info = IfInfo::invalid();
-        info.from_ifindex(ifindex).map_err(|e| errno("interface info", e))?;
+        info.from_ifindex(ifindex)
+            .map_err(|e| errno("interface info", e))?;
         info.set_queue(cfg.queue);
         let sock = Socket::with_shared(&info, &umem).map_err(|e| errno("AF_XDP socket", e))?;
-        let dq = umem.fq_cq(&sock).map_err(|e| errno("fill/completion rings", e))?;
+        let dq = umem
+            .fq_cq(&sock)
+            .map_err(|e| errno("fill/completion rings", e))?;
         let user = umem
             .rx_tx(
                 &sock,
@@ -115,7 +120,12 @@ impl AfXdpPort {
             .map_err(|e| errno("rx/tx rings", e))?;
         let rx = user.map_rx().map_err(|e| errno("map rx ring", e))?;
         let tx = user.map_tx().map_err(|e| errno("map tx ring", e))?;
-        umem.bind(&user).map_err(|e| errno(&format!("bind AF_XDP socket to {} queue {}", cfg.ifname, cfg.queue), e))?;
+        umem.bind(&user).map_err(|e| {
+            errno(
+                &format!("bind AF_XDP socket to {} queue {}", cfg.ifname, cfg.queue),
+                e,
+            )
+        })?;
         let fd = user.as_raw_fd();
         let xdp = XdpRedirect::attach(ifindex, cfg.queue + 1)?;
         xdp.insert(cfg.queue, fd)?;
@@ -300,10 +310,13 @@ impl Port for AfXdpPort {
         self.reclaim();
         self.fill();
         self.idle_calls = self.idle_calls.wrapping_add(1);
-        if self.idle_calls % 256 == 0 {
+        if self.idle_calls.is_multiple_of(256) {
             // The kernel reports an unregistered interface as a socket error.
-            let fd = self.wait_fd().expect("AF_XDP always has an fd");
-            if let Ok(e) = nix::sys::socket::getsockopt(&fd, nix::sys::socket::sockopt::SocketError) {
+            let Some(fd) = self.wait_fd() else {
+                return Ok(());
+            };
+            if let Ok(e) = nix::sys::socket::getsockopt(&fd, nix::sys::socket::sockopt::SocketError)
+            {
                 if e == libc::ENETDOWN || e == libc::ENODEV || e == libc::ENXIO {
                     return Err(PortError::Gone(self.name.clone()));
                 }

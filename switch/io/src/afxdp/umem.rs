@@ -61,7 +61,9 @@ impl Area {
         }
         // SAFETY: in bounds (checked above) of a live mapping; the ring
         // protocol gives us exclusive use of this frame until it is refilled.
-        Some(unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(addr as usize), len as usize) })
+        Some(unsafe {
+            std::slice::from_raw_parts(self.ptr.as_ptr().add(addr as usize), len as usize)
+        })
     }
 
     /// A frame to transmit from: it is on our free list, so the kernel is not
@@ -73,7 +75,9 @@ impl Area {
         }
         // SAFETY: in bounds of a live mapping; frames on the TX free list are
         // owned by us alone, and `&mut self` prevents aliasing slices.
-        Some(unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(addr as usize), len as usize) })
+        Some(unsafe {
+            std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(addr as usize), len as usize)
+        })
     }
 }
 

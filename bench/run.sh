@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# End-to-end benchmark: vswitch against the Linux bridge on the same
+# namespace topology, in the same run, plus the pipeline on memory.
+# Prints a table and writes bench/results/<commit>.{json,svg} and appends
+# to bench/results/HISTORY.md.
+#
+#   sudo bash bench/run.sh            # full run (~2 minutes)
+#   DURATION=3 bash bench/run.sh      # shorter
+#
+# Cores are configuration: the switch worker runs on $WORKER_CORE, traffic
+# generators and the containers' stacks on $GEN_CORE.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-5}
+WORKER_CORE=${WORKER_CORE:-1}
+GEN_CORE=${GEN_CORE:-0}
+bash scripts/install-deps.sh >/dev/null
+cargo build --release -q
+BIN=$PWD/target/release/vswitch
+BENCH=$PWD/target/release/vswitch-bench
+COMMIT=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . ':!bench/results' || echo -dirty)
+P=vsb$$
+TMP=$(mktemp -d)
+RES=$TMP/results.txt
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    for n in bh ba bb vh va vb ta tb; do ip netns del "$P-$n" 2>/dev/null || true; done
+    rm -rf "$TMP"
+}
+trap cleanup EXIT INT TERM
+NS() { ip netns exec "$P-$1" "${@:2}"; }
+mkns() { ip netns add "$P-$1"; NS "$1" ip link set lo up; NS "$1" sysctl -qw net.ipv6.conf.all.disable_ipv6=1; }
+mac() { NS "$1" cat /sys/class/net/eth0/address; }
+rxp() { NS "$1" cat /sys/class/net/eth0/statistics/rx_packets; }
+
+# 64-byte UDP frames from $1 to $2 ($3: dst IP) for $DURATION s; prints frames/s delivered.
+pps() {
+    local src=$1 dst=$2 dip=$3 sip=$4
+    local d s
+    d=$(mac "$dst" | sed 's/^/0x/; s/:/,0x/g'); s=$(mac "$src" | sed 's/^/0x/; s/:/,0x/g')
+    IFS=. read -r a b c e <<<"$sip"; local sipb="$a,$b,$c,$e"
+    IFS=. read -r a b c e <<<"$dip"; local dipb="$a,$b,$c,$e"
+    cat >"$TMP/t.cfg" <<CFG
+{ $d, $s, 0x08, 0x00, 0x45, 0x00, 0x00, 0x2e, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, csumip(14, 33), $sipb, $dipb, 0x13, 0x88, 0x13, 0x89, 0x00, 0x1a, 0x00, 0x00, fill(0x00, 18) }
+CFG
+    local before after t0 t1
+    before=$(rxp "$dst"); t0=$(date +%s.%N)
+    NS "$src" taskset -c "$GEN_CORE" timeout -s INT "$DURATION" trafgen --dev eth0 --conf "$TMP/t.cfg" --cpus 1 -q >/dev/null 2>&1 || true
+    t1=$(date +%s.%N); sleep 0.2; after=$(rxp "$dst")
+    python3 -c "print(round(($after-$before)/($t1-$t0)))"
+}
+
+# iperf3 TCP, one stream, $1 -> $2 ($3 server IP); prints Gbit/s.
+tcp() {
+    NS "$2" iperf3 -s -1 -B "$3" >/dev/null 2>&1 & local s=$!
+    sleep 0.4
+    NS "$1" iperf3 -c "$3" -t "$DURATION" -J >"$TMP/i.json" || true
+    wait $s 2>/dev/null || true
+    python3 -c "import json;print(round(json.load(open('$TMP/i.json'))['end']['sum_received']['bits_per_second']/1e9,3))"
+}
+
+# UDP RTT $1 -> $2:$3; writes "p50 p99" (µs) to $TMP/rtt.
+rtt() {
+    NS "$2" "$BENCH" udp-echo --bind "$3:7777" & local e=$!
+    PIDS+=("$e"); sleep 0.3
+    NS "$1" "$BENCH" rtt --to "$3:7777" --count 3000 --interval-us 200 >"$TMP/r.json" || true
+    kill "$e" 2>/dev/null || true; wait "$e" 2>/dev/null || true
+    python3 -c "import json;d=json.load(open('$TMP/r.json'));print(d['p50_us'],d['p99_us'])" >"$TMP/rtt"
+}
+
+echo "== Linux bridge"
+mkns bh; mkns ba; mkns bb
+NS bh ip link add br0 type bridge; NS bh ip link set br0 up
+i=1
+for c in ba bb; do
+    ip link add "$P$c" type veth peer name eth0 netns "$P-$c"
+    ip link set "$P$c" netns "$P-bh"; NS bh ip link set "$P$c" master br0 up
+    NS "$c" ip addr add "10.99.0.$i/24" dev eth0; NS "$c" ip link set eth0 up; i=$((i+1))
+done
+NS ba ping -c 2 -i 0.2 10.99.0.2 >/dev/null
+K_PPS=$(pps ba bb 10.99.0.2 10.99.0.1); echo "64B frames delivered: $K_PPS/s"
+K_TCP=$(tcp ba bb 10.99.0.2); echo "iperf3 TCP: $K_TCP Gbit/s"
+rtt ba bb 10.99.0.2; read -r K_P50 K_P99 <"$TMP/rtt"; echo "UDP RTT p50/p99: $K_P50 / $K_P99 us"
+
+echo "== vswitch (worker on core $WORKER_CORE, busy polling)"
+mkns vh; mkns va; mkns vb; mkns ta; mkns tb
+cat >"$TMP/vs.toml" <<CFG
+[[workers]]
+core = $WORKER_CORE
+idle = { mode = "busy" }
+[[networks]]
+name = "bench"
+subnet = "10.98.0.0/24"
+CFG
+SOCK=$TMP/vs.sock
+NS vh "$BIN" run --config "$TMP/vs.toml" --socket "$SOCK" 2>"$TMP/vs.log" & PIDS+=("$!")
+for _ in $(seq 50); do [ -S "$SOCK" ] && break; sleep 0.1; done
+V() { "$BIN" --socket "$SOCK" "$@" >/dev/null; }
+V attach bench --netns "$P-va" --kind veth --ip 10.98.0.1/24
+V attach bench --netns "$P-vb" --kind veth --ip 10.98.0.2/24
+V attach bench --netns "$P-ta" --kind tap --ip 10.98.0.3/24
+V attach bench --netns "$P-tb" --kind tap --ip 10.98.0.4/24
+NS va ping -c 2 -i 0.2 10.98.0.2 >/dev/null; NS ta ping -c 2 -i 0.2 10.98.0.4 >/dev/null
+V_PPS=$(pps va vb 10.98.0.2 10.98.0.1); echo "64B frames delivered (veth/AF_XDP): $V_PPS/s"
+V_TCP=$(tcp ta tb 10.98.0.4); echo "iperf3 TCP (TAP): $V_TCP Gbit/s"
+V_TCPV=$(tcp va vb 10.98.0.2); echo "iperf3 TCP (veth/AF_XDP): $V_TCPV Gbit/s"
+rtt ta tb 10.98.0.4; read -r V_P50 V_P99 <"$TMP/rtt"; echo "UDP RTT p50/p99 (TAP): $V_P50 / $V_P99 us"
+rtt va vb 10.98.0.2; read -r VV_P50 VV_P99 <"$TMP/rtt"; echo "UDP RTT p50/p99 (veth): $VV_P50 / $VV_P99 us"
+"$BIN" --socket "$SOCK" stats
+
+echo "== pipeline on memory"
+"$BENCH" pipeline | tee "$TMP/pipe.txt" | grep -v '^JSON'
+P1=$(grep 'pipeline_l2_1_macs' "$TMP/pipe.txt" | sed 's/^JSON //' | python3 -c "import json,sys;print(round(json.load(sys.stdin)['cycles_per_packet'],1))")
+P100K=$(grep 'pipeline_l2_100000_macs' "$TMP/pipe.txt" | sed 's/^JSON //' | python3 -c "import json,sys;print(round(json.load(sys.stdin)['cycles_per_packet'],1))")
+
+cat >"$RES" <<R
+# metric unit kernel vswitch [lower]
+frames64_delivered_veth pps $K_PPS $V_PPS
+iperf3_tcp_tap Gbit/s $K_TCP $V_TCP
+iperf3_tcp_veth Gbit/s $K_TCP $V_TCPV
+rtt_p50_tap us $K_P50 $V_P50 lower
+rtt_p99_tap us $K_P99 $V_P99 lower
+rtt_p50_veth us $K_P50 $VV_P50 lower
+R
+echo
+echo "== summary (kernel = Linux bridge, same topology, same run)"
+"$BENCH" report --input "$RES" --commit "$COMMIT" --out bench/results
+echo "pipeline cycles/packet: $P1 (1 MAC), $P100K (100,000 MACs)"
+{
+    echo
+    echo "## $COMMIT — $(date -u +%Y-%m-%dT%H:%MZ), DURATION=${DURATION}s, worker core $WORKER_CORE, generator core $GEN_CORE"
+    echo '```'
+    "$BENCH" report --input "$RES" --commit "$COMMIT" --out bench/results | grep -v '^wrote'
+    echo "pipeline cycles/packet: $P1 (1 MAC), $P100K (100,000 MACs)"
+    echo '```'
+} >>bench/results/HISTORY.md
