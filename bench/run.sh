@@ -54,7 +54,7 @@ CFG
 
 # iperf3 TCP, one stream, $1 -> $2 ($3 server IP); prints Gbit/s.
 tcp() {
-    NS "$2" iperf3 -s -1 -B "$3" >/dev/null 2>&1 & local s=$!
+    ip netns exec "$P-$2" iperf3 -s -1 -B "$3" >/dev/null 2>&1 & local s=$!
     sleep 0.4
     NS "$1" iperf3 -c "$3" -t "$DURATION" -J >"$TMP/i.json" || true
     wait $s 2>/dev/null || true
@@ -63,7 +63,7 @@ tcp() {
 
 # UDP RTT $1 -> $2:$3; writes "p50 p99" (µs) to $TMP/rtt.
 rtt() {
-    NS "$2" "$BENCH" udp-echo --bind "$3:7777" & local e=$!
+    ip netns exec "$P-$2" "$BENCH" udp-echo --bind "$3:7777" & local e=$!
     PIDS+=("$e"); sleep 0.3
     NS "$1" "$BENCH" rtt --to "$3:7777" --count 3000 --interval-us 200 >"$TMP/r.json" || true
     kill "$e" 2>/dev/null || true; wait "$e" 2>/dev/null || true
@@ -95,7 +95,7 @@ name = "bench"
 subnet = "10.98.0.0/24"
 CFG
 SOCK=$TMP/vs.sock
-NS vh "$BIN" run --config "$TMP/vs.toml" --socket "$SOCK" 2>"$TMP/vs.log" & PIDS+=("$!")
+ip netns exec "$P-vh" "$BIN" run --config "$TMP/vs.toml" --socket "$SOCK" 2>"$TMP/vs.log" & PIDS+=("$!")
 for _ in $(seq 50); do [ -S "$SOCK" ] && break; sleep 0.1; done
 V() { "$BIN" --socket "$SOCK" "$@" >/dev/null; }
 V attach bench --netns "$P-va" --kind veth --ip 10.98.0.1/24

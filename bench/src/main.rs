@@ -21,7 +21,7 @@ enum Cmd {
     /// L2 pipeline stages on memory: 64-byte frames, batches of 32.
     Pipeline {
         /// Batches to run per case.
-        #[arg(long, default_value_t = 300_000)]
+        #[arg(long, default_value_t = 700_000)]
         batches: usize,
     },
     /// Echo UDP datagrams back to their sender (RTT server).

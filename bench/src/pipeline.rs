@@ -95,29 +95,40 @@ fn case(macs: u64, batches: usize) -> (f64, u64) {
     (ns, forwarded)
 }
 
-/// Prints the table and one JSON line per case.
+/// Prints the table and one JSON line per case. Each case runs `TRIALS`
+/// times; the median trial is reported (this machine is noisy), with the best.
 pub fn run(batches: usize) {
+    const TRIALS: usize = 7;
     let mhz = crate::cpu_mhz();
-    println!("pipeline on memory: 64-byte frames, batches of {BATCH}, one core, {mhz:.0} MHz");
+    println!("pipeline on memory: 64-byte frames, batches of {BATCH}, one core, {mhz:.0} MHz, median of {TRIALS} trials");
     println!(
-        "{:<14} {:>10} {:>12} {:>12}",
-        "learned MACs", "Mpps", "ns/packet", "cycles/pkt"
+        "{:<14} {:>10} {:>12} {:>12} {:>16}",
+        "learned MACs", "Mpps", "ns/packet", "cycles/pkt", "best cycles/pkt"
     );
     for macs in [1u64, 100_000] {
-        let (ns, fwd) = case(macs, batches);
-        let expected = (batches * BATCH) as u64;
-        assert_eq!(fwd, expected, "every frame must be forwarded by unicast");
+        let mut trials: Vec<f64> = (0..TRIALS)
+            .map(|_| {
+                let (ns, fwd) = case(macs, batches / TRIALS);
+                let expected = ((batches / TRIALS) * BATCH) as u64;
+                assert_eq!(fwd, expected, "every frame must be forwarded by unicast");
+                ns
+            })
+            .collect();
+        trials.sort_by(f64::total_cmp);
+        let ns = trials[TRIALS / 2];
+        let best = trials[0];
         let cycles = ns * mhz / 1000.0;
         println!(
-            "{:<14} {:>10.2} {:>12.1} {:>12.1}",
+            "{:<14} {:>10.2} {:>12.1} {:>12.1} {:>16.1}",
             macs,
             1000.0 / ns,
             ns,
-            cycles
+            cycles,
+            best * mhz / 1000.0
         );
         println!(
             "JSON {}",
-            serde_json::json!({"case": format!("pipeline_l2_{macs}_macs"), "mpps": 1000.0 / ns, "ns_per_packet": ns, "cycles_per_packet": cycles, "mhz": mhz})
+            serde_json::json!({"case": format!("pipeline_l2_{macs}_macs"), "mpps": 1000.0 / ns, "ns_per_packet": ns, "cycles_per_packet": cycles, "best_cycles_per_packet": best * mhz / 1000.0, "mhz": mhz})
         );
     }
 }

