@@ -26,7 +26,7 @@ PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    for n in bh ba bb vh va vb ta tb; do ip netns del "$P-$n" 2>/dev/null || true; done
+    for n in bh ba bb vh va vb ta tb ih ia ib; do ip netns del "$P-$n" 2>/dev/null || true; done
     rm -rf "$TMP"
 }
 trap cleanup EXIT INT TERM
@@ -70,6 +70,30 @@ rtt() {
     python3 -c "import json;d=json.load(open('$TMP/r.json'));print(d['p50_us'],d['p99_us'])" >"$TMP/rtt"
 }
 
+# One-way latency of sparse packets (each 300 ms after the last, so every
+# one meets an idle datapath), measured by the kernel: tcpdump timestamps the
+# request leaving $1's eth0 and arriving on $2's eth0. Writes "p50 p99 max" (µs).
+oneway() {
+    local n=20
+    ip netns exec "$P-$1" timeout 30 tcpdump -i eth0 -n -tt -l -c $((n + 10)) "udp and dst port 7777" >"$TMP/tx.txt" 2>/dev/null & local a=$!
+    ip netns exec "$P-$2" timeout 30 tcpdump -i eth0 -n -tt -l -c $((n + 10)) "udp and dst port 7777" >"$TMP/rx.txt" 2>/dev/null & local b=$!
+    ip netns exec "$P-$2" "$BENCH" udp-echo --bind "$3:7777" & local e=$!
+    PIDS+=("$a" "$b" "$e"); sleep 1.5
+    NS "$1" "$BENCH" rtt --to "$3:7777" --count $n --interval-us 300000 >/dev/null || true
+    wait "$a" "$b" 2>/dev/null || true
+    kill "$e" 2>/dev/null || true; wait "$e" 2>/dev/null || true
+    python3 - "$TMP/tx.txt" "$TMP/rx.txt" >"$TMP/oneway" <<'PY'
+import sys
+tx = [float(l.split()[0]) for l in open(sys.argv[1]) if l.strip()]
+rx = [float(l.split()[0]) for l in open(sys.argv[2]) if l.strip()]
+d = sorted((r - t) * 1e6 for t, r in list(zip(tx, rx))[10:])  # skip the warm-up burst
+if len(tx) != len(rx) or not d:
+    print("nan nan nan"); sys.exit()
+q = lambda f: d[min(len(d) - 1, int(f * len(d)))]
+print(round(q(0.5), 1), round(q(0.99), 1), round(d[-1], 1))
+PY
+}
+
 echo "== Linux bridge"
 mkns bh; mkns ba; mkns bb
 NS bh ip link add br0 type bridge; NS bh ip link set br0 up
@@ -83,6 +107,7 @@ NS ba ping -c 2 -i 0.2 10.99.0.2 >/dev/null
 K_PPS=$(pps ba bb 10.99.0.2 10.99.0.1); echo "64B frames delivered: $K_PPS/s"
 K_TCP=$(tcp ba bb 10.99.0.2); echo "iperf3 TCP: $K_TCP Gbit/s"
 rtt ba bb 10.99.0.2; read -r K_P50 K_P99 <"$TMP/rtt"; echo "UDP RTT p50/p99: $K_P50 / $K_P99 us"
+oneway ba bb 10.99.0.2; read -r K_OW50 K_OW99 K_OWMAX <"$TMP/oneway"; echo "one-way latency of packets after 300 ms idle, p50/p99/max: $K_OW50 / $K_OW99 / $K_OWMAX us"
 
 echo "== vswitch (worker on core $WORKER_CORE, busy polling)"
 mkns vh; mkns va; mkns vb; mkns ta; mkns tb
@@ -95,7 +120,7 @@ name = "bench"
 subnet = "10.98.0.0/24"
 CFG
 SOCK=$TMP/vs.sock
-ip netns exec "$P-vh" "$BIN" run --config "$TMP/vs.toml" --socket "$SOCK" 2>"$TMP/vs.log" & PIDS+=("$!")
+ip netns exec "$P-vh" "$BIN" run --config "$TMP/vs.toml" --socket "$SOCK" 2>"$TMP/vs.log" & VPID=$!; PIDS+=("$VPID")
 for _ in $(seq 50); do [ -S "$SOCK" ] && break; sleep 0.1; done
 V() { "$BIN" --socket "$SOCK" "$@" >/dev/null; }
 V attach bench --netns "$P-va" --kind veth --ip 10.98.0.1/24
@@ -110,6 +135,33 @@ rtt ta tb 10.98.0.4; read -r V_P50 V_P99 <"$TMP/rtt"; echo "UDP RTT p50/p99 (TAP
 rtt va vb 10.98.0.2; read -r VV_P50 VV_P99 <"$TMP/rtt"; echo "UDP RTT p50/p99 (veth): $VV_P50 / $VV_P99 us"
 "$BIN" --socket "$SOCK" stats
 
+kill "$VPID"; wait "$VPID" 2>/dev/null || true
+
+echo "== vswitch, adaptive idle mode (edge gateway): CPU while idle, first packet after idle"
+mkns ih; mkns ia; mkns ib
+cat >"$TMP/idle.toml" <<CFG
+[[workers]]
+core = $WORKER_CORE
+idle = { mode = "adaptive", idle_after_us = 200, max_sleep_ms = 100 }
+[[networks]]
+name = "edge"
+subnet = "10.97.0.0/24"
+CFG
+SOCK2=$TMP/idle.sock
+ip netns exec "$P-ih" "$BIN" run --config "$TMP/idle.toml" --socket "$SOCK2" 2>"$TMP/idle.log" & IPID=$!; PIDS+=("$IPID")
+for _ in $(seq 50); do [ -S "$SOCK2" ] && break; sleep 0.1; done
+"$BIN" --socket "$SOCK2" attach edge --netns "$P-ia" --kind tap --ip 10.97.0.1/24 >/dev/null
+"$BIN" --socket "$SOCK2" attach edge --netns "$P-ib" --kind tap --ip 10.97.0.2/24 >/dev/null
+NS ia ping -c 2 -i 0.2 10.97.0.2 >/dev/null
+sleep 1
+ticks() { awk '{print $14 + $15}' "/proc/$IPID/stat"; }
+T0=$(ticks); S0=$(date +%s.%N); sleep "$DURATION"; T1=$(ticks); S1=$(date +%s.%N)
+IDLE_CPU=$(python3 -c "import os;print(round(100*($T1-$T0)/os.sysconf('SC_CLK_TCK')/($S1-$S0),3))")
+echo "CPU of the whole switch process while idle: $IDLE_CPU % of one core"
+# Each probe 300 ms after the last: the worker is asleep in poll(2) every time.
+oneway ia ib 10.97.0.2; read -r I_OW50 I_OW99 I_OWMAX <"$TMP/oneway"
+echo "one-way latency of packets after 300 ms idle (first packet wakes the worker), p50/p99/max: $I_OW50 / $I_OW99 / $I_OWMAX us"
+
 echo "== pipeline on memory"
 "$BENCH" pipeline | tee "$TMP/pipe.txt" | grep -v '^JSON'
 P1=$(grep 'pipeline_l2_1_macs' "$TMP/pipe.txt" | sed 's/^JSON //' | python3 -c "import json,sys;print(round(json.load(sys.stdin)['cycles_per_packet'],1))")
@@ -123,16 +175,21 @@ iperf3_tcp_veth Gbit/s $K_TCP $V_TCPV
 rtt_p50_tap us $K_P50 $V_P50 lower
 rtt_p99_tap us $K_P99 $V_P99 lower
 rtt_p50_veth us $K_P50 $VV_P50 lower
+after_idle_oneway_p50_adaptive us $K_OW50 $I_OW50 lower
+after_idle_oneway_max_adaptive us $K_OWMAX $I_OWMAX lower
+idle_cpu_adaptive_percent % - $IDLE_CPU lower
 R
 echo
 echo "== summary (kernel = Linux bridge, same topology, same run)"
 "$BENCH" report --input "$RES" --commit "$COMMIT" --out bench/results
 echo "pipeline cycles/packet: $P1 (1 MAC), $P100K (100,000 MACs)"
+echo "adaptive idle: $IDLE_CPU % of one core while idle; first packet after idle one-way p50/p99/max $I_OW50 / $I_OW99 / $I_OWMAX us"
 {
     echo
     echo "## $COMMIT — $(date -u +%Y-%m-%dT%H:%MZ), DURATION=${DURATION}s, worker core $WORKER_CORE, generator core $GEN_CORE"
     echo '```'
     "$BENCH" report --input "$RES" --commit "$COMMIT" --out bench/results | grep -v '^wrote'
     echo "pipeline cycles/packet: $P1 (1 MAC), $P100K (100,000 MACs)"
+    echo "adaptive idle: $IDLE_CPU % of one core while idle; first packet after idle one-way p50/p99/max $I_OW50 / $I_OW99 / $I_OWMAX us"
     echo '```'
 } >>bench/results/HISTORY.md

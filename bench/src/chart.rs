@@ -5,12 +5,14 @@ use std::path::Path;
 struct Row {
     metric: String,
     unit: String,
-    kernel: f64,
+    /// `None`: a vswitch-only figure (no kernel counterpart).
+    kernel: Option<f64>,
     vswitch: f64,
     higher_is_better: bool,
 }
 
-/// Reads `metric unit kernel vswitch [lower]` lines, writes
+/// Reads `metric unit kernel vswitch [lower]` lines (kernel `-`: no
+/// counterpart), writes
 /// `OUT/COMMIT.json` and `OUT/COMMIT.svg`, prints the table.
 pub fn report(input: &Path, commit: &str, out: &Path) -> Result<(), String> {
     let text = std::fs::read_to_string(input).map_err(|e| format!("{}: {e}", input.display()))?;
@@ -30,7 +32,7 @@ pub fn report(input: &Path, commit: &str, out: &Path) -> Result<(), String> {
         rows.push(Row {
             metric: f[0].to_string(),
             unit: f[1].to_string(),
-            kernel: num(f[2])?,
+            kernel: if f[2] == "-" { None } else { Some(num(f[2])?) },
             vswitch: num(f[3])?,
             higher_is_better: f.get(4) != Some(&"lower"),
         });
@@ -42,9 +44,11 @@ pub fn report(input: &Path, commit: &str, out: &Path) -> Result<(), String> {
     let mut json = Vec::new();
     for r in &rows {
         let ratio = ratio(r);
+        let k = r.kernel.map_or("-".to_string(), |k| format!("{k:.2}"));
+        let q = ratio.map_or("-".to_string(), |q| format!("{q:.2}x"));
         println!(
-            "{:<34} {:>14.2} {:>14.2} {:>7.2}x  {}",
-            r.metric, r.kernel, r.vswitch, ratio, r.unit
+            "{:<34} {:>14} {:>14.2} {:>8}  {}",
+            r.metric, k, r.vswitch, q, r.unit
         );
         json.push(serde_json::json!({"metric": r.metric, "unit": r.unit, "kernel": r.kernel, "vswitch": r.vswitch, "ratio_vs_kernel": ratio, "higher_is_better": r.higher_is_better}));
     }
@@ -60,18 +64,23 @@ pub fn report(input: &Path, commit: &str, out: &Path) -> Result<(), String> {
 }
 
 /// vswitch relative to the kernel, oriented so that > 1 means vswitch wins.
-fn ratio(r: &Row) -> f64 {
-    if r.higher_is_better {
-        r.vswitch / r.kernel.max(f64::MIN_POSITIVE)
+fn ratio(r: &Row) -> Option<f64> {
+    let k = r.kernel?;
+    Some(if r.higher_is_better {
+        r.vswitch / k.max(f64::MIN_POSITIVE)
     } else {
-        r.kernel / r.vswitch.max(f64::MIN_POSITIVE)
-    }
+        k / r.vswitch.max(f64::MIN_POSITIVE)
+    })
 }
 
 fn svg(rows: &[Row], commit: &str) -> String {
+    let rows: Vec<(&Row, f64)> = rows
+        .iter()
+        .filter_map(|r| ratio(r).map(|q| (r, q)))
+        .collect();
     let (w, bar_h, gap, left) = (760.0, 22.0, 10.0, 260.0);
     let h = 60.0 + rows.len() as f64 * (bar_h + gap);
-    let max = rows.iter().map(ratio).fold(2.0f64, f64::max);
+    let max = rows.iter().map(|(_, q)| *q).fold(2.0f64, f64::max);
     let scale = (w - left - 80.0) / max;
     let mut s = String::new();
     let _ = write!(
@@ -89,9 +98,9 @@ fn svg(rows: &[Row], commit: &str) -> String {
         h - 15.0,
         h - 3.0
     );
-    for (i, r) in rows.iter().enumerate() {
+    for (i, (r, v)) in rows.iter().enumerate() {
         let y = 40.0 + i as f64 * (bar_h + gap);
-        let v = ratio(r);
+        let v = *v;
         let color = if v >= 1.0 { "#2a9d8f" } else { "#e76f51" };
         let _ = write!(
             s,

@@ -183,3 +183,78 @@ fn aging_with_injected_clock() {
     r.send(2, &frame(A, B));
     assert_eq!((r.got(1), r.got(3)), (1, 1), "A forgotten: flooded again");
 }
+
+/// Two workers: frames for a port owned by the other worker cross through
+/// its inbox, unicast and flooded alike.
+#[test]
+fn handoff_between_workers() {
+    let tables = Arc::new(Tables::new(4096));
+    let shared = worker::shared_for(2).unwrap();
+    let (ev_tx, _ev_rx) = crossbeam::channel::unbounded();
+    let clock: Arc<dyn Clock> = Arc::new(ManualClock::default());
+    let mut workers: Vec<Worker> = (0..2)
+        .map(|id| {
+            let (_c, cmd_rx) = crossbeam::channel::unbounded();
+            let cfg = WorkerConfig {
+                id,
+                core: None,
+                idle: IdleMode::Busy,
+            };
+            Worker::new(
+                cfg,
+                tables.clone(),
+                shared.clone(),
+                clock.clone(),
+                ev_tx.clone(),
+                cmd_rx,
+            )
+        })
+        .collect();
+    let owner = |id: u16| if id == 3 { 1 } else { 0 };
+    let mut handles = Vec::new();
+    let mut views = vec![None];
+    let mut stats = Vec::new();
+    for id in 1..=3u16 {
+        let (p, h) = MemPort::new(&format!("m{id}"), 64, PortCaps::default());
+        workers[owner(id)].add_port(id, Box::new(p));
+        let s = Arc::new(PortStats::default());
+        views.push(Some(PortView {
+            id,
+            name: format!("m{id}"),
+            net: Some(0),
+            worker: owner(id),
+            caps: PortCaps::default(),
+            stats: s.clone(),
+        }));
+        handles.push(h);
+        stats.push(s);
+    }
+    tables.publish(Snapshot {
+        generation: 0,
+        ports: views,
+        networks: vec![Some(NetworkView {
+            id: 0,
+            name: "a".into(),
+            ports: vec![1, 2, 3],
+        })],
+    });
+    let mut poll_all = |ws: &mut Vec<Worker>| {
+        for _ in 0..2 {
+            for w in ws.iter_mut() {
+                w.poll_once();
+            }
+        }
+    };
+    // Port 3 (worker 1) floods: ports 1 and 2 (worker 0) get it via the inbox.
+    handles[2].inject(&frame(Mac::BROADCAST.0, B));
+    poll_all(&mut workers);
+    assert_eq!(handles[0].drain().len(), 1);
+    assert_eq!(handles[1].drain().len(), 1);
+    // Port 1 (worker 0) to B, learned on port 3 (worker 1): unicast handoff.
+    handles[0].inject(&frame(B, A));
+    poll_all(&mut workers);
+    assert_eq!(handles[2].drain().len(), 1);
+    assert_eq!(handles[1].drain().len(), 0);
+    assert_eq!(stats[2].snapshot().tx_packets, 1);
+    assert_eq!(stats[0].snapshot().tx_packets, 1);
+}
