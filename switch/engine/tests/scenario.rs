@@ -238,7 +238,7 @@ fn handoff_between_workers() {
             ports: vec![1, 2, 3],
         })],
     });
-    let mut poll_all = |ws: &mut Vec<Worker>| {
+    let poll_all = |ws: &mut Vec<Worker>| {
         for _ in 0..2 {
             for w in ws.iter_mut() {
                 w.poll_once();

@@ -7,10 +7,14 @@ use crate::port::PortId;
 use crate::stats::DropReason;
 use crate::wire::mac::{self, Mac};
 
-/// Fills `hdrs` with one entry per frame of `batch`.
+/// Fills `hdrs` with one entry per frame of `batch`. Frames of one flow
+/// arrive together, so a MAC equal to the previous frame's reuses its key
+/// instead of hashing again.
 #[inline]
 pub fn run(batch: &mut [Packet], in_port: PortId, fdb: &Fdb, net: NetId, hdrs: &mut Vec<Hdr>) {
     hdrs.clear();
+    let mut last_src = (Mac(u64::MAX), FdbKey::default());
+    let mut last_dst = (Mac(u64::MAX), FdbKey::default());
     for p in batch.iter_mut() {
         p.meta.in_port = in_port;
         let mut h = Hdr {
@@ -27,11 +31,17 @@ pub fn run(batch: &mut [Packet], in_port: PortId, fdb: &Fdb, net: NetId, hdrs: &
                 h.action = Action::Drop(DropReason::BadSrcMac);
             } else {
                 h.action = Action::Flood;
-                h.src_key = fdb.key(net, src);
-                fdb.prefetch(&h.src_key);
+                if src != last_src.0 {
+                    last_src = (src, fdb.key(net, src));
+                    fdb.prefetch(&last_src.1);
+                }
+                h.src_key = last_src.1;
                 if !dst.is_multicast() {
-                    h.dst_key = fdb.key(net, dst);
-                    fdb.prefetch(&h.dst_key);
+                    if dst != last_dst.0 {
+                        last_dst = (dst, fdb.key(net, dst));
+                        fdb.prefetch(&last_dst.1);
+                    }
+                    h.dst_key = last_dst.1;
                 }
             }
         }
