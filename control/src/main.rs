@@ -1,5 +1,6 @@
 //! `vswitch`: the switch (`vswitch run`) and its client (every other command).
 use clap::{Args, Parser, Subcommand};
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use vswitch_control::api::{AttachKind, FdbInfo, NetworkInfo, PortInfo, Request};
@@ -197,6 +198,15 @@ enum FdbCmd {
     },
 }
 
+/// `println!` that stops quietly when stdout is closed (`vswitch stats | head`).
+macro_rules! out {
+    ($($t:tt)*) => {
+        if writeln!(std::io::stdout(), $($t)*).is_err() {
+            return Ok(());
+        }
+    };
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -253,22 +263,25 @@ fn run(cli: Cli) -> Result<(), String> {
                     aging_secs: a.aging,
                 }),
             )?;
-            println!("{}", a.name);
+            out!("{}", a.name);
             Ok(())
         }
         Cmd::Network(NetworkCmd::Ls { json }) => {
             let v = call(&cli, Request::NetworkLs)?;
             if *json {
-                println!("{}", pretty(&v));
+                out!("{}", pretty(&v));
                 return Ok(());
             }
             let nets: Vec<NetworkInfo> = parse(v)?;
-            println!(
+            out!(
                 "{:<16} {:<18} {:<6} {:<6} PORTS",
-                "NAME", "SUBNET", "MTU", "MACS"
+                "NAME",
+                "SUBNET",
+                "MTU",
+                "MACS"
             );
             for n in nets {
-                println!(
+                out!(
                     "{:<16} {:<18} {:<6} {:<6} {}",
                     n.config.name,
                     n.config.subnet.unwrap_or_else(|| "-".into()),
@@ -280,7 +293,7 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Cmd::Network(NetworkCmd::Inspect { name }) => {
-            println!(
+            out!(
                 "{}",
                 pretty(&call(&cli, Request::NetworkInspect { name: name.clone() })?)
             );
@@ -312,7 +325,7 @@ fn run(cli: Cli) -> Result<(), String> {
                     mac: mac.clone(),
                 },
             )?;
-            println!(
+            out!(
                 "{netns}:{ifname} attached to {network} (mac {})",
                 v["mac"].as_str().unwrap_or("?")
             );
@@ -356,16 +369,22 @@ fn run(cli: Cli) -> Result<(), String> {
         Cmd::Port(PortCmd::Ls { json }) => {
             let v = call(&cli, Request::PortLs)?;
             if *json {
-                println!("{}", pretty(&v));
+                out!("{}", pretty(&v));
                 return Ok(());
             }
             let ports: Vec<PortInfo> = parse(v)?;
-            println!(
+            out!(
                 "{:<4} {:<14} {:<6} {:<12} {:<3} {:<26} {:<20} STATUS",
-                "ID", "IFACE", "KIND", "NETWORK", "W", "MODE", "ATTACHED"
+                "ID",
+                "IFACE",
+                "KIND",
+                "NETWORK",
+                "W",
+                "MODE",
+                "ATTACHED"
             );
             for p in ports {
-                println!(
+                out!(
                     "{:<4} {:<14} {:<6} {:<12} {:<3} {:<26} {:<20} {}",
                     p.id,
                     p.iface,
@@ -396,18 +415,25 @@ fn run(cli: Cli) -> Result<(), String> {
                 },
             )?;
             if *json {
-                println!("{}", pretty(&v));
+                out!("{}", pretty(&v));
                 return Ok(());
             }
             let es: Vec<FdbInfo> = parse(v)?;
-            println!(
+            out!(
                 "{:<12} {:<18} {:<14} {:<8} AGE",
-                "NETWORK", "MAC", "PORT", "TYPE"
+                "NETWORK",
+                "MAC",
+                "PORT",
+                "TYPE"
             );
             for e in es {
-                println!(
+                out!(
                     "{:<12} {:<18} {:<14} {:<8} {}",
-                    e.network, e.mac, e.port, e.kind, e.age_secs
+                    e.network,
+                    e.mac,
+                    e.port,
+                    e.kind,
+                    e.age_secs
                 );
             }
             Ok(())
@@ -436,12 +462,17 @@ fn run(cli: Cli) -> Result<(), String> {
         Cmd::Stats { json } => {
             let v = call(&cli, Request::Stats)?;
             if *json {
-                println!("{}", pretty(&v));
+                out!("{}", pretty(&v));
                 return Ok(());
             }
-            println!(
+            out!(
                 "{:<14} {:<12} {:>12} {:>14} {:>12} {:>14}  DROPS",
-                "PORT", "NETWORK", "RX_PKTS", "RX_BYTES", "TX_PKTS", "TX_BYTES"
+                "PORT",
+                "NETWORK",
+                "RX_PKTS",
+                "RX_BYTES",
+                "TX_PKTS",
+                "TX_BYTES"
             );
             for p in v["ports"].as_array().cloned().unwrap_or_default() {
                 let s = &p["stats"];
@@ -457,7 +488,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 let name = p["attached"]
                     .as_str()
                     .unwrap_or(p["port"].as_str().unwrap_or("?"));
-                println!(
+                out!(
                     "{:<14} {:<12} {:>12} {:>14} {:>12} {:>14}  {}",
                     name,
                     p["network"].as_str().unwrap_or(""),
@@ -469,9 +500,13 @@ fn run(cli: Cli) -> Result<(), String> {
                 );
             }
             for w in v["workers"].as_array().cloned().unwrap_or_default() {
-                println!(
+                out!(
                     "worker {} core {} idle {} busy_loops {} sleeps {}",
-                    w["id"], w["core"], w["idle"]["mode"], w["busy_loops"], w["sleeps"]
+                    w["id"],
+                    w["core"],
+                    w["idle"]["mode"],
+                    w["busy_loops"],
+                    w["sleeps"]
                 );
             }
             Ok(())

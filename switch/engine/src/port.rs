@@ -38,6 +38,8 @@ pub struct TxResult {
     pub full: usize,
     /// Frames the kernel refused.
     pub errors: usize,
+    /// Frames not sent because the link is down.
+    pub down: usize,
 }
 
 /// A poll-mode port: receive and transmit in bursts, never block.
@@ -60,6 +62,9 @@ pub trait Port: Send {
     fn wait_fd(&self) -> Option<BorrowedFd<'_>> {
         None
     }
+    /// Moves the drops the port itself saw since the last call (frames
+    /// that never became packets, kernel ring drops) into `drops`.
+    fn take_drops(&mut self, _drops: &mut crate::stats::BatchDrops) {}
     /// Periodic housekeeping while idle (reclaim TX completions, kick rings).
     fn idle(&mut self) -> Result<(), PortError> {
         Ok(())

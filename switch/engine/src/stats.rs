@@ -38,7 +38,8 @@ drop_reasons! {
     HandoffFull => "handoff_full": "Queue to the worker that owns the output port was full.",
     BadOffload => "bad_offload": "Malformed checksum/segmentation request from a TAP.",
     TooBig => "too_big": "Frame larger than the output port accepts.",
-    RxError => "rx_error": "The kernel reported a receive error.",
+    RxError => "rx_error": "The port received something that is not a frame (e.g. a bad virtio-net header).",
+    RxRingFull => "rx_ring_full": "The kernel dropped frames for this socket: RX ring full or fill ring empty (AF_XDP).",
 }
 
 /// Counters of one port.
@@ -124,8 +125,16 @@ impl BatchDrops {
     /// Counts one drop.
     #[inline]
     pub fn add(&mut self, r: DropReason) {
-        self.counts[r as usize] += 1;
-        self.any = true;
+        self.add_n(r, 1);
+    }
+
+    /// Counts `n` drops.
+    #[inline]
+    pub fn add_n(&mut self, r: DropReason, n: u32) {
+        if n > 0 {
+            self.counts[r as usize] = self.counts[r as usize].saturating_add(n);
+            self.any = true;
+        }
     }
 
     /// Adds the counts to `stats` and clears them.

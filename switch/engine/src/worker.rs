@@ -310,10 +310,11 @@ impl Worker {
                 continue;
             }
             let id = self.owned[i].id;
-            match self.owned[i]
+            let rx = self.owned[i]
                 .port
-                .rx_burst(&mut self.pool, &mut self.batch, BATCH)
-            {
+                .rx_burst(&mut self.pool, &mut self.batch, BATCH);
+            self.owned[i].port.take_drops(&mut self.drops);
+            match rx {
                 Ok(0) => {}
                 Ok(n) => {
                     work += n;
@@ -331,9 +332,6 @@ impl Worker {
                         &mut self.txq,
                         &mut self.drops,
                     );
-                    if let Some(v) = snap.port(id) {
-                        self.drops.flush(&v.stats);
-                    }
                 }
                 Err(e) => {
                     self.owned[i].gone = true;
@@ -344,6 +342,10 @@ impl Worker {
                         reason: e.to_string(),
                     });
                 }
+            }
+            // Drops of this port's batch, and those the port saw itself.
+            if let Some(v) = snap.port(id) {
+                self.drops.flush(&v.stats);
             }
         }
         while let Some((pid, p)) = self.me().inbox.pop() {
@@ -401,6 +403,9 @@ impl Worker {
             }
             if r.errors > 0 {
                 view.stats.count_drop(DropReason::TxError, r.errors as u64);
+            }
+            if r.down > 0 {
+                view.stats.count_drop(DropReason::PortDown, r.down as u64);
             }
             self.drops.flush(&view.stats);
         }

@@ -5,6 +5,7 @@ use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use vswitch_engine::packet::{Packet, PacketPool};
 use vswitch_engine::port::{Port, PortCaps, PortError, TxResult};
+use vswitch_engine::stats::{BatchDrops, DropReason};
 use vswitch_engine::wire::virtio::{self, VNET_HDR_LEN};
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
@@ -29,6 +30,7 @@ struct IfReqFlags {
 pub struct TapPort {
     name: String,
     fd: OwnedFd,
+    bad_hdr: u32,
 }
 
 impl TapPort {
@@ -75,6 +77,7 @@ impl TapPort {
         Ok(Self {
             name: name.to_string(),
             fd,
+            bad_hdr: 0,
         })
     }
 }
@@ -128,7 +131,7 @@ impl Port for TapPort {
                 }
                 _ => {
                     // Malformed header: nothing sane to forward.
-                    tracing::debug!(port = %self.name, "bad virtio-net header");
+                    self.bad_hdr += 1;
                     pool.put(p);
                 }
             }
@@ -153,6 +156,8 @@ impl Port for TapPort {
             if w < 0 {
                 match errno() {
                     libc::EAGAIN => r.full += 1,
+                    // The container has not brought its interface up (yet).
+                    libc::EIO => r.down += 1,
                     _ => r.errors += 1,
                 }
             } else {
@@ -166,5 +171,9 @@ impl Port for TapPort {
 
     fn wait_fd(&self) -> Option<BorrowedFd<'_>> {
         Some(self.fd.as_fd())
+    }
+
+    fn take_drops(&mut self, drops: &mut BatchDrops) {
+        drops.add_n(DropReason::RxError, std::mem::take(&mut self.bad_hdr));
     }
 }

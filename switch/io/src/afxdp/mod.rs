@@ -17,6 +17,7 @@ use std::os::fd::{BorrowedFd, RawFd};
 use umem::Area;
 use vswitch_engine::packet::{Packet, PacketPool};
 use vswitch_engine::port::{Port, PortCaps, PortError, TxResult};
+use vswitch_engine::stats::{BatchDrops, DropReason};
 use xdpilone::xdp::XdpDesc;
 use xdpilone::{DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, UmemConfig, User};
 
@@ -57,6 +58,10 @@ pub struct AfXdpPort {
     free_tx: Vec<u64>,
     refill: Vec<u64>,
     idle_calls: u32,
+    rx_calls: u32,
+    bad_desc: u32,
+    kernel_drops_seen: u64,
+    kernel_drops_new: u32,
     mode: AfXdpMode,
     // Last: the memory must outlive every ring and the UMEM registration.
     area: Area,
@@ -149,6 +154,10 @@ impl AfXdpPort {
                 .collect(),
             refill: (0..RX_FRAMES).map(|i| i as u64 * FRAME as u64).collect(),
             idle_calls: 0,
+            rx_calls: 0,
+            bad_desc: 0,
+            kernel_drops_seen: 0,
+            kernel_drops_new: 0,
             mode,
             area,
         };
@@ -212,6 +221,18 @@ impl AfXdpPort {
         }
     }
 
+    /// Reads the socket's kernel drop counters (a getsockopt: not per burst).
+    fn poll_kernel_drops(&mut self) {
+        if let Ok(st) = self._user.statistics_v2() {
+            let total = st.rx_dropped + st.rx_ring_full + st.rx_fill_ring_empty_descs;
+            let new = total.saturating_sub(self.kernel_drops_seen);
+            self.kernel_drops_seen = total;
+            self.kernel_drops_new = self
+                .kernel_drops_new
+                .saturating_add(new.min(u32::MAX as u64) as u32);
+        }
+    }
+
     fn kick(&self) {
         // Copy mode transmits only inside sendto(); zero-copy drivers ask for
         // it only when they set the need-wakeup flag.
@@ -249,12 +270,18 @@ impl Port for AfXdpPort {
                 p.set_len(l);
                 out.push(p);
                 n += 1;
+            } else {
+                self.bad_desc += 1;
             }
             self.refill.push(addr & !(FRAME as u64 - 1));
         }
         r.release();
         drop(r);
         self.fill();
+        self.rx_calls = self.rx_calls.wrapping_add(1);
+        if self.rx_calls.is_multiple_of(4096) {
+            self.poll_kernel_drops();
+        }
         Ok(n)
     }
 
@@ -306,11 +333,20 @@ impl Port for AfXdpPort {
         Some(unsafe { BorrowedFd::borrow_raw(self.fd) })
     }
 
+    fn take_drops(&mut self, drops: &mut BatchDrops) {
+        drops.add_n(DropReason::RxError, std::mem::take(&mut self.bad_desc));
+        drops.add_n(
+            DropReason::RxRingFull,
+            std::mem::take(&mut self.kernel_drops_new),
+        );
+    }
+
     fn idle(&mut self) -> Result<(), PortError> {
         self.reclaim();
         self.fill();
         self.idle_calls = self.idle_calls.wrapping_add(1);
         if self.idle_calls.is_multiple_of(256) {
+            self.poll_kernel_drops();
             // The kernel reports an unregistered interface as a socket error.
             let Some(fd) = self.wait_fd() else {
                 return Ok(());
