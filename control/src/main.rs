@@ -501,10 +501,11 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             for w in v["workers"].as_array().cloned().unwrap_or_default() {
                 out!(
-                    "worker {} core {} idle {} busy_loops {} sleeps {}",
+                    "worker {} core {} idle {} loops {} busy_loops {} sleeps {}",
                     w["id"],
                     w["core"],
                     w["idle"]["mode"],
+                    w["loops"],
                     w["busy_loops"],
                     w["sleeps"]
                 );

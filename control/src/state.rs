@@ -663,6 +663,7 @@ impl State {
                     "id": w.config.id,
                     "core": w.config.core,
                     "idle": w.config.idle,
+                    "loops": w.shared.loops.load(std::sync::atomic::Ordering::Relaxed),
                     "busy_loops": w.shared.busy_loops.load(std::sync::atomic::Ordering::Relaxed),
                     "sleeps": w.shared.sleeps.load(std::sync::atomic::Ordering::Relaxed),
                 })

@@ -95,6 +95,8 @@ pub struct WorkerShared {
     inbox: ArrayQueue<(PortId, Packet)>,
     wake_fd: EventFd,
     sleeping: AtomicBool,
+    /// Loop iterations.
+    pub loops: AtomicU64,
     /// Loop iterations that found work.
     pub busy_loops: AtomicU64,
     /// Times the worker went to sleep.
@@ -108,6 +110,7 @@ impl WorkerShared {
             wake_fd: EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK)
                 .map_err(std::io::Error::from)?,
             sleeping: AtomicBool::new(false),
+            loops: AtomicU64::new(0),
             busy_loops: AtomicU64::new(0),
             sleeps: AtomicU64::new(0),
         })
@@ -265,6 +268,7 @@ impl Worker {
         tracing::info!(worker = self.config.id, idle = ?self.config.idle, "worker started");
         while !self.stop {
             let work = self.poll_once();
+            self.me().loops.fetch_add(1, Ordering::Relaxed);
             if work > 0 {
                 self.idle_since = None;
                 self.me().busy_loops.fetch_add(1, Ordering::Relaxed);
