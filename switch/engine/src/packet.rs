@@ -187,14 +187,15 @@ impl PacketPool {
         }
     }
 
-    /// Gives a buffer back.
+    /// Gives a buffer back. Buffers smaller than their class (made by
+    /// [`Packet::from_slice`]) are freed, never handed out again.
     #[inline]
     pub fn put(&mut self, p: Packet) {
         if p.is_large() {
             if self.large.len() < self.large_cap {
                 self.large.push(p);
             }
-        } else if self.small.len() < self.small_cap {
+        } else if p.capacity() >= SMALL_FRAME && self.small.len() < self.small_cap {
             self.small.push(p);
         }
     }
@@ -248,6 +249,8 @@ mod tests {
         pool.put(b);
         pool.put(c);
         assert_eq!(pool.free(), (2, 0));
+        pool.put(Packet::from_slice(&[0u8; 60]));
+        assert_eq!(pool.free(), (2, 0), "an undersized buffer is not pooled");
         let l = pool.get_large();
         assert!(l.is_large());
         assert!(l.capacity() >= LARGE_FRAME);
