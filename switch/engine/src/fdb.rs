@@ -181,16 +181,18 @@ impl Fdb {
     }
 
     /// Starts fetching both candidate buckets of `key` (batch pre-pass).
+    /// Returns the first word of each, to be folded into one value the
+    /// caller consumes once per batch: the loads stay independent of each
+    /// other, so many cache misses are in flight at once (stable Rust has no
+    /// safe prefetch instruction).
     #[inline]
-    pub fn prefetch(&self, key: &FdbKey) {
-        // Plain loads start the cache fills; the values are not needed.
-        for b in [key.b1, key.b2] {
-            std::hint::black_box(
-                self.buckets[b as usize].slots[0]
-                    .key
-                    .load(Ordering::Relaxed),
-            );
-        }
+    pub fn touch(&self, key: &FdbKey) -> u64 {
+        self.buckets[key.b1 as usize].slots[0]
+            .key
+            .load(Ordering::Relaxed)
+            ^ self.buckets[key.b2 as usize].slots[0]
+                .key
+                .load(Ordering::Relaxed)
     }
 
     #[inline]

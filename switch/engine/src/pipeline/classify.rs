@@ -15,6 +15,7 @@ pub fn run(batch: &mut [Packet], in_port: PortId, fdb: &Fdb, net: NetId, hdrs: &
     hdrs.clear();
     let mut last_src = (Mac(u64::MAX), FdbKey::default());
     let mut last_dst = (Mac(u64::MAX), FdbKey::default());
+    let mut touched = 0u64;
     for p in batch.iter_mut() {
         p.meta.in_port = in_port;
         let mut h = Hdr {
@@ -33,13 +34,13 @@ pub fn run(batch: &mut [Packet], in_port: PortId, fdb: &Fdb, net: NetId, hdrs: &
                 h.action = Action::Flood;
                 if src != last_src.0 {
                     last_src = (src, fdb.key(net, src));
-                    fdb.prefetch(&last_src.1);
+                    touched ^= fdb.touch(&last_src.1);
                 }
                 h.src_key = last_src.1;
                 if !dst.is_multicast() {
                     if dst != last_dst.0 {
                         last_dst = (dst, fdb.key(net, dst));
-                        fdb.prefetch(&last_dst.1);
+                        touched ^= fdb.touch(&last_dst.1);
                     }
                     h.dst_key = last_dst.1;
                 }
@@ -47,4 +48,5 @@ pub fn run(batch: &mut [Packet], in_port: PortId, fdb: &Fdb, net: NetId, hdrs: &
         }
         hdrs.push(h);
     }
+    std::hint::black_box(touched);
 }
