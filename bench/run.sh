@@ -70,6 +70,14 @@ rtt() {
     python3 -c "import json;d=json.load(open('$TMP/r.json'));print(d['p50_us'],d['p99_us'])" >"$TMP/rtt"
 }
 
+# Starts vswitch in namespace $1 with config $2 and socket $3; sets SWPID.
+start_switch() {
+    ip netns exec "$P-$1" "$BIN" run --config "$2" --socket "$3" 2>"$TMP/$1.log" & SWPID=$!
+    PIDS+=("$SWPID")
+    for _ in $(seq 50); do [ -S "$3" ] && break; sleep 0.1; done
+    [ -S "$3" ] || { echo "vswitch did not start:"; cat "$TMP/$1.log"; exit 1; }
+}
+
 # One-way latency of sparse packets (each 300 ms after the last, so every
 # one meets an idle datapath), measured by the kernel: tcpdump timestamps the
 # request leaving $1's eth0 and arriving on $2's eth0. Writes "p50 p99 max" (µs).
@@ -120,8 +128,7 @@ name = "bench"
 subnet = "10.98.0.0/24"
 CFG
 SOCK=$TMP/vs.sock
-ip netns exec "$P-vh" "$BIN" run --config "$TMP/vs.toml" --socket "$SOCK" 2>"$TMP/vs.log" & VPID=$!; PIDS+=("$VPID")
-for _ in $(seq 50); do [ -S "$SOCK" ] && break; sleep 0.1; done
+start_switch vh "$TMP/vs.toml" "$SOCK"; VPID=$SWPID
 V() { "$BIN" --socket "$SOCK" "$@" >/dev/null; }
 V attach bench --netns "$P-va" --kind veth --ip 10.98.0.1/24
 V attach bench --netns "$P-vb" --kind veth --ip 10.98.0.2/24
@@ -148,8 +155,7 @@ name = "edge"
 subnet = "10.97.0.0/24"
 CFG
 SOCK2=$TMP/idle.sock
-ip netns exec "$P-ih" "$BIN" run --config "$TMP/idle.toml" --socket "$SOCK2" 2>"$TMP/idle.log" & IPID=$!; PIDS+=("$IPID")
-for _ in $(seq 50); do [ -S "$SOCK2" ] && break; sleep 0.1; done
+start_switch ih "$TMP/idle.toml" "$SOCK2"; IPID=$SWPID
 "$BIN" --socket "$SOCK2" attach edge --netns "$P-ia" --kind tap --ip 10.97.0.1/24 >/dev/null
 "$BIN" --socket "$SOCK2" attach edge --netns "$P-ib" --kind tap --ip 10.97.0.2/24 >/dev/null
 NS ia ping -c 2 -i 0.2 10.97.0.2 >/dev/null
