@@ -140,13 +140,21 @@ fn aging_and_mac_move() {
 
 /// iperf3 TCP between two TAP containers and between two veth containers.
 /// Only correctness here; throughput lives in the benchmark.
+///
+/// The worker busy-polls on the last core, as deployed: that is where frames
+/// once stranded in the AF_XDP TX ring (copy mode sends 32 per kick) stalled
+/// TAP-to-veth TCP to ~30 Mbit/s; the byte floor below is a stall check,
+/// far under every figure measured since.
 #[test]
 fn iperf3_tcp_tap_and_veth() {
     let mut t = Topo::new("tcp");
     for c in ["t1", "t2", "v1", "v2"] {
         t.add_ns(c);
     }
-    t.start_switch(ADAPTIVE);
+    let last = std::thread::available_parallelism().map_or(1, |n| n.get()) - 1;
+    t.start_switch(&format!(
+        "[[workers]]\ncore = {last}\nidle = {{ mode = \"busy\" }}\n"
+    ));
     t.vs_ok(&["network", "create", "blue", "--subnet", "10.63.0.0/24"]);
     attach(&t, "blue", "t1", "tap", "10.63.0.1/24");
     attach(&t, "blue", "t2", "tap", "10.63.0.2/24");
@@ -164,8 +172,8 @@ fn iperf3_tcp_tap_and_veth() {
         let v: serde_json::Value = serde_json::from_str(&out).expect("iperf3 JSON");
         let bytes = v["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0);
         assert!(
-            bytes > 1_000_000,
-            "{cli} -> {srv}: only {bytes} bytes received: {out}"
+            bytes > 100_000_000,
+            "{cli} -> {srv}: only {bytes} bytes in 2 s: {out}"
         );
     }
     let s = t.port_stats(&format!("{}:eth0", t.ns("v1")));

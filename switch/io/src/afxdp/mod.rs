@@ -206,7 +206,7 @@ impl AfXdpPort {
             w.commit();
             drop(w);
             done += k;
-            self.kick();
+            self.flush_tx();
             if done < descs.len() {
                 self.reclaim();
             }
@@ -237,6 +237,19 @@ impl AfXdpPort {
         // Copy mode transmits only inside sendto(); zero-copy drivers ask for
         // it only when they set the need-wakeup flag.
         self.tx.wake();
+    }
+
+    /// Kicks until the kernel has taken every descriptor: in copy mode one
+    /// sendto() transmits at most 32 frames, and whatever stays in the ring
+    /// would otherwise wait for the next burst to this port (a TCP flow
+    /// waiting for those very frames would stall until its retransmit timer).
+    fn flush_tx(&self) {
+        for _ in 0..TX_FRAMES / 32 + 1 {
+            if self.tx.pending() == 0 {
+                return;
+            }
+            self.kick();
+        }
     }
 }
 
@@ -342,6 +355,7 @@ impl Port for AfXdpPort {
     }
 
     fn idle(&mut self) -> Result<(), PortError> {
+        self.flush_tx();
         self.reclaim();
         self.fill();
         self.idle_calls = self.idle_calls.wrapping_add(1);
