@@ -34,7 +34,9 @@ fn tables() -> (Arc<Tables>, Arc<Snapshot>) {
             id: NET,
             name: "bench".into(),
             ports: vec![1, 2],
+            l3: None,
         })],
+        ..Default::default()
     });
     let snap = t.snap.load_full();
     (t, snap)

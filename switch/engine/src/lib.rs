@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod clock;
+pub mod conntrack;
 pub mod fdb;
 pub mod memport;
 pub mod packet;

@@ -40,6 +40,17 @@ drop_reasons! {
     TooBig => "too_big": "Frame larger than the output port accepts.",
     RxError => "rx_error": "The port received something that is not a frame (e.g. a bad virtio-net header).",
     RxRingFull => "rx_ring_full": "The kernel dropped frames for this socket: RX ring full or fill ring empty (AF_XDP).",
+    Isolated => "isolated": "Addressed to another network's subnet: networks are isolated.",
+    Internal => "internal": "Egress or published-port traffic of an --internal network.",
+    IccBlocked => "icc_blocked": "Container to container in a --no-icc network.",
+    NoRoute => "no_route": "Routed frame with no uplink, no route, or no host interface to deliver to.",
+    NeighMiss => "neigh_miss": "Next hop's MAC not known yet (resolution requested from the kernel).",
+    TtlExceeded => "ttl_exceeded": "Routed IPv4 packet whose TTL ran out.",
+    BadL3 => "bad_l3": "Malformed or unsupported packet for the gateway (truncated, IP options cut, fragment, not IPv4).",
+    CtFull => "ct_full": "New flow refused: the connection tracking table is full (existing flows still pass).",
+    NatPortsExhausted => "nat_ports_exhausted": "New flow refused: no free SNAT port for that destination.",
+    NoContainer => "no_container": "Published port or reply for a container address the network does not know.",
+    ToKernel => "to_kernel": "Uplink frame that is not the switch's: left to the host kernel (a copy; not lost).",
 }
 
 /// Counters of one port.

@@ -5,10 +5,14 @@
 //! ([`arc_swap`]), workers load it once per loop iteration and never wait.
 //! The FDB is a lock-free table of its own ([`crate::fdb`]), written by
 //! workers (learning) and by the control thread (static entries, aging).
+use crate::conntrack::Conntrack;
 use crate::fdb::{Fdb, NetId};
 use crate::port::{PortCaps, PortId};
 use crate::stats::PortStats;
+use crate::wire::mac::Mac;
 use arc_swap::ArcSwap;
+use crossbeam::queue::ArrayQueue;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Ports a switch can hold.
@@ -23,6 +27,116 @@ pub struct NetworkView {
     pub name: String,
     /// Ports of the network: the flood list.
     pub ports: Vec<PortId>,
+    /// Gateway and isolation settings, when the network has a subnet.
+    pub l3: Option<L3View>,
+}
+
+/// An IPv4 prefix (host byte order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Prefix {
+    /// Network address.
+    pub addr: u32,
+    /// Prefix length.
+    pub len: u8,
+}
+
+impl Prefix {
+    /// The netmask.
+    #[inline]
+    pub fn mask(&self) -> u32 {
+        if self.len == 0 {
+            0
+        } else {
+            u32::MAX << (32 - self.len.min(32))
+        }
+    }
+
+    /// Whether `ip` is inside.
+    #[inline]
+    pub fn contains(&self, ip: u32) -> bool {
+        (ip ^ self.addr) & self.mask() == 0
+    }
+}
+
+/// A network's L3 side: the switch is its gateway.
+#[derive(Debug, Clone)]
+pub struct L3View {
+    /// The subnet.
+    pub subnet: Prefix,
+    /// Gateway address (answered by the switch: ARP, ICMP echo).
+    pub gw_ip: u32,
+    /// Gateway MAC (also the MAC of the host's interface on the network).
+    pub gw_mac: Mac,
+    /// `--internal`: no egress, no published ports.
+    pub internal: bool,
+    /// `--no-icc`: containers cannot reach each other.
+    pub no_icc: bool,
+    /// The host's own interface on the network (TAP), if any.
+    pub host_port: Option<PortId>,
+    /// Known container addresses: IPv4 → MAC (from attach).
+    pub hosts: HashMap<u32, Mac>,
+}
+
+/// A route out of the uplink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// Destination prefix.
+    pub dst: Prefix,
+    /// Next hop; `None` for directly connected destinations.
+    pub via: Option<u32>,
+}
+
+/// The uplink: the host's external interface, shared with the host kernel.
+#[derive(Debug, Clone)]
+pub struct UplinkView {
+    /// Port id of the uplink.
+    pub port: PortId,
+    /// The interface's MAC (the switch sends with it).
+    pub mac: Mac,
+    /// Source address of translated egress flows.
+    pub snat_ip: u32,
+    /// Whether `snat_ip` is one of the interface's own addresses (then the
+    /// kernel answers ARP for it).
+    pub snat_ip_is_local: bool,
+    /// The host's addresses: published ports are reached on them, and
+    /// containers reach the host's services through them.
+    pub local_ips: Vec<u32>,
+    /// Routes via the uplink, longest prefix first.
+    pub routes: Vec<Route>,
+    /// Next-hop MACs (the kernel's neighbour table).
+    pub neigh: HashMap<u32, Mac>,
+    /// Source ports (and ICMP identifiers) for SNAT.
+    pub snat_ports: (u16, u16),
+}
+
+impl UplinkView {
+    /// The next hop for `dst`, longest prefix match.
+    #[inline]
+    pub fn next_hop(&self, dst: u32) -> Option<u32> {
+        self.routes
+            .iter()
+            .find(|r| r.dst.contains(dst))
+            .map(|r| r.via.unwrap_or(dst))
+    }
+
+    /// Whether `ip` is one of the host's addresses.
+    #[inline]
+    pub fn is_local(&self, ip: u32) -> bool {
+        ip == self.snat_ip || self.local_ips.contains(&ip)
+    }
+}
+
+/// A published port: host port → container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    /// Host address it listens on; `None`: every host address.
+    pub host_ip: Option<u32>,
+    /// Container network.
+    pub net: NetId,
+    /// Container address.
+    pub ip: u32,
+    /// Container port.
+    pub port: u16,
 }
 
 /// A port as the data plane sees it.
@@ -51,6 +165,10 @@ pub struct Snapshot {
     pub ports: Vec<Option<PortView>>,
     /// Networks by [`NetId`].
     pub networks: Vec<Option<NetworkView>>,
+    /// The uplink, if one is declared.
+    pub uplink: Option<UplinkView>,
+    /// Published ports by (IP protocol, host port).
+    pub published: HashMap<(u8, u16), Published>,
 }
 
 impl Snapshot {
@@ -65,6 +183,23 @@ impl Snapshot {
     pub fn network(&self, id: NetId) -> Option<&NetworkView> {
         self.networks.get(id as usize).and_then(Option::as_ref)
     }
+
+    /// The network whose subnet holds `ip`.
+    #[inline]
+    pub fn network_of_ip(&self, ip: u32) -> Option<&NetworkView> {
+        self.networks
+            .iter()
+            .flatten()
+            .find(|n| n.l3.as_ref().is_some_and(|l| l.subnet.contains(ip)))
+    }
+
+    /// The published port for `proto`/`port` on host address `ip`.
+    #[inline]
+    pub fn published_at(&self, proto: u8, ip: u32, port: u16) -> Option<&Published> {
+        self.published
+            .get(&(proto, port))
+            .filter(|p| p.host_ip.is_none_or(|h| h == ip))
+    }
 }
 
 /// Everything the workers share.
@@ -74,14 +209,27 @@ pub struct Tables {
     pub fdb: Fdb,
     /// The current configuration.
     pub snap: ArcSwap<Snapshot>,
+    /// Connection tracking and NAT.
+    pub ct: Conntrack,
+    /// Next hops a worker found no MAC for; the control thread asks the
+    /// kernel to resolve them.
+    pub neigh_wanted: ArrayQueue<u32>,
 }
 
 impl Tables {
     /// Empty tables with an FDB of `fdb_slots` slots.
     pub fn new(fdb_slots: usize) -> Self {
+        Self::with_conntrack(fdb_slots, 262_144)
+    }
+
+    /// Empty tables with an FDB of `fdb_slots` slots and room for
+    /// `max_flows` tracked connections.
+    pub fn with_conntrack(fdb_slots: usize, max_flows: usize) -> Self {
         Self {
             fdb: Fdb::new(fdb_slots),
             snap: ArcSwap::from_pointee(Snapshot::default()),
+            ct: Conntrack::new(max_flows),
+            neigh_wanted: ArrayQueue::new(256),
         }
     }
 

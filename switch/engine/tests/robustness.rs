@@ -67,7 +67,9 @@ fn random_frames_never_panic_and_are_accounted() {
             id: 0,
             name: "n".into(),
             ports: vec![1, 2, 3],
+            l3: None,
         })],
+        ..Default::default()
     });
     let snap = tables.snap.load_full();
     let mut r = Rng(0x1234_5678_9abc_def1);

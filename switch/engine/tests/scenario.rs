@@ -63,13 +63,16 @@ fn rig(limit: u32) -> Rig {
                 id: 0,
                 name: "a".into(),
                 ports: vec![1, 2, 3],
+                l3: None,
             }),
             Some(NetworkView {
                 id: 1,
                 name: "b".into(),
                 ports: vec![4],
+                l3: None,
             }),
         ],
+        ..Default::default()
     });
     Rig {
         worker,
@@ -236,7 +239,9 @@ fn handoff_between_workers() {
             id: 0,
             name: "a".into(),
             ports: vec![1, 2, 3],
+            l3: None,
         })],
+        ..Default::default()
     });
     let poll_all = |ws: &mut Vec<Worker>| {
         for _ in 0..2 {

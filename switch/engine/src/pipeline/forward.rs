@@ -3,6 +3,7 @@ use super::{Action, Hdr};
 use crate::fdb::Fdb;
 use crate::port::PortId;
 use crate::stats::DropReason;
+use crate::tables::L3View;
 
 /// Sets each frame's action: known unicast, flood (broadcast, multicast,
 /// unknown unicast), or drop when the destination sits on the ingress port.
@@ -16,6 +17,27 @@ pub fn run(fdb: &Fdb, in_port: PortId, hdrs: &mut [Hdr]) {
             Some(p) if p == in_port => Action::Drop(DropReason::SamePort),
             Some(p) => Action::Unicast(p),
             None => Action::Flood,
+        };
+    }
+}
+
+/// `--no-icc`: containers reach the gateway and the host, not each other.
+/// Unicast between two container ports is dropped; a container's flood goes
+/// to the host's interface only.
+#[inline]
+pub fn no_icc(l3: &L3View, in_port: PortId, hdrs: &mut [Hdr]) {
+    let host = l3.host_port;
+    if host == Some(in_port) {
+        return;
+    }
+    for h in hdrs.iter_mut() {
+        h.action = match h.action {
+            Action::Unicast(p) if Some(p) != host => Action::Drop(DropReason::IccBlocked),
+            Action::Flood => match host {
+                Some(hp) => Action::Unicast(hp),
+                None => Action::Drop(DropReason::IccBlocked),
+            },
+            a => a,
         };
     }
 }

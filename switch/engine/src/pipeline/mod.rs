@@ -1,13 +1,16 @@
-//! The L2 pipeline: one module per stage, each a pass over the batch.
+//! The pipeline: one module per stage, each a pass over the batch.
 //!
-//! `classify` (parse, drop runts and bad sources) → `learn` (source MAC) →
-//! `forward` (destination lookup: unicast, flood or drop) → `flood`
-//! (replication) → per-output-port queues. `offload` runs at transmit time,
+//! `classify` (parse, drop runts and bad sources) → `l3::mark` (frames for
+//! the gateway) → `learn` (source MAC) → `forward` (destination lookup:
+//! unicast, flood or drop; `--no-icc` filtering) → `l3::route_batch`
+//! (gateway, routing, NAT) → `flood` (replication) → per-output-port queues.
+//! Frames from the uplink take `l3::from_uplink` only. `offload` runs at transmit time,
 //! finishing checksums and cutting TSO segments for ports that cannot take
 //! them.
 pub mod classify;
 pub mod flood;
 pub mod forward;
+pub mod l3;
 pub mod learn;
 pub mod offload;
 
@@ -30,6 +33,11 @@ pub enum Action {
     Unicast(PortId),
     /// Sent to every port of the network but the ingress one.
     Flood,
+    /// Sent to every port of another network (a routed frame whose
+    /// destination MAC is not learned yet).
+    FloodIn(NetId),
+    /// For the gateway stage.
+    Route,
 }
 
 /// Per-frame facts the stages pass along.
@@ -114,6 +122,7 @@ impl TxQueues {
 #[derive(Debug, Default)]
 pub struct Pipeline {
     hdrs: Vec<Hdr>,
+    actions: Vec<Action>,
 }
 
 impl Pipeline {
@@ -131,6 +140,15 @@ impl Pipeline {
         txq: &mut TxQueues,
         drops: &mut BatchDrops,
     ) {
+        if let Some(u) = snap.uplink.as_ref().filter(|u| u.port == in_port) {
+            let mut ctx = l3::Ctx::new(tables, snap, now, in_port);
+            l3::from_uplink(&mut ctx, u, batch, &mut self.actions);
+            drop(ctx);
+            for (p, a) in batch.drain(..).zip(self.actions.iter()) {
+                dispatch(p, *a, snap, in_port, pool, txq, drops);
+            }
+            return;
+        }
         let net: Option<NetId> = snap.port(in_port).and_then(|p| p.net);
         let Some(net) = net.and_then(|n| snap.network(n)) else {
             for _ in 0..batch.len() {
@@ -140,17 +158,59 @@ impl Pipeline {
             return;
         };
         classify::run(batch, in_port, &tables.fdb, net.id, &mut self.hdrs);
+        if let Some(l) = net.l3.as_ref() {
+            l3::mark(batch, &mut self.hdrs, l);
+        }
         learn::run(&tables.fdb, in_port, now, &self.hdrs, drops);
         forward::run(&tables.fdb, in_port, &mut self.hdrs);
+        if let Some(l) = net.l3.as_ref() {
+            if l.no_icc {
+                forward::no_icc(l, in_port, &mut self.hdrs);
+            }
+            if self.hdrs.iter().any(|h| h.action == Action::Route) {
+                let mut ctx = l3::Ctx::new(tables, snap, now, in_port);
+                l3::route_batch(&mut ctx, net, l, batch, &mut self.hdrs);
+            }
+        }
         for (p, h) in batch.drain(..).zip(self.hdrs.iter()) {
-            match h.action {
-                Action::Unicast(out) => txq.push(out, p),
-                Action::Flood => flood::replicate(p, net, in_port, pool, txq),
-                Action::Drop(r) => {
-                    drops.add(r);
+            dispatch(p, h.action, snap, in_port, pool, txq, drops);
+        }
+    }
+}
+
+/// Carries out one frame's action.
+#[inline]
+fn dispatch(
+    p: Packet,
+    a: Action,
+    snap: &Snapshot,
+    in_port: PortId,
+    pool: &mut PacketPool,
+    txq: &mut TxQueues,
+    drops: &mut BatchDrops,
+) {
+    match a {
+        Action::Unicast(out) => txq.push(out, p),
+        Action::Flood | Action::FloodIn(_) => {
+            let id = match a {
+                Action::FloodIn(n) => Some(n),
+                _ => snap.port(in_port).and_then(|v| v.net),
+            };
+            match id.and_then(|n| snap.network(n)) {
+                Some(nv) => flood::replicate(p, nv, in_port, pool, txq),
+                None => {
+                    drops.add(DropReason::NoNetwork);
                     pool.put(p);
                 }
             }
+        }
+        Action::Drop(r) => {
+            drops.add(r);
+            pool.put(p);
+        }
+        Action::Route => {
+            drops.add(DropReason::NoRoute);
+            pool.put(p);
         }
     }
 }

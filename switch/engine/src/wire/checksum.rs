@@ -38,6 +38,24 @@ pub fn update16(check: u16, old: u16, new: u16) -> u16 {
     !fold(acc)
 }
 
+/// RFC 1624 eqn. 3 for a 32-bit field (an IPv4 address) changing.
+#[inline]
+pub fn update32(check: u16, old: u32, new: u32) -> u16 {
+    let acc = (!check as u32)
+        + (!(old >> 16) as u16 as u32)
+        + (!(old as u16) as u32)
+        + (new >> 16)
+        + (new & 0xffff);
+    !fold(acc)
+}
+
+/// The same change applied to a checksum-partial field, which holds the
+/// pseudo-header sum uncomplemented (virtio-net `NEEDS_CSUM`, TSO frames).
+#[inline]
+pub fn update32_partial(field: u16, old: u32, new: u32) -> u16 {
+    !update32(!field, old, new)
+}
+
 /// Completes a checksum-partial frame: the field at `start + offset` holds the
 /// pseudo-header sum; sums `frame[start..]` into it. `false` if out of range.
 pub fn complete_partial(frame: &mut [u8], start: usize, offset: usize) -> bool {
@@ -78,5 +96,26 @@ mod tests {
         let inc = update16(c, old, new);
         d[10..12].copy_from_slice(&[0, 0]);
         assert_eq!(inc, finish(0, &d));
+    }
+
+    #[test]
+    fn address_update_matches_full() {
+        let mut d = [
+            0x45u8, 0, 0, 84, 0x12, 0x34, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+        ];
+        let c = finish(0, &d);
+        let new: u32 = 0xc0a8_6401;
+        let inc = update32(c, u32::from_be_bytes([10, 0, 0, 1]), new);
+        d[12..16].copy_from_slice(&new.to_be_bytes());
+        assert_eq!(inc, finish(0, &d));
+        // Partial: the field is the plain (uncomplemented) sum.
+        let mut e = d;
+        let old_sum = fold(sum(0, &e[12..20]));
+        e[12..16].copy_from_slice(&[172, 17, 0, 9]);
+        let want = fold(sum(0, &e[12..20]));
+        assert_eq!(
+            update32_partial(old_sum, new, u32::from_be_bytes([172, 17, 0, 9])),
+            want
+        );
     }
 }

@@ -1,0 +1,704 @@
+//! The gateway stage: what a network's containers send to the switch's own
+//! MAC, and what arrives on the uplink.
+//!
+//! From a container: ARP and ICMP echo for the gateway are answered here;
+//! IPv4 is routed: tracked flows are translated (SNAT, DNAT, hairpin), new
+//! flows to the outside are source-NATed to the uplink, flows to a published
+//! port on a host address are hairpinned, other traffic for the host's own
+//! addresses is handed to the host's interface on the network, and anything
+//! for another network is dropped (isolation).
+//!
+//! From the uplink: only what the switch owns is taken (replies of its flows,
+//! ICMP errors about them, published ports, ARP for a SNAT address the kernel
+//! does not hold); everything else is the host kernel's and is left alone.
+use super::{Action, Hdr};
+use crate::conntrack::{
+    CreateError, CtTable, Flow, Side, State, TcpState, Tuple, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+};
+use crate::fdb::Fdb;
+use crate::packet::Packet;
+use crate::port::PortId;
+use crate::stats::DropReason;
+use crate::tables::{L3View, NetworkView, Snapshot, Tables, UplinkView};
+use crate::wire::checksum;
+use crate::wire::mac::Mac;
+use smoltcp::wire::{ArpOperation, ArpPacket, Icmpv4Message, Icmpv4Packet, Ipv4Packet};
+use std::sync::MutexGuard;
+
+const ETH_LEN: usize = 14;
+const ETH_P_IPV4: u16 = 0x0800;
+const ETH_P_ARP: u16 = 0x0806;
+
+#[inline]
+fn be16(f: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([f[at], f[at + 1]])
+}
+#[inline]
+fn put16(f: &mut [u8], at: usize, v: u16) {
+    f[at..at + 2].copy_from_slice(&v.to_be_bytes());
+}
+#[inline]
+fn be32(f: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([f[at], f[at + 1], f[at + 2], f[at + 3]])
+}
+#[inline]
+fn put32(f: &mut [u8], at: usize, v: u32) {
+    f[at..at + 4].copy_from_slice(&v.to_be_bytes());
+}
+
+#[inline]
+fn ethertype(f: &[u8]) -> u16 {
+    if f.len() < ETH_LEN {
+        0
+    } else {
+        be16(f, 12)
+    }
+}
+
+/// ARP request's target address, if `f` is one.
+fn arp_request_target(f: &[u8]) -> Option<u32> {
+    let arp = ArpPacket::new_checked(f.get(ETH_LEN..)?).ok()?;
+    if arp.operation() != ArpOperation::Request || arp.protocol_len() != 4 {
+        return None;
+    }
+    Some(be32(arp.target_protocol_addr(), 0))
+}
+
+/// Stage 2b: marks the frames a container sends to the gateway.
+#[inline]
+pub fn mark(batch: &[Packet], hdrs: &mut [Hdr], l3: &L3View) {
+    for (p, h) in batch.iter().zip(hdrs.iter_mut()) {
+        if matches!(h.action, Action::Drop(_)) {
+            continue;
+        }
+        if h.dst == l3.gw_mac {
+            h.action = Action::Route;
+        } else if h.dst == Mac::BROADCAST
+            && ethertype(p.data()) == ETH_P_ARP
+            && arp_request_target(p.data()) == Some(l3.gw_ip)
+        {
+            h.action = Action::Route;
+        }
+    }
+}
+
+/// Turns an ARP request in `f` into the reply from `mac`/`ip`, in place.
+fn arp_reply_in_place(f: &mut [u8], mac: Mac, ip: u32) -> bool {
+    let Some(body) = f.get_mut(ETH_LEN..) else {
+        return false;
+    };
+    let Ok(mut arp) = ArpPacket::new_checked(body) else {
+        return false;
+    };
+    let (sha, spa) = (
+        arp.source_hardware_addr().to_vec(),
+        arp.source_protocol_addr().to_vec(),
+    );
+    if sha.len() != 6 || spa.len() != 4 {
+        return false;
+    }
+    arp.set_operation(ArpOperation::Reply);
+    arp.set_target_hardware_addr(&sha);
+    arp.set_target_protocol_addr(&spa);
+    arp.set_source_hardware_addr(&mac.bytes());
+    arp.set_source_protocol_addr(&ip.to_be_bytes());
+    f[0..6].copy_from_slice(&sha);
+    f[6..12].copy_from_slice(&mac.bytes());
+    true
+}
+
+/// Where the IPv4 and L4 headers of a frame are, and its flow tuple.
+#[derive(Debug, Clone, Copy)]
+struct V4 {
+    l4: usize,
+    tuple: Tuple,
+    flags: u8,
+    /// ICMP type, for ICMP.
+    icmp_type: u8,
+}
+
+const ICMP_ECHO_REPLY: u8 = 0;
+const ICMP_UNREACH: u8 = 3;
+const ICMP_ECHO: u8 = 8;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMP_PARAM_PROBLEM: u8 = 12;
+
+/// Parses IPv4 and the L4 ports. `None`: drop as `bad_l3`.
+fn parse_v4(f: &[u8]) -> Option<V4> {
+    let ip = Ipv4Packet::new_checked(f.get(ETH_LEN..)?).ok()?;
+    if ip.version() != 4 || ip.more_frags() || ip.frag_offset() != 0 {
+        return None;
+    }
+    let l4 = ETH_LEN + ip.header_len() as usize;
+    let proto: u8 = ip.next_header().into();
+    let mut t = Tuple {
+        src: u32::from(ip.src_addr()),
+        dst: u32::from(ip.dst_addr()),
+        sport: 0,
+        dport: 0,
+        proto,
+    };
+    let mut flags = 0;
+    let mut icmp_type = 0;
+    match proto {
+        PROTO_TCP => {
+            if f.len() < l4 + 20 {
+                return None;
+            }
+            t.sport = be16(f, l4);
+            t.dport = be16(f, l4 + 2);
+            flags = f[l4 + 13];
+        }
+        PROTO_UDP => {
+            if f.len() < l4 + 8 {
+                return None;
+            }
+            t.sport = be16(f, l4);
+            t.dport = be16(f, l4 + 2);
+        }
+        PROTO_ICMP => {
+            if f.len() < l4 + 8 {
+                return None;
+            }
+            icmp_type = f[l4];
+            if icmp_type == ICMP_ECHO || icmp_type == ICMP_ECHO_REPLY {
+                t.sport = be16(f, l4 + 4);
+                t.dport = t.sport;
+            }
+        }
+        _ => {}
+    }
+    Some(V4 {
+        l4,
+        tuple: t,
+        flags,
+        icmp_type,
+    })
+}
+
+/// Rewrites addresses and ports from `old` to `new`, updating the IPv4, TCP,
+/// UDP or ICMP checksums incrementally (RFC 1624); `partial`: the L4
+/// checksum field holds the pseudo-header sum (checksum offload, TSO).
+fn rewrite(f: &mut [u8], l4: usize, old: &Tuple, new: &Tuple, partial: bool) {
+    let ipc = ETH_LEN + 10;
+    let mut c = be16(f, ipc);
+    if old.src != new.src {
+        c = checksum::update32(c, old.src, new.src);
+        put32(f, ETH_LEN + 12, new.src);
+    }
+    if old.dst != new.dst {
+        c = checksum::update32(c, old.dst, new.dst);
+        put32(f, ETH_LEN + 16, new.dst);
+    }
+    put16(f, ipc, c);
+    let at = match old.proto {
+        PROTO_TCP => l4 + 16,
+        PROTO_UDP => l4 + 6,
+        PROTO_ICMP => {
+            if old.sport != new.sport {
+                let c = checksum::update16(be16(f, l4 + 2), old.sport, new.sport);
+                put16(f, l4 + 2, c);
+                put16(f, l4 + 4, new.sport);
+            }
+            return;
+        }
+        _ => return,
+    };
+    let mut c = be16(f, at);
+    let udp_none = old.proto == PROTO_UDP && c == 0 && !partial;
+    if !udp_none {
+        if partial {
+            c = checksum::update32_partial(c, old.src, new.src);
+            c = checksum::update32_partial(c, old.dst, new.dst);
+        } else {
+            c = checksum::update32(c, old.src, new.src);
+            c = checksum::update32(c, old.dst, new.dst);
+            c = checksum::update16(c, old.sport, new.sport);
+            c = checksum::update16(c, old.dport, new.dport);
+            if old.proto == PROTO_UDP && c == 0 {
+                c = 0xffff;
+            }
+        }
+        put16(f, at, c);
+    }
+    put16(f, l4, new.sport);
+    put16(f, l4 + 2, new.dport);
+}
+
+/// Decrements the TTL of a routed packet; `false` when it ran out.
+fn ttl_dec(f: &mut [u8]) -> bool {
+    let ttl = f[ETH_LEN + 8];
+    if ttl <= 1 {
+        return false;
+    }
+    let old = be16(f, ETH_LEN + 8);
+    f[ETH_LEN + 8] = ttl - 1;
+    let c = checksum::update16(be16(f, ETH_LEN + 10), old, be16(f, ETH_LEN + 8));
+    put16(f, ETH_LEN + 10, c);
+    true
+}
+
+/// Turns an ICMP echo request in `f` into its reply, in place.
+fn echo_reply_in_place(f: &mut [u8], v: &V4) -> bool {
+    let total = match Ipv4Packet::new_checked(&f[ETH_LEN..]) {
+        Ok(ip) => ETH_LEN + ip.total_len() as usize,
+        Err(_) => return false,
+    };
+    if total > f.len() || total < v.l4 + 8 {
+        return false;
+    }
+    let Ok(mut icmp) = Icmpv4Packet::new_checked(&mut f[v.l4..total]) else {
+        return false;
+    };
+    icmp.set_msg_type(Icmpv4Message::EchoReply);
+    icmp.fill_checksum();
+    // Swap addresses (the IPv4 checksum is unchanged by a swap).
+    put32(f, ETH_LEN + 12, v.tuple.dst);
+    put32(f, ETH_LEN + 16, v.tuple.src);
+    let (mut d, mut s) = ([0u8; 6], [0u8; 6]);
+    d.copy_from_slice(&f[0..6]);
+    s.copy_from_slice(&f[6..12]);
+    f[0..6].copy_from_slice(&s);
+    f[6..12].copy_from_slice(&d);
+    true
+}
+
+/// The per-batch context of the gateway stage.
+pub struct Ctx<'a> {
+    /// Shared tables.
+    pub tables: &'a Tables,
+    /// Configuration in force for this batch.
+    pub snap: &'a Snapshot,
+    /// Now, seconds.
+    pub now: u32,
+    /// Ingress port.
+    pub in_port: PortId,
+    ct: Option<MutexGuard<'a, CtTable>>,
+}
+
+impl<'a> Ctx<'a> {
+    /// A context for one batch; the conntrack lock is taken on first use.
+    pub fn new(tables: &'a Tables, snap: &'a Snapshot, now: u32, in_port: PortId) -> Self {
+        Self {
+            tables,
+            snap,
+            now,
+            in_port,
+            ct: None,
+        }
+    }
+
+    fn ct(&mut self) -> &mut CtTable {
+        let t = self.tables;
+        self.ct.get_or_insert_with(|| t.ct.lock())
+    }
+
+    /// Addresses a frame to `side` at L2 and picks its output.
+    fn emit_to(&mut self, f: &mut [u8], side: Side, dst_ip: u32) -> Action {
+        match side {
+            Side::Uplink => {
+                let Some(u) = self.snap.uplink.as_ref() else {
+                    return Action::Drop(DropReason::NoRoute);
+                };
+                to_uplink(self.tables, u, f, dst_ip)
+            }
+            Side::Container { net, mac } => {
+                let Some(nv) = self.snap.network(net) else {
+                    return Action::Drop(DropReason::NoNetwork);
+                };
+                let Some(l3) = nv.l3.as_ref() else {
+                    return Action::Drop(DropReason::NoNetwork);
+                };
+                f[0..6].copy_from_slice(&mac.bytes());
+                f[6..12].copy_from_slice(&l3.gw_mac.bytes());
+                container_port(&self.tables.fdb, nv, mac)
+            }
+        }
+    }
+
+    /// Translates a packet of a tracked flow and addresses it.
+    fn translate(&mut self, p: &mut Packet, v: &V4, slot: FlowHit) -> Action {
+        let partial = p.meta.offload.csum.is_some() || p.meta.offload.gso.is_some();
+        let f = p.data_mut();
+        if !ttl_dec(f) {
+            return Action::Drop(DropReason::TtlExceeded);
+        }
+        rewrite(f, v.l4, &v.tuple, &slot.new, partial);
+        self.emit_to(f, slot.side, slot.new.dst)
+    }
+
+    /// Looks `v` up and, on a hit, advances the flow's state.
+    fn track(&mut self, v: &V4) -> Option<FlowHit> {
+        let now = self.now;
+        let (flow, dir) = self.ct().lookup(&v.tuple)?;
+        flow.see(dir, v.flags, now);
+        Some(FlowHit {
+            new: flow.translated(dir),
+            side: flow.out_side(dir),
+        })
+    }
+
+    fn create(&mut self, orig: Tuple, reply: Tuple, os: Side, rs: Side, flags: u8) -> FlowOrDrop {
+        let state = match orig.proto {
+            PROTO_TCP if flags & 0x02 != 0 => State::Tcp(TcpState::SynSent),
+            PROTO_TCP => State::Tcp(TcpState::Established),
+            PROTO_UDP => State::Udp { replied: false },
+            _ => State::Icmp,
+        };
+        let now = self.now;
+        let stats = &self.tables.ct.stats;
+        match self.ct().create(orig, reply, os, rs, state, now) {
+            Ok(f) => {
+                f.see(crate::conntrack::Dir::Orig, flags, now);
+                stats
+                    .created
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let hit = hit_of(f);
+                Ok(hit)
+            }
+            Err(CreateError::Full) => {
+                stats.full.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Err(DropReason::CtFull)
+            }
+            Err(CreateError::PortsExhausted) => Err(DropReason::NatPortsExhausted),
+        }
+    }
+}
+
+type FlowOrDrop = Result<FlowHit, DropReason>;
+
+#[derive(Debug, Clone, Copy)]
+struct FlowHit {
+    new: Tuple,
+    side: Side,
+}
+
+fn hit_of(f: &Flow) -> FlowHit {
+    FlowHit {
+        new: f.translated(crate::conntrack::Dir::Orig),
+        side: f.out_side(crate::conntrack::Dir::Orig),
+    }
+}
+
+/// Output port for a container's MAC in `nv`: learned port, else flood.
+fn container_port(fdb: &Fdb, nv: &NetworkView, mac: Mac) -> Action {
+    match fdb.lookup(nv.id, mac) {
+        Some(p) => Action::Unicast(p),
+        None => Action::FloodIn(nv.id),
+    }
+}
+
+/// Addresses `f` to the next hop of `dst_ip` on the uplink.
+fn to_uplink(tables: &Tables, u: &UplinkView, f: &mut [u8], dst_ip: u32) -> Action {
+    let Some(nh) = u.next_hop(dst_ip) else {
+        return Action::Drop(DropReason::NoRoute);
+    };
+    let Some(mac) = u.neigh.get(&nh) else {
+        let _ = tables.neigh_wanted.push(nh);
+        return Action::Drop(DropReason::NeighMiss);
+    };
+    f[0..6].copy_from_slice(&mac.bytes());
+    f[6..12].copy_from_slice(&u.mac.bytes());
+    Action::Unicast(u.port)
+}
+
+/// Routes the frames [`mark`] picked, from a container port of `net`.
+pub fn route_batch(
+    ctx: &mut Ctx<'_>,
+    net: &NetworkView,
+    l3: &L3View,
+    batch: &mut [Packet],
+    hdrs: &mut [Hdr],
+) {
+    for (p, h) in batch.iter_mut().zip(hdrs.iter_mut()) {
+        if h.action == Action::Route {
+            h.action = from_container(ctx, net, l3, p, h.src);
+        }
+    }
+}
+
+fn host_port_or_drop(l3: &L3View) -> Action {
+    l3.host_port
+        .map_or(Action::Drop(DropReason::NoRoute), Action::Unicast)
+}
+
+fn from_container(
+    ctx: &mut Ctx<'_>,
+    net: &NetworkView,
+    l3: &L3View,
+    p: &mut Packet,
+    src_mac: Mac,
+) -> Action {
+    match ethertype(p.data()) {
+        ETH_P_ARP => {
+            if arp_request_target(p.data()) == Some(l3.gw_ip) {
+                if arp_reply_in_place(p.data_mut(), l3.gw_mac, l3.gw_ip) {
+                    return Action::Unicast(ctx.in_port);
+                }
+                return Action::Drop(DropReason::BadL3);
+            }
+            // Replies to the host's own ARP requests.
+            return host_port_or_drop(l3);
+        }
+        ETH_P_IPV4 => {}
+        _ => return host_port_or_drop(l3),
+    }
+    let Some(v) = parse_v4(p.data()) else {
+        return Action::Drop(DropReason::BadL3);
+    };
+    let t = v.tuple;
+    if t.dst == l3.gw_ip && t.proto == PROTO_ICMP && v.icmp_type == ICMP_ECHO {
+        if echo_reply_in_place(p.data_mut(), &v) {
+            return Action::Unicast(ctx.in_port);
+        }
+        return Action::Drop(DropReason::BadL3);
+    }
+    if let Some(hit) = ctx.track(&v) {
+        return ctx.translate(p, &v, hit);
+    }
+    if t.dst == l3.gw_ip || l3.subnet.contains(t.dst) {
+        // The host's own services on the gateway address.
+        return host_port_or_drop(l3);
+    }
+    if ctx.snap.network_of_ip(t.dst).is_some() {
+        return Action::Drop(DropReason::Isolated);
+    }
+    let Some(u) = ctx.snap.uplink.as_ref() else {
+        return Action::Drop(DropReason::NoRoute);
+    };
+    if u.is_local(t.dst) {
+        if let Some(pb) = ctx.snap.published_at(t.proto, t.dst, t.dport).copied() {
+            // Hairpin: to a published port through the host's address. The
+            // source becomes the target network's gateway, so the reply comes
+            // back through the switch.
+            if l3.internal {
+                return Action::Drop(DropReason::Internal);
+            }
+            let Some(tnv) = ctx.snap.network(pb.net) else {
+                return Action::Drop(DropReason::NoContainer);
+            };
+            let Some(tl3) = tnv.l3.as_ref().filter(|x| !x.internal) else {
+                return Action::Drop(DropReason::Internal);
+            };
+            let Some(&tmac) = tl3.hosts.get(&pb.ip) else {
+                return Action::Drop(DropReason::NoContainer);
+            };
+            let (gw, range) = (tl3.gw_ip, u.snat_ports);
+            let Some(nat_port) =
+                ctx.ct()
+                    .alloc_port(t.proto, pb.ip, pb.port, gw, range, t.sport)
+            else {
+                return Action::Drop(DropReason::NatPortsExhausted);
+            };
+            let reply = Tuple {
+                src: pb.ip,
+                dst: gw,
+                sport: pb.port,
+                dport: nat_port,
+                proto: t.proto,
+            };
+            let os = Side::Container {
+                net: net.id,
+                mac: src_mac,
+            };
+            let rs = Side::Container {
+                net: pb.net,
+                mac: tmac,
+            };
+            return match ctx.create(t, reply, os, rs, v.flags) {
+                Ok(hit) => ctx.translate(p, &v, hit),
+                Err(r) => Action::Drop(r),
+            };
+        }
+        // The host's own services on its other addresses.
+        return host_port_or_drop(l3);
+    }
+    if l3.internal {
+        return Action::Drop(DropReason::Internal);
+    }
+    let is_tracked = matches!(t.proto, PROTO_TCP | PROTO_UDP)
+        || (t.proto == PROTO_ICMP && v.icmp_type == ICMP_ECHO);
+    if !is_tracked {
+        return Action::Drop(DropReason::BadL3);
+    }
+    // New flow to the outside: SNAT to the uplink's address.
+    let (snat, range) = (u.snat_ip, u.snat_ports);
+    let Some(nat_port) = ctx
+        .ct()
+        .alloc_port(t.proto, t.dst, t.dport, snat, range, t.sport)
+    else {
+        return Action::Drop(DropReason::NatPortsExhausted);
+    };
+    let reply = Tuple {
+        src: t.dst,
+        dst: snat,
+        sport: if t.proto == PROTO_ICMP {
+            nat_port
+        } else {
+            t.dport
+        },
+        dport: nat_port,
+        proto: t.proto,
+    };
+    let os = Side::Container {
+        net: net.id,
+        mac: src_mac,
+    };
+    match ctx.create(t, reply, os, Side::Uplink, v.flags) {
+        Ok(hit) => ctx.translate(p, &v, hit),
+        Err(r) => Action::Drop(r),
+    }
+}
+
+/// Handles a batch received on the uplink: sets each frame's action.
+pub fn from_uplink(ctx: &mut Ctx<'_>, u: &UplinkView, batch: &mut [Packet], out: &mut Vec<Action>) {
+    out.clear();
+    for p in batch.iter_mut() {
+        let a = uplink_one(ctx, u, p);
+        out.push(a);
+    }
+}
+
+fn uplink_one(ctx: &mut Ctx<'_>, u: &UplinkView, p: &mut Packet) -> Action {
+    let f = p.data();
+    if f.len() < ETH_LEN {
+        return Action::Drop(DropReason::Runt);
+    }
+    let dst = Mac::from_bytes(&[f[0], f[1], f[2], f[3], f[4], f[5]]);
+    if dst != u.mac && dst != Mac::BROADCAST {
+        return Action::Drop(DropReason::ToKernel);
+    }
+    match ethertype(f) {
+        ETH_P_ARP => {
+            if !u.snat_ip_is_local && arp_request_target(f) == Some(u.snat_ip) {
+                if arp_reply_in_place(p.data_mut(), u.mac, u.snat_ip) {
+                    return Action::Unicast(u.port);
+                }
+                return Action::Drop(DropReason::BadL3);
+            }
+            return Action::Drop(DropReason::ToKernel);
+        }
+        ETH_P_IPV4 => {}
+        _ => return Action::Drop(DropReason::ToKernel),
+    }
+    let Some(v) = parse_v4(f) else {
+        return Action::Drop(DropReason::ToKernel);
+    };
+    let t = v.tuple;
+    if !u.is_local(t.dst) {
+        return Action::Drop(DropReason::ToKernel);
+    }
+    if t.proto == PROTO_ICMP
+        && matches!(
+            v.icmp_type,
+            ICMP_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAM_PROBLEM
+        )
+    {
+        return icmp_error_in(ctx, p, &v);
+    }
+    if let Some(hit) = ctx.track(&v) {
+        return ctx.translate(p, &v, hit);
+    }
+    let Some(pb) = ctx.snap.published_at(t.proto, t.dst, t.dport).copied() else {
+        return Action::Drop(DropReason::ToKernel);
+    };
+    let Some(l3) = ctx.snap.network(pb.net).and_then(|n| n.l3.as_ref()) else {
+        return Action::Drop(DropReason::NoContainer);
+    };
+    if l3.internal {
+        return Action::Drop(DropReason::Internal);
+    }
+    let Some(&mac) = l3.hosts.get(&pb.ip) else {
+        return Action::Drop(DropReason::NoContainer);
+    };
+    let reply = Tuple {
+        src: pb.ip,
+        dst: t.src,
+        sport: pb.port,
+        dport: t.sport,
+        proto: t.proto,
+    };
+    let rs = Side::Container { net: pb.net, mac };
+    match ctx.create(t, reply, Side::Uplink, rs, v.flags) {
+        Ok(hit) => ctx.translate(p, &v, hit),
+        Err(r) => Action::Drop(r),
+    }
+}
+
+/// An ICMP error from outside about a packet the switch sent: translate the
+/// outer destination and the embedded header back to the container's view.
+/// The embedded packet is usually cut short, so it is read by hand (RFC 792
+/// promises its IP header and first 8 bytes).
+fn icmp_error_in(ctx: &mut Ctx<'_>, p: &mut Packet, v: &V4) -> Action {
+    let inner = v.l4 + 8;
+    let f = p.data();
+    if f.len() < inner + 20 || f[inner] >> 4 != 4 {
+        return Action::Drop(DropReason::BadL3);
+    }
+    let ihl = ((f[inner] & 0x0f) as usize) * 4;
+    let il4 = inner + ihl;
+    if ihl < 20 || f.len() < il4 + 8 {
+        return Action::Drop(DropReason::BadL3);
+    }
+    let proto = f[inner + 9];
+    let (mut sport, mut dport) = (be16(f, il4), be16(f, il4 + 2));
+    if proto == PROTO_ICMP {
+        sport = be16(f, il4 + 4);
+        dport = sport;
+    }
+    // What the switch sent, as it left: the flow's reply tuple reversed.
+    let sent = Tuple {
+        src: be32(f, inner + 12),
+        dst: be32(f, inner + 16),
+        sport,
+        dport,
+        proto,
+    };
+    let Some((flow, dir)) = ctx.ct().lookup(&sent.reversed()) else {
+        return Action::Drop(DropReason::ToKernel);
+    };
+    // The embedded packet becomes the one the container sent.
+    let orig_view = flow.translated(dir).reversed();
+    let side = flow.out_side(dir);
+    let f = p.data_mut();
+    if !ttl_dec(f) {
+        return Action::Drop(DropReason::TtlExceeded);
+    }
+    // Outer destination.
+    let old_dst = be32(f, ETH_LEN + 16);
+    let c = checksum::update32(be16(f, ETH_LEN + 10), old_dst, orig_view.dst);
+    put16(f, ETH_LEN + 10, c);
+    put32(f, ETH_LEN + 16, orig_view.dst);
+    // Embedded header: addresses, ports (or ICMP id) and its checksums.
+    put32(f, inner + 12, orig_view.src);
+    put32(f, inner + 16, orig_view.dst);
+    put16(f, inner + 10, 0);
+    let ic = checksum::finish(0, &f[inner..il4]);
+    put16(f, inner + 10, ic);
+    match proto {
+        PROTO_UDP => {
+            let c = be16(f, il4 + 6);
+            if c != 0 {
+                let mut c = checksum::update32(c, sent.src, orig_view.src);
+                c = checksum::update32(c, sent.dst, orig_view.dst);
+                c = checksum::update16(c, sent.sport, orig_view.sport);
+                c = checksum::update16(c, sent.dport, orig_view.dport);
+                put16(f, il4 + 6, c);
+            }
+            put16(f, il4, orig_view.sport);
+            put16(f, il4 + 2, orig_view.dport);
+        }
+        PROTO_TCP => {
+            put16(f, il4, orig_view.sport);
+            put16(f, il4 + 2, orig_view.dport);
+        }
+        PROTO_ICMP => put16(f, il4 + 4, orig_view.sport),
+        _ => {}
+    }
+    // The ICMP checksum covers the whole message: recompute it.
+    let total = (be16(f, ETH_LEN + 2) as usize + ETH_LEN).min(f.len());
+    put16(f, v.l4 + 2, 0);
+    let c = checksum::finish(0, &f[v.l4..total]);
+    put16(f, v.l4 + 2, c);
+    ctx.emit_to(f, side, orig_view.dst)
+}
