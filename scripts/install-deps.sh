@@ -7,7 +7,10 @@ if [ "$(id -u)" != 0 ]; then
     echo "install-deps.sh: needs root (it installs packages and sets sysctls)" >&2
     exit 1
 fi
-pkgs=(iproute2 iputils-ping iperf3 tcpdump netsniff-ng ethtool procps kmod)
+# nftables: the uplink guard; curl, dnsutils, dnsmasq-base, python3: real
+# clients and servers for the gateway and NAT tests; iptables: the
+# docker0-style reference in the benchmark.
+pkgs=(iproute2 iputils-ping iperf3 tcpdump netsniff-ng ethtool procps kmod nftables iptables curl dnsutils dnsmasq-base python3)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

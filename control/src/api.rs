@@ -96,6 +96,65 @@ pub enum Request {
     },
     /// Counters.
     Stats,
+    /// Declare the uplink.
+    UplinkAdd(crate::config::UplinkConfig),
+    /// Remove the uplink.
+    UplinkRm,
+    /// Show the uplink: addresses, routes, next hops.
+    UplinkShow,
+    /// Publish a container port on the host.
+    Publish {
+        /// Network of the container.
+        network: String,
+        /// `IP:PORT` of the container.
+        target: String,
+        /// Host port or range `N-M` (first free); `None`: any free port.
+        host_port: Option<String>,
+        /// `tcp` or `udp`.
+        proto: Proto,
+        /// Host address to listen on (default: all of the host's).
+        host_ip: Option<String>,
+    },
+    /// Withdraw a published port.
+    Unpublish {
+        /// Network of the container.
+        network: String,
+        /// Host port.
+        host_port: u16,
+        /// `tcp` or `udp`.
+        proto: Proto,
+    },
+    /// Tracked connections.
+    ConntrackShow,
+}
+
+/// Transport protocol of a published port.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl Proto {
+    /// IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+        }
+    }
+}
+
+impl std::fmt::Display for Proto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        })
+    }
 }
 
 /// A response.

@@ -19,6 +19,24 @@ pub struct Config {
     /// Existing interfaces attached at start.
     #[serde(default)]
     pub ports: Vec<PortConfig>,
+    /// The host's external interface: egress (SNAT) and published ports.
+    #[serde(default)]
+    pub uplink: Option<UplinkConfig>,
+}
+
+/// The uplink (`vswitch uplink add` takes the same settings).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkConfig {
+    /// Interface name (e.g. `eth0`).
+    pub iface: String,
+    /// Source address for egress; default: the interface's first IPv4 address.
+    pub snat_ip: Option<String>,
+    /// SNAT source ports `LO-HI`; default: the ports above the kernel's
+    /// ephemeral range (`net.ipv4.ip_local_port_range`).
+    pub snat_ports: Option<String>,
+    /// Worker that polls it (default: the least loaded).
+    pub worker: Option<usize>,
 }
 
 /// Switch-wide settings.
@@ -28,14 +46,23 @@ pub struct SwitchConfig {
     /// FDB slots shared by all networks (about twice the sum of MAC limits; at that load fewer than 1 in 10,000 learns find both buckets full).
     #[serde(default = "default_fdb_capacity")]
     pub fdb_capacity: usize,
+    /// Tracked connections (NAT flows) at most; new flows beyond are dropped
+    /// and counted, established ones keep working.
+    #[serde(default = "default_max_flows")]
+    pub max_flows: usize,
 }
 
 impl Default for SwitchConfig {
     fn default() -> Self {
         Self {
             fdb_capacity: default_fdb_capacity(),
+            max_flows: default_max_flows(),
         }
     }
+}
+
+fn default_max_flows() -> usize {
+    262_144
 }
 
 /// One worker thread.
@@ -55,9 +82,10 @@ pub struct WorkerConfig {
 pub struct NetworkConfig {
     /// Unique name.
     pub name: String,
-    /// Subnet, e.g. `10.1.0.0/24` (informational until the gateway issue).
+    /// IPv4 subnet, e.g. `10.1.0.0/24`: the switch becomes its gateway,
+    /// hands out addresses on attach and gives the host an interface on it.
     pub subnet: Option<String>,
-    /// Gateway address inside the subnet.
+    /// Gateway address inside the subnet (default: its first address).
     pub gateway: Option<String>,
     /// MTU given to attached interfaces.
     #[serde(default = "default_mtu")]
@@ -68,6 +96,13 @@ pub struct NetworkConfig {
     /// Seconds a learned MAC lives without being seen (0: never ages).
     #[serde(default = "default_aging")]
     pub aging_secs: u32,
+    /// No egress and no published ports (`network create --internal`).
+    #[serde(default)]
+    pub internal: bool,
+    /// Containers cannot reach each other, only the gateway, the host and
+    /// the outside (`network create --no-icc`).
+    #[serde(default)]
+    pub no_icc: bool,
 }
 
 /// Kinds of port.
@@ -78,6 +113,8 @@ pub enum PortKind {
     Afxdp,
     /// TAP device with virtio-net headers.
     Tap,
+    /// AF_PACKET socket with virtio-net headers (the uplink only).
+    Packet,
 }
 
 impl std::fmt::Display for PortKind {
@@ -85,6 +122,7 @@ impl std::fmt::Display for PortKind {
         f.pad(match self {
             PortKind::Afxdp => "afxdp",
             PortKind::Tap => "tap",
+            PortKind::Packet => "packet",
         })
     }
 }
@@ -110,6 +148,7 @@ impl Default for Config {
             workers: default_workers(),
             networks: Vec::new(),
             ports: Vec::new(),
+            uplink: None,
         }
     }
 }
@@ -217,8 +256,46 @@ impl Config {
                 }
             }
         }
+        if let Some(u) = &self.uplink {
+            if let Some(w) = u.worker {
+                if w >= self.workers.len() {
+                    return Err(ConfigError::Invalid(format!(
+                        "uplink {:?} names worker {w}, but only {} are configured",
+                        u.iface,
+                        self.workers.len()
+                    )));
+                }
+            }
+            if let Some(r) = &u.snat_ports {
+                parse_port_range(r)?;
+            }
+            if let Some(ip) = &u.snat_ip {
+                ip.parse::<std::net::Ipv4Addr>().map_err(|_| {
+                    ConfigError::Invalid(format!("uplink snat_ip {ip:?} is not an IPv4 address"))
+                })?;
+            }
+        }
         Ok(())
     }
+}
+
+/// Parses `LO-HI` (or a single port) into an inclusive range.
+pub fn parse_port_range(s: &str) -> Result<(u16, u16), ConfigError> {
+    let bad = || {
+        ConfigError::Invalid(format!(
+            "port range {s:?} must be PORT or LO-HI with 1 <= LO <= HI <= 65535"
+        ))
+    };
+    let (a, b) = match s.split_once('-') {
+        Some((a, b)) => (a.trim(), b.trim()),
+        None => (s.trim(), s.trim()),
+    };
+    let lo: u16 = a.parse().map_err(|_| bad())?;
+    let hi: u16 = b.parse().map_err(|_| bad())?;
+    if lo == 0 || lo > hi {
+        return Err(bad());
+    }
+    Ok((lo, hi))
 }
 
 /// Checks one network definition (config file and `network create` alike).
@@ -250,6 +327,20 @@ pub fn validate_network(n: &NetworkConfig) -> Result<(), ConfigError> {
         })?),
         None => None,
     };
+    if let Some(s) = subnet {
+        if !s.is_ipv4() || s.prefix() > 30 || s.ip() != s.network() {
+            return Err(ConfigError::Invalid(format!(
+                "network {:?}: subnet {s} must be an IPv4 network address with a prefix of /30 or shorter, like 10.1.0.0/24",
+                n.name
+            )));
+        }
+    }
+    if (n.internal || n.no_icc) && subnet.is_none() {
+        return Err(ConfigError::Invalid(format!(
+            "network {:?}: --internal and --no-icc need a --subnet",
+            n.name
+        )));
+    }
     if let Some(g) = &n.gateway {
         let ip: std::net::IpAddr = g.parse().map_err(|_| {
             ConfigError::Invalid(format!(

@@ -5,3 +5,4 @@ pub mod config;
 pub mod netns;
 pub mod server;
 pub mod state;
+pub mod uplink;

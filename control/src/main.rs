@@ -3,8 +3,8 @@ use clap::{Args, Parser, Subcommand};
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use vswitch_control::api::{AttachKind, FdbInfo, NetworkInfo, PortInfo, Request};
-use vswitch_control::config::{Config, NetworkConfig, PortKind};
+use vswitch_control::api::{AttachKind, FdbInfo, NetworkInfo, PortInfo, Proto, Request};
+use vswitch_control::config::{Config, NetworkConfig, PortKind, UplinkConfig};
 use vswitch_control::server;
 
 #[derive(Parser)]
@@ -80,6 +80,86 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// The host's external interface: egress with SNAT, published ports.
+    #[command(subcommand)]
+    Uplink(UplinkCmd),
+    /// Publish a container port on the host's addresses (DNAT).
+    Publish {
+        /// Network of the container.
+        network: String,
+        /// Container address and port, e.g. 10.1.0.2:80.
+        target: String,
+        /// Host port, or a range N-M to take the first free one (default: any free port).
+        #[arg(long)]
+        host_port: Option<String>,
+        /// Protocol.
+        #[arg(long, value_enum, default_value = "tcp")]
+        proto: ProtoArg,
+        /// Host address to accept on (default: all of the host's).
+        #[arg(long)]
+        host_ip: Option<String>,
+    },
+    /// Withdraw a published port.
+    Unpublish {
+        /// Network of the container.
+        network: String,
+        /// Host port.
+        #[arg(long)]
+        host_port: u16,
+        /// Protocol.
+        #[arg(long, value_enum, default_value = "tcp")]
+        proto: ProtoArg,
+    },
+    /// Connection tracking.
+    #[command(subcommand)]
+    Conntrack(ConntrackCmd),
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ProtoArg {
+    Tcp,
+    Udp,
+}
+
+impl From<ProtoArg> for Proto {
+    fn from(p: ProtoArg) -> Self {
+        match p {
+            ProtoArg::Tcp => Proto::Tcp,
+            ProtoArg::Udp => Proto::Udp,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum UplinkCmd {
+    /// Declare the uplink.
+    Add {
+        /// Interface (stays the host's: the switch takes only its own traffic).
+        iface: String,
+        /// Source address for egress (default: the interface's address).
+        #[arg(long)]
+        snat_ip: Option<String>,
+        /// SNAT source ports LO-HI (default: above the kernel's ephemeral range).
+        #[arg(long)]
+        snat_ports: Option<String>,
+        /// Worker to poll it.
+        #[arg(long)]
+        worker: Option<usize>,
+    },
+    /// Show the uplink, its routes and next hops (JSON).
+    Show,
+    /// Remove the uplink.
+    Rm,
+}
+
+#[derive(Subcommand)]
+enum ConntrackCmd {
+    /// List tracked flows with their translations.
+    Show {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -135,6 +215,12 @@ struct CreateArgs {
     /// Seconds before an unseen MAC is forgotten (0: never).
     #[arg(long, default_value_t = 300)]
     aging: u32,
+    /// No egress and no published ports.
+    #[arg(long)]
+    internal: bool,
+    /// Containers cannot reach each other (only the gateway, host and outside).
+    #[arg(long)]
+    no_icc: bool,
 }
 
 #[derive(Subcommand)]
@@ -261,6 +347,8 @@ fn run(cli: Cli) -> Result<(), String> {
                     mtu: a.mtu,
                     mac_limit: a.mac_limit,
                     aging_secs: a.aging,
+                    internal: a.internal,
+                    no_icc: a.no_icc,
                 }),
             )?;
             out!("{}", a.name);
@@ -457,6 +545,118 @@ fn run(cli: Cli) -> Result<(), String> {
                     mac: mac.clone(),
                 },
             )?;
+            Ok(())
+        }
+        Cmd::Uplink(UplinkCmd::Add {
+            iface,
+            snat_ip,
+            snat_ports,
+            worker,
+        }) => {
+            let v = call(
+                &cli,
+                Request::UplinkAdd(UplinkConfig {
+                    iface: iface.clone(),
+                    snat_ip: snat_ip.clone(),
+                    snat_ports: snat_ports.clone(),
+                    worker: *worker,
+                }),
+            )?;
+            out!(
+                "uplink {iface}: snat {} ports {}",
+                v["snat_ip"].as_str().unwrap_or("?"),
+                v["snat_ports"].as_str().unwrap_or("?")
+            );
+            Ok(())
+        }
+        Cmd::Uplink(UplinkCmd::Show) => {
+            out!("{}", pretty(&call(&cli, Request::UplinkShow)?));
+            Ok(())
+        }
+        Cmd::Uplink(UplinkCmd::Rm) => {
+            call(&cli, Request::UplinkRm)?;
+            Ok(())
+        }
+        Cmd::Publish {
+            network,
+            target,
+            host_port,
+            proto,
+            host_ip,
+        } => {
+            let v = call(
+                &cli,
+                Request::Publish {
+                    network: network.clone(),
+                    target: target.clone(),
+                    host_port: host_port.clone(),
+                    proto: (*proto).into(),
+                    host_ip: host_ip.clone(),
+                },
+            )?;
+            out!("{}", v["host_port"]);
+            Ok(())
+        }
+        Cmd::Unpublish {
+            network,
+            host_port,
+            proto,
+        } => {
+            call(
+                &cli,
+                Request::Unpublish {
+                    network: network.clone(),
+                    host_port: *host_port,
+                    proto: (*proto).into(),
+                },
+            )?;
+            Ok(())
+        }
+        Cmd::Conntrack(ConntrackCmd::Show { json }) => {
+            let v = call(&cli, Request::ConntrackShow)?;
+            if *json {
+                out!("{}", pretty(&v));
+                return Ok(());
+            }
+            out!(
+                "{:<5} {:<22} {:<22} {:<22} {:<22} {:<12} AGE",
+                "PROTO",
+                "ORIG SRC",
+                "ORIG DST",
+                "REPLY SRC",
+                "REPLY DST",
+                "STATE"
+            );
+            for f in v["flows"].as_array().into_iter().flatten() {
+                let st = &f["state"];
+                let state = st["state"]
+                    .as_str()
+                    .map(str::to_string)
+                    .or_else(|| {
+                        st["state"]["replied"].as_bool().map(|r| {
+                            if r {
+                                "REPLIED".into()
+                            } else {
+                                "UNREPLIED".into()
+                            }
+                        })
+                    })
+                    .unwrap_or_else(|| "-".into());
+                out!(
+                    "{:<5} {:<22} {:<22} {:<22} {:<22} {:<12} {}",
+                    f["orig"]["proto"].as_str().unwrap_or("?"),
+                    f["orig"]["src"].as_str().unwrap_or("?"),
+                    f["orig"]["dst"].as_str().unwrap_or("?"),
+                    f["reply"]["src"].as_str().unwrap_or("?"),
+                    f["reply"]["dst"].as_str().unwrap_or("?"),
+                    state,
+                    f["age_secs"]
+                );
+            }
+            out!(
+                "{} flows (max {}, about {} bytes each); {} created, {} expired, {} refused (table full)",
+                v["count"], v["max"], v["bytes_per_flow"], v["created"], v["expired"], v["refused_full"]
+            );
             Ok(())
         }
         Cmd::Stats { json } => {

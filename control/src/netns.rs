@@ -5,7 +5,7 @@
 //! kernel tables; the switch's own threads never change namespace.
 use futures::TryStreamExt;
 use rtnetlink::{new_connection, Handle, LinkUnspec, LinkVeth};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 /// A netlink or namespace operation that failed.
@@ -173,9 +173,10 @@ pub fn move_to_ns(name: &str, ns: &str) -> Result<(), NetnsError> {
     })
 }
 
-/// Inside `ns`: renames `from` to `to`, sets MAC, MTU, addresses, brings it up.
+/// Inside `ns` (`None`: the switch's own): renames `from` to `to`, sets MAC,
+/// MTU, addresses, brings it up.
 pub fn configure(
-    ns: &str,
+    ns: Option<&str>,
     from: &str,
     to: &str,
     mac: [u8; 6],
@@ -183,7 +184,7 @@ pub fn configure(
     addrs: Vec<(IpAddr, u8)>,
 ) -> Result<(), NetnsError> {
     let (from, to) = (from.to_string(), to.to_string());
-    run_in(Some(ns), move |h| {
+    run_in(ns, move |h| {
         Box::pin(async move {
             let i = index_of(&h, &from).await?;
             h.link()
@@ -230,4 +231,174 @@ pub fn delete_link(ns: Option<&str>, name: &str) -> Result<bool, NetnsError> {
 /// (router solicitations, DAD) into the network through it.
 pub fn quiet_host_end(name: &str) {
     let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
+}
+
+/// What the switch needs to know about an interface it shares with the host.
+#[derive(Debug, Clone)]
+pub struct LinkInfo {
+    /// Interface index.
+    pub index: u32,
+    /// MAC address.
+    pub mac: [u8; 6],
+    /// IPv4 addresses with prefix lengths, primary first.
+    pub v4: Vec<(Ipv4Addr, u8)>,
+}
+
+/// Index, MAC and IPv4 addresses of `name` in the switch's namespace.
+pub fn link_info(name: &str) -> Result<LinkInfo, NetnsError> {
+    use netlink_packet_route::address::AddressAttribute;
+    use netlink_packet_route::link::LinkAttribute;
+    let name = name.to_string();
+    run_in(None, move |h| {
+        Box::pin(async move {
+            let mut links = h.link().get().match_name(name.clone()).execute();
+            let Ok(Some(l)) = links.try_next().await else {
+                return Err(NetnsError::NoLink(name));
+            };
+            let mut mac = [0u8; 6];
+            for a in &l.attributes {
+                if let LinkAttribute::Address(b) = a {
+                    if b.len() == 6 {
+                        mac.copy_from_slice(b);
+                    }
+                }
+            }
+            let index = l.header.index;
+            let mut v4 = Vec::new();
+            let mut addrs = h.address().get().set_link_index_filter(index).execute();
+            while let Some(m) = addrs.try_next().await.map_err(nl)? {
+                for a in &m.attributes {
+                    if let AddressAttribute::Local(IpAddr::V4(ip)) = a {
+                        v4.push((*ip, m.header.prefix_len));
+                    }
+                }
+            }
+            Ok(LinkInfo { index, mac, v4 })
+        })
+    })
+}
+
+/// An IPv4 route of the main table that leaves through one interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct V4Route {
+    /// Destination prefix.
+    pub dst: Ipv4Addr,
+    /// Prefix length.
+    pub len: u8,
+    /// Gateway, if not directly connected.
+    pub via: Option<Ipv4Addr>,
+}
+
+/// The main table's IPv4 unicast routes through interface `index`.
+pub fn routes_via(index: u32) -> Result<Vec<V4Route>, NetnsError> {
+    use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteType};
+    run_in(None, move |h| {
+        Box::pin(async move {
+            let mut out = Vec::new();
+            let mut routes = h
+                .route()
+                .get(rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new().build())
+                .execute();
+            while let Some(r) = routes.try_next().await.map_err(nl)? {
+                if r.header.kind != RouteType::Unicast {
+                    continue;
+                }
+                let (mut dst, mut via, mut oif, mut table) =
+                    (Ipv4Addr::UNSPECIFIED, None, None, r.header.table as u32);
+                for a in &r.attributes {
+                    match a {
+                        RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = *d,
+                        RouteAttribute::Gateway(RouteAddress::Inet(g)) => via = Some(*g),
+                        RouteAttribute::Oif(o) => oif = Some(*o),
+                        RouteAttribute::Table(t) => table = *t,
+                        _ => {}
+                    }
+                }
+                if oif == Some(index) && table == 254 {
+                    out.push(V4Route {
+                        dst,
+                        len: r.header.destination_prefix_length,
+                        via,
+                    });
+                }
+            }
+            Ok(out)
+        })
+    })
+}
+
+/// The kernel's resolved IPv4 neighbours on interface `index`.
+pub fn neighbours(index: u32) -> Result<Vec<(Ipv4Addr, [u8; 6])>, NetnsError> {
+    use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState};
+    run_in(None, move |h| {
+        Box::pin(async move {
+            let mut out = Vec::new();
+            let mut ns = h.neighbours().get().execute();
+            while let Some(n) = ns.try_next().await.map_err(nl)? {
+                if n.header.ifindex != index
+                    || matches!(
+                        n.header.state,
+                        NeighbourState::Incomplete | NeighbourState::Failed | NeighbourState::None
+                    )
+                {
+                    continue;
+                }
+                let (mut ip, mut mac) = (None, None);
+                for a in &n.attributes {
+                    match a {
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => ip = Some(*d),
+                        NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
+                            let mut m = [0u8; 6];
+                            m.copy_from_slice(l);
+                            mac = Some(m);
+                        }
+                        _ => {}
+                    }
+                }
+                if let (Some(ip), Some(mac)) = (ip, mac) {
+                    out.push((ip, mac));
+                }
+            }
+            Ok(out)
+        })
+    })
+}
+
+/// Asks the kernel to resolve (or re-confirm) `ip` on interface `index`, as
+/// if it were about to send to it (`NTF_USE`); the answer shows up in
+/// [`neighbours`].
+pub fn neighbour_use(index: u32, ip: Ipv4Addr) -> Result<(), NetnsError> {
+    use netlink_packet_route::neighbour::{NeighbourFlags, NeighbourState};
+    run_in(None, move |h| {
+        Box::pin(async move {
+            h.neighbours()
+                .add(index, IpAddr::V4(ip))
+                .flags(NeighbourFlags::Use)
+                .state(NeighbourState::Delay)
+                .replace()
+                .execute()
+                .await
+                .map_err(nl)
+        })
+    })
+}
+
+/// Adds a default route via `gw` inside `ns`; `Ok(false)` if it has one.
+pub fn add_default_route(ns: &str, gw: Ipv4Addr) -> Result<bool, NetnsError> {
+    run_in(Some(ns), move |h| {
+        Box::pin(async move {
+            let msg = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
+                .gateway(gw)
+                .build();
+            match h.route().add(msg).execute().await {
+                Ok(()) => Ok(true),
+                Err(rtnetlink::Error::NetlinkError(e))
+                    if e.code.map(|c| c.get()) == Some(-libc::EEXIST) =>
+                {
+                    Ok(false)
+                }
+                Err(e) => Err(nl(e)),
+            }
+        })
+    })
 }

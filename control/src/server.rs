@@ -43,7 +43,7 @@ pub fn run(cfg: Config, socket: &Path) -> Result<(), String> {
     std::thread::Builder::new()
         .name("vswitch-housekeeping".into())
         .spawn(move || loop {
-            std::thread::sleep(Duration::from_millis(500));
+            std::thread::sleep(Duration::from_millis(100));
             match hk.lock() {
                 Ok(mut s) => s.housekeeping(),
                 Err(_) => return,

@@ -1,17 +1,22 @@
 //! The control plane's state: networks, ports, attachments. Only the control
 //! thread (and its housekeeping timer) touch it, under one mutex; workers see
 //! the snapshots it publishes and the FDB, never this.
-use crate::api::{AttachKind, FdbInfo, NetworkInfo, PortInfo, Request, Response};
-use crate::config::{self, Config, NetworkConfig, PortKind};
+use crate::api::{AttachKind, FdbInfo, NetworkInfo, PortInfo, Proto, Request, Response};
+use crate::config::{self, Config, NetworkConfig, PortKind, UplinkConfig};
 use crate::netns;
+use crate::uplink::{Guard, Proxy};
 use crossbeam::channel::Receiver;
 use serde_json::json;
 use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use vswitch_engine::clock::{Clock, MonotonicClock};
+use vswitch_engine::conntrack::{Flow, Side};
 use vswitch_engine::fdb::{NetId, MAX_NETWORKS};
 use vswitch_engine::port::{Port, PortCaps, PortId};
 use vswitch_engine::stats::PortStats;
+use vswitch_engine::tables::{L3View, Prefix, Published, Route, UplinkView};
 use vswitch_engine::tables::{NetworkView, PortView, Snapshot, Tables, MAX_PORTS};
 use vswitch_engine::wire::mac::Mac;
 use vswitch_engine::worker::{self, Command, Event, WorkerConfig, WorkerHandle};
@@ -47,12 +52,50 @@ fn err<T>(msg: impl Into<String>) -> Result<T, CmdError> {
 struct Net {
     id: NetId,
     cfg: NetworkConfig,
+    l3: Option<NetL3>,
+}
+
+/// A network's gateway side.
+#[derive(Debug, Clone)]
+struct NetL3 {
+    subnet: ipnetwork::Ipv4Network,
+    gw: Ipv4Addr,
+    gw_mac: Mac,
+    /// The host's interface on the network (a TAP the switch holds).
+    host_port: Option<PortId>,
+    /// Container addresses: IP → (MAC, "netns:ifname").
+    hosts: BTreeMap<Ipv4Addr, (Mac, String)>,
 }
 
 #[derive(Debug, Clone)]
 struct Attachment {
     netns: String,
     ifname: String,
+    ip: Option<Ipv4Addr>,
+}
+
+/// The uplink and what the switch knows of the host's routing.
+struct UplinkRec {
+    cfg: UplinkConfig,
+    port: PortId,
+    index: u32,
+    mac: Mac,
+    snat_ip: Ipv4Addr,
+    snat_is_local: bool,
+    local: Vec<Ipv4Addr>,
+    snat: (u16, u16),
+    routes: Vec<netns::V4Route>,
+    neigh: BTreeMap<Ipv4Addr, [u8; 6]>,
+    guard: Guard,
+}
+
+/// A published port.
+struct PubRec {
+    network: String,
+    ip: Ipv4Addr,
+    port: u16,
+    host_ip: Option<Ipv4Addr>,
+    _proxy: Option<Proxy>,
 }
 
 #[derive(Debug)]
@@ -67,6 +110,8 @@ struct PortRec {
     gone: Option<String>,
     mode: String,
     attach: Option<Attachment>,
+    /// Made by the switch itself (a network's host interface, the uplink).
+    system: bool,
 }
 
 /// The control plane.
@@ -78,13 +123,19 @@ pub struct State {
     networks: BTreeMap<String, Net>,
     ports: BTreeMap<PortId, PortRec>,
     next_port: PortId,
+    uplink: Option<UplinkRec>,
+    published: BTreeMap<(Proto, u16), PubRec>,
+    last_refresh: std::time::Instant,
 }
 
 impl State {
     /// Starts the workers and applies the configuration.
     pub fn start(cfg: &Config) -> Result<Self, CmdError> {
         cfg.validate()?;
-        let tables = Arc::new(Tables::new(cfg.switch.fdb_capacity));
+        let tables = Arc::new(Tables::with_conntrack(
+            cfg.switch.fdb_capacity,
+            cfg.switch.max_flows,
+        ));
         let clock: Arc<dyn Clock> = Arc::new(MonotonicClock::default());
         let (ev_tx, ev_rx) = crossbeam::channel::unbounded();
         let shared =
@@ -115,12 +166,24 @@ impl State {
             networks: BTreeMap::new(),
             ports: BTreeMap::new(),
             next_port: 1,
+            uplink: None,
+            published: BTreeMap::new(),
+            last_refresh: std::time::Instant::now(),
         };
         for n in &cfg.networks {
             s.network_create(n.clone())?;
         }
         for p in &cfg.ports {
+            if p.kind == PortKind::Packet {
+                return err(format!(
+                    "port {:?}: kind \"packet\" is for the [uplink] only",
+                    p.iface
+                ));
+            }
             s.port_add(&p.network, &p.iface, p.kind, p.worker, None)?;
+        }
+        if let Some(u) = &cfg.uplink {
+            s.uplink_add(u.clone())?;
         }
         Ok(s)
     }
@@ -168,6 +231,30 @@ impl State {
             }
             Request::FdbRm { network, mac } => self.fdb_rm(&network, &mac).map(|_| json!(null)),
             Request::Stats => Ok(self.stats()),
+            Request::UplinkAdd(c) => self.uplink_add(c).map(|_| self.uplink_show()),
+            Request::UplinkRm => self.uplink_rm().map(|_| json!(null)),
+            Request::UplinkShow => Ok(self.uplink_show()),
+            Request::Publish {
+                network,
+                target,
+                host_port,
+                proto,
+                host_ip,
+            } => self.publish_port(
+                &network,
+                &target,
+                host_port.as_deref(),
+                proto,
+                host_ip.as_deref(),
+            ),
+            Request::Unpublish {
+                network,
+                host_port,
+                proto,
+            } => self
+                .unpublish(&network, host_port, proto)
+                .map(|_| json!(null)),
+            Request::ConntrackShow => Ok(self.conntrack_show()),
         };
         match r {
             Ok(data) => Response {
@@ -198,6 +285,22 @@ impl State {
                 id: n.id,
                 name: n.cfg.name.clone(),
                 ports: Vec::new(),
+                l3: n.l3.as_ref().map(|l| L3View {
+                    subnet: Prefix {
+                        addr: u32::from(l.subnet.network()),
+                        len: l.subnet.prefix(),
+                    },
+                    gw_ip: u32::from(l.gw),
+                    gw_mac: l.gw_mac,
+                    internal: n.cfg.internal,
+                    no_icc: n.cfg.no_icc,
+                    host_port: l.host_port,
+                    hosts: l
+                        .hosts
+                        .iter()
+                        .map(|(ip, (mac, _))| (u32::from(*ip), *mac))
+                        .collect(),
+                }),
             });
         }
         for p in self.ports.values() {
@@ -216,15 +319,76 @@ impl State {
                 stats: p.stats.clone(),
             });
         }
+        let uplink = self.uplink.as_ref().map(|u| {
+            let mut routes: Vec<Route> = u
+                .routes
+                .iter()
+                .map(|r| Route {
+                    dst: Prefix {
+                        addr: u32::from(r.dst),
+                        len: r.len,
+                    },
+                    via: r.via.map(u32::from),
+                })
+                .collect();
+            routes.sort_by_key(|r| std::cmp::Reverse(r.dst.len));
+            UplinkView {
+                port: u.port,
+                mac: u.mac,
+                snat_ip: u32::from(u.snat_ip),
+                snat_ip_is_local: u.snat_is_local,
+                local_ips: u.local.iter().map(|i| u32::from(*i)).collect(),
+                routes,
+                neigh: u
+                    .neigh
+                    .iter()
+                    .map(|(ip, m)| (u32::from(*ip), Mac::from_bytes(m)))
+                    .collect(),
+                snat_ports: u.snat,
+            }
+        });
+        let mut published = HashMap::new();
+        for ((proto, hp), p) in &self.published {
+            if let Some(n) = self.networks.get(&p.network) {
+                published.insert(
+                    (proto.number(), *hp),
+                    Published {
+                        host_ip: p.host_ip.map(u32::from),
+                        net: n.id,
+                        ip: u32::from(p.ip),
+                        port: p.port,
+                    },
+                );
+            }
+        }
         self.tables.publish(Snapshot {
             generation: 0,
             ports,
             networks,
+            uplink,
+            published,
         });
     }
 
-    fn network_create(&mut self, c: NetworkConfig) -> Result<(), CmdError> {
+    fn network_create(&mut self, mut c: NetworkConfig) -> Result<(), CmdError> {
         config::validate_network(&c)?;
+        let subnet: Option<ipnetwork::Ipv4Network> =
+            c.subnet.as_deref().and_then(|s| s.parse().ok());
+        if let Some(sn) = subnet {
+            if c.gateway.is_none() {
+                c.gateway = sn.nth(1).map(|g| g.to_string());
+            }
+            let clash = self
+                .networks
+                .values()
+                .find(|n| n.l3.as_ref().is_some_and(|l| l.subnet.overlaps(sn)));
+            if let Some(o) = clash {
+                return err(format!(
+                    "subnet {sn} overlaps network {:?}; pick another --subnet",
+                    o.cfg.name
+                ));
+            }
+        }
         if self.networks.contains_key(&c.name) {
             return err(format!("network {:?} already exists", c.name));
         }
@@ -236,7 +400,55 @@ impl State {
         self.tables.fdb.retain_not(0, |e| e.net == id);
         self.tables.fdb.set_limit(id, c.mac_limit);
         tracing::info!(network = %c.name, id, "network created");
-        self.networks.insert(c.name.clone(), Net { id, cfg: c });
+        let name = c.name.clone();
+        let l3 = match (subnet, c.gateway.as_deref().and_then(|g| g.parse().ok())) {
+            (Some(subnet), Some(gw)) => Some(NetL3 {
+                subnet,
+                gw,
+                gw_mac: derived_mac(&name, "", "gateway"),
+                host_port: None,
+                hosts: BTreeMap::new(),
+            }),
+            _ => None,
+        };
+        let mtu = c.mtu;
+        self.networks.insert(name.clone(), Net { id, cfg: c, l3 });
+        self.publish();
+        if let Err(e) = self.make_host_interface(&name, id, mtu) {
+            let _ = self.network_rm(&name);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Gives the host an interface on an L3 network (a TAP with the gateway
+    /// address, as docker0 has), so host processes reach containers.
+    fn make_host_interface(&mut self, name: &str, id: NetId, mtu: u32) -> Result<(), CmdError> {
+        let Some(l3) = self.networks.get(name).and_then(|n| n.l3.clone()) else {
+            return Ok(());
+        };
+        let ifname = format!("vsgw{id}");
+        if netns::link_exists(&ifname) {
+            return err(format!(
+                "interface {ifname} already exists (another vswitch in this namespace?); remove it or run one switch per namespace"
+            ));
+        }
+        let port = self.port_add(name, &ifname, PortKind::Tap, None, None)?;
+        if let Some(p) = self.ports.get_mut(&port) {
+            p.system = true;
+        }
+        netns::quiet_host_end(&ifname);
+        netns::configure(
+            None,
+            &ifname,
+            &ifname,
+            l3.gw_mac.bytes(),
+            mtu,
+            vec![(std::net::IpAddr::V4(l3.gw), l3.subnet.prefix())],
+        )?;
+        if let Some(n) = self.networks.get_mut(name).and_then(|n| n.l3.as_mut()) {
+            n.host_port = Some(port);
+        }
         self.publish();
         Ok(())
     }
@@ -248,7 +460,7 @@ impl State {
         let users: Vec<_> = self
             .ports
             .values()
-            .filter(|p| p.net == name)
+            .filter(|p| p.net == name && !p.system)
             .map(|p| p.iface.clone())
             .collect();
         if !users.is_empty() {
@@ -257,9 +469,29 @@ impl State {
             ));
         }
         let id = n.id;
+        if let Some((proto, port)) = self
+            .published
+            .iter()
+            .find(|(_, p)| p.network == name)
+            .map(|(k, _)| *k)
+        {
+            return err(format!(
+                "network {name:?} still publishes {proto} port {port}; `vswitch unpublish` it first"
+            ));
+        }
+        let system: Vec<PortId> = self
+            .ports
+            .values()
+            .filter(|p| p.net == name && p.system)
+            .map(|p| p.id)
+            .collect();
+        for p in system {
+            self.remove_port(p);
+        }
         self.networks.remove(name);
         self.publish();
         self.tables.fdb.retain_not(0, |e| e.net == id);
+        self.tables.ct.lock().remove_if(|f| touches_net(f, id));
         Ok(())
     }
 
@@ -293,7 +525,33 @@ impl State {
             .into_iter()
             .filter(|p| p.network == name)
             .collect();
-        Ok(json!({ "network": info, "ports": ports }))
+        let n = &self.networks[name];
+        let containers: Vec<_> = n
+            .l3
+            .iter()
+            .flat_map(|l| l.hosts.iter())
+            .map(|(ip, (mac, at))| json!({ "ip": ip.to_string(), "mac": mac.to_string(), "attached": at }))
+            .collect();
+        let published: Vec<_> = self
+            .published
+            .iter()
+            .filter(|(_, p)| p.network == name)
+            .map(|((proto, hp), p)| {
+                json!({
+                    "proto": proto,
+                    "host_port": hp,
+                    "host_ip": p.host_ip.map(|i| i.to_string()),
+                    "target": format!("{}:{}", p.ip, p.port),
+                })
+            })
+            .collect();
+        Ok(json!({
+            "network": info,
+            "gateway_mac": n.l3.as_ref().map(|l| l.gw_mac.to_string()),
+            "containers": containers,
+            "published": published,
+            "ports": ports,
+        }))
     }
 
     fn alloc_port_id(&mut self) -> Result<PortId, CmdError> {
@@ -334,7 +592,7 @@ impl State {
         worker: Option<usize>,
         attach: Option<Attachment>,
     ) -> Result<PortId, CmdError> {
-        if !self.networks.contains_key(network) {
+        if kind != PortKind::Packet && !self.networks.contains_key(network) {
             return err(format!(
                 "no network {network:?} (create it with `vswitch network create {network}`)"
             ));
@@ -362,6 +620,10 @@ impl State {
                 Box::new(TapPort::open(iface)?),
                 "vnet_hdr tso csum".to_string(),
             ),
+            PortKind::Packet => (
+                Box::new(TapPort::open_packet(iface)?),
+                "af_packet vnet_hdr tso csum".to_string(),
+            ),
         };
         let rec = PortRec {
             id,
@@ -374,6 +636,7 @@ impl State {
             gone: None,
             mode,
             attach,
+            system: false,
         };
         tracing::info!(port = id, iface, %kind, network, worker, "port added");
         self.ports.insert(id, rec);
@@ -401,6 +664,12 @@ impl State {
                 "no port on interface {iface:?} (see `vswitch port ls`)"
             ));
         };
+        if self.ports[&id].system {
+            return err(format!(
+                "port {iface:?} belongs to the switch (a network's host interface or the uplink); \
+                 it goes with `network rm` or `uplink rm`"
+            ));
+        }
         if let Some(a) = &self.ports[&id].attach {
             return err(format!(
                 "port {iface:?} was made by attach; use `vswitch detach {} --netns {} --ifname {}`",
@@ -459,7 +728,27 @@ impl State {
         }) {
             return err(format!("{ns}:{ifname} is already attached"));
         }
+        let mut ipam: Option<Ipv4Addr> = None;
         let addrs = match ip {
+            None if net.l3.is_some() => {
+                let Some(l3) = net.l3.as_ref() else {
+                    return err("unreachable");
+                };
+                let free = l3
+                    .subnet
+                    .iter()
+                    .skip(1)
+                    .take_while(|a| *a != l3.subnet.broadcast())
+                    .find(|a| *a != l3.gw && !l3.hosts.contains_key(a));
+                let Some(a) = free else {
+                    return err(format!(
+                        "network {network:?} has no free address left in {}",
+                        l3.subnet
+                    ));
+                };
+                ipam = Some(a);
+                vec![(std::net::IpAddr::V4(a), l3.subnet.prefix())]
+            }
             Some(s) => {
                 let n: ipnetwork::IpNetwork = s.parse().map_err(|e| {
                     CmdError(format!(
@@ -475,6 +764,22 @@ impl State {
                         .and_then(|s| s.parse::<ipnetwork::IpNetwork>().ok())
                         .map_or(if n.is_ipv4() { 32 } else { 128 }, |s| s.prefix())
                 };
+                if let (Some(l3), std::net::IpAddr::V4(v4)) = (net.l3.as_ref(), n.ip()) {
+                    if !l3.subnet.contains(v4)
+                        || v4 == l3.gw
+                        || v4 == l3.subnet.network()
+                        || v4 == l3.subnet.broadcast()
+                    {
+                        return err(format!(
+                            "--ip {v4} is not a usable container address of {} (gateway {})",
+                            l3.subnet, l3.gw
+                        ));
+                    }
+                    if let Some((_, at)) = l3.hosts.get(&v4) {
+                        return err(format!("--ip {v4} is already used by {at}"));
+                    }
+                    ipam = Some(v4);
+                }
                 vec![(n.ip(), prefix)]
             }
             None => Vec::new(),
@@ -494,13 +799,18 @@ impl State {
         let attach = Some(Attachment {
             netns: ns.to_string(),
             ifname: ifname.to_string(),
+            ip: ipam,
         });
+        let gw = net.l3.as_ref().map(|l| l.gw);
         let mtu = net.cfg.mtu;
         let result = match kind {
             AttachKind::Veth => (|| {
                 netns::create_veth(&host, &tmp, ns, mtu)?;
                 netns::quiet_host_end(&host);
-                netns::configure(ns, &tmp, ifname, mac.bytes(), mtu, addrs)?;
+                netns::configure(Some(ns), &tmp, ifname, mac.bytes(), mtu, addrs)?;
+                if let Some(g) = gw {
+                    netns::add_default_route(ns, g)?;
+                }
                 let name = ifname.to_string();
                 netns::with_ns(ns, move || {
                     vswitch_io::ethtool::set_tx_csum(&name, false)
@@ -511,12 +821,29 @@ impl State {
             AttachKind::Tap => (|| {
                 let id = self.port_add(network, &tmp, PortKind::Tap, None, attach)?;
                 netns::move_to_ns(&tmp, ns)?;
-                netns::configure(ns, &tmp, ifname, mac.bytes(), mtu, addrs)?;
+                netns::configure(Some(ns), &tmp, ifname, mac.bytes(), mtu, addrs)?;
+                if let Some(g) = gw {
+                    netns::add_default_route(ns, g)?;
+                }
                 Ok(id)
             })(),
         };
         match result {
-            Ok(id) => Ok(json!({ "port": id, "mac": mac.to_string() })),
+            Ok(id) => {
+                if let (Some(ip), Some(l3)) = (
+                    ipam,
+                    self.networks.get_mut(network).and_then(|n| n.l3.as_mut()),
+                ) {
+                    l3.hosts.insert(ip, (mac, format!("{ns}:{ifname}")));
+                    self.publish();
+                }
+                Ok(json!({
+                    "port": id,
+                    "mac": mac.to_string(),
+                    "ip": ipam.map(|i| i.to_string()),
+                    "gateway": gw.map(|g| g.to_string()),
+                }))
+            }
             Err(e) => {
                 // Leave nothing half-made behind.
                 let made: Vec<PortId> = self
@@ -554,6 +881,22 @@ impl State {
         let Some(rec) = self.remove_port(id) else {
             return Ok(());
         };
+        let ip = rec.attach.as_ref().and_then(|a| a.ip);
+        let net_id = self.networks.get(network).map(|n| n.id);
+        if let (Some(ip), Some(l3)) = (
+            ip,
+            self.networks.get_mut(network).and_then(|n| n.l3.as_mut()),
+        ) {
+            if let Some((mac, _)) = l3.hosts.remove(&ip) {
+                if let Some(nid) = net_id {
+                    self.tables
+                        .ct
+                        .lock()
+                        .remove_if(|f| touches_container(f, nid, mac));
+                }
+            }
+            self.publish();
+        }
         match rec.kind {
             // Deleting the host end deletes its peer in the container too.
             PortKind::Afxdp => {
@@ -563,6 +906,7 @@ impl State {
             PortKind::Tap => {
                 let _ = netns::delete_link(Some(ns), ifname);
             }
+            PortKind::Packet => {}
         }
         Ok(())
     }
@@ -675,6 +1019,8 @@ impl State {
     /// Periodic work: FDB aging and worker events.
     pub fn housekeeping(&mut self) {
         let now = self.clock.now_secs();
+        self.tables.ct.expire(now, 65_536);
+        self.neighbour_work();
         let ages: BTreeMap<NetId, u32> = self
             .networks
             .values()
@@ -707,6 +1053,10 @@ impl State {
 
     /// Stops the workers and removes every interface `attach` created.
     pub fn shutdown(&mut self) {
+        self.published.clear();
+        if let Some(u) = self.uplink.take() {
+            u.guard.remove();
+        }
         let attached: Vec<(String, String, String)> = self
             .ports
             .values()
@@ -734,4 +1084,384 @@ fn derived_mac(network: &str, ns: &str, ifname: &str) -> Mac {
     (network, ns, ifname).hash(&mut h);
     let v = h.finish() & 0xff_ffff_ffff;
     Mac(0x0200_0000_0000 | v)
+}
+
+fn touches_net(f: &Flow, net: NetId) -> bool {
+    [f.orig_side, f.reply_side]
+        .iter()
+        .any(|s| matches!(s, Side::Container { net: n, .. } if *n == net))
+}
+
+fn touches_container(f: &Flow, net: NetId, mac: Mac) -> bool {
+    [f.orig_side, f.reply_side]
+        .iter()
+        .any(|s| matches!(s, Side::Container { net: n, mac: m } if *n == net && *m == mac))
+}
+
+fn tuple_json(t: &vswitch_engine::conntrack::Tuple) -> serde_json::Value {
+    let proto = match t.proto {
+        1 => "icmp",
+        6 => "tcp",
+        17 => "udp",
+        _ => "other",
+    };
+    json!({
+        "proto": proto,
+        "src": format!("{}:{}", Ipv4Addr::from(t.src), t.sport),
+        "dst": format!("{}:{}", Ipv4Addr::from(t.dst), t.dport),
+    })
+}
+
+impl State {
+    fn uplink_add(&mut self, c: UplinkConfig) -> Result<(), CmdError> {
+        if let Some(u) = &self.uplink {
+            return err(format!(
+                "the uplink is already {:?}; `vswitch uplink rm` it first",
+                u.cfg.iface
+            ));
+        }
+        let info = netns::link_info(&c.iface)?;
+        let local: Vec<Ipv4Addr> = info.v4.iter().map(|(a, _)| *a).collect();
+        let snat_ip = match &c.snat_ip {
+            Some(s) => s
+                .parse::<Ipv4Addr>()
+                .map_err(|_| CmdError(format!("--snat-ip {s:?} is not an IPv4 address")))?,
+            None => *local.first().ok_or_else(|| {
+                CmdError(format!(
+                    "uplink {:?} has no IPv4 address; give it one or pass --snat-ip",
+                    c.iface
+                ))
+            })?,
+        };
+        let want = c
+            .snat_ports
+            .as_deref()
+            .map(config::parse_port_range)
+            .transpose()?;
+        let snat = crate::uplink::snat_range(want).map_err(CmdError)?;
+        Guard::remove_stale();
+        let guard = Guard::new(&c.iface);
+        let pubs: Vec<_> = self.published_rules();
+        guard
+            .apply(snat_ip, snat, &local, &pubs)
+            .map_err(CmdError)?;
+        let port = self.port_add("(uplink)", &c.iface, PortKind::Packet, c.worker, None)?;
+        if let Some(p) = self.ports.get_mut(&port) {
+            p.system = true;
+            p.net = "(uplink)".into();
+        }
+        let snat_is_local = local.contains(&snat_ip);
+        self.uplink = Some(UplinkRec {
+            cfg: c,
+            port,
+            index: info.index,
+            mac: Mac::from_bytes(&info.mac),
+            snat_ip,
+            snat_is_local,
+            local,
+            snat,
+            routes: Vec::new(),
+            neigh: BTreeMap::new(),
+            guard,
+        });
+        self.refresh_uplink(true);
+        // Resolve the gateways now, so the first packet out finds them.
+        for _ in 0..20 {
+            let missing = self.uplink.as_ref().is_some_and(|u| {
+                u.routes
+                    .iter()
+                    .filter_map(|r| r.via)
+                    .any(|g| !u.neigh.contains_key(&g))
+            });
+            if !missing {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            self.refresh_uplink(false);
+        }
+        let u = self
+            .uplink
+            .as_ref()
+            .map(|u| (u.cfg.iface.clone(), u.snat_ip, u.snat));
+        if let Some((iface, ip, (lo, hi))) = u {
+            tracing::info!(%iface, snat_ip = %ip, snat_ports = %format!("{lo}-{hi}"), "uplink added");
+        }
+        Ok(())
+    }
+
+    fn uplink_rm(&mut self) -> Result<(), CmdError> {
+        let Some(u) = self.uplink.take() else {
+            return err("there is no uplink (see `vswitch uplink show`)");
+        };
+        u.guard.remove();
+        self.remove_port(u.port);
+        self.tables
+            .ct
+            .lock()
+            .remove_if(|f| f.orig_side == Side::Uplink || f.reply_side == Side::Uplink);
+        self.publish();
+        Ok(())
+    }
+
+    fn uplink_show(&self) -> serde_json::Value {
+        let Some(u) = &self.uplink else {
+            return json!(null);
+        };
+        json!({
+            "iface": u.cfg.iface,
+            "mac": u.mac.to_string(),
+            "snat_ip": u.snat_ip.to_string(),
+            "snat_ports": format!("{}-{}", u.snat.0, u.snat.1),
+            "addresses": u.local.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            "routes": u.routes.iter().map(|r| json!({
+                "dst": format!("{}/{}", r.dst, r.len),
+                "via": r.via.map(|v| v.to_string()),
+            })).collect::<Vec<_>>(),
+            "neighbours": u.neigh.iter().map(|(ip, m)| json!({
+                "ip": ip.to_string(),
+                "mac": Mac::from_bytes(m).to_string(),
+            })).collect::<Vec<_>>(),
+        })
+    }
+
+    /// Re-reads the uplink's routes and next hops from the kernel, asks it
+    /// to resolve gateways it does not know, and republishes on change.
+    fn refresh_uplink(&mut self, force: bool) {
+        let Some(u) = self.uplink.as_mut() else {
+            return;
+        };
+        let routes = netns::routes_via(u.index).unwrap_or_default();
+        let neigh: BTreeMap<Ipv4Addr, [u8; 6]> = netns::neighbours(u.index)
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        for g in routes.iter().filter_map(|r| r.via) {
+            if !neigh.contains_key(&g) {
+                let _ = netns::neighbour_use(u.index, g);
+            }
+        }
+        if force || routes != u.routes || neigh != u.neigh {
+            u.routes = routes;
+            u.neigh = neigh;
+            self.publish();
+        }
+        self.last_refresh = std::time::Instant::now();
+    }
+
+    fn neighbour_work(&mut self) {
+        let mut wanted = std::collections::BTreeSet::new();
+        while let Some(ip) = self.tables.neigh_wanted.pop() {
+            wanted.insert(Ipv4Addr::from(ip));
+        }
+        let Some(u) = self.uplink.as_ref() else {
+            return;
+        };
+        let index = u.index;
+        for ip in &wanted {
+            let _ = netns::neighbour_use(index, *ip);
+        }
+        if !wanted.is_empty() {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            self.refresh_uplink(false);
+        } else if self.last_refresh.elapsed() >= std::time::Duration::from_millis(500) {
+            self.refresh_uplink(false);
+        }
+    }
+
+    fn published_rules(&self) -> Vec<(Proto, u16, Option<Ipv4Addr>)> {
+        self.published
+            .iter()
+            .map(|((proto, hp), p)| (*proto, *hp, p.host_ip))
+            .collect()
+    }
+
+    fn reapply_guard(&self) -> Result<(), CmdError> {
+        if let Some(u) = &self.uplink {
+            u.guard
+                .apply(u.snat_ip, u.snat, &u.local, &self.published_rules())
+                .map_err(CmdError)?;
+        }
+        Ok(())
+    }
+
+    fn publish_port(
+        &mut self,
+        network: &str,
+        target: &str,
+        host_port: Option<&str>,
+        proto: Proto,
+        host_ip: Option<&str>,
+    ) -> Result<serde_json::Value, CmdError> {
+        let Some(net) = self.networks.get(network) else {
+            return err(format!("no network {network:?} (see `vswitch network ls`)"));
+        };
+        let Some(l3) = net.l3.as_ref() else {
+            return err(format!(
+                "network {network:?} has no subnet; publishing needs a network created with --subnet"
+            ));
+        };
+        if net.cfg.internal {
+            return err(format!(
+                "network {network:?} is --internal: it has no published ports"
+            ));
+        }
+        let t: SocketAddr = target.parse().map_err(|_| {
+            CmdError(format!(
+                "{target:?} is not CONTAINER_IP:PORT, e.g. 10.1.0.2:80"
+            ))
+        })?;
+        let (ip, port) = match t {
+            SocketAddr::V4(a) => (*a.ip(), a.port()),
+            SocketAddr::V6(_) => return err("only IPv4 containers can be published"),
+        };
+        if port == 0 {
+            return err("container port 0 cannot be published");
+        }
+        if !l3.hosts.contains_key(&ip) {
+            return err(format!(
+                "no container with address {ip} in network {network:?} (see `vswitch network inspect {network}`)"
+            ));
+        }
+        let host_ip: Option<Ipv4Addr> = host_ip
+            .map(|s| {
+                s.parse()
+                    .map_err(|_| CmdError(format!("--host-ip {s:?} is not an IPv4 address")))
+            })
+            .transpose()?;
+        let snat = self.uplink.as_ref().map(|u| u.snat);
+        let candidates: Vec<u16> = match host_port {
+            Some(r) => {
+                let (lo, hi) = config::parse_port_range(r)?;
+                (lo..=hi).collect()
+            }
+            None => Vec::new(),
+        };
+        let in_snat = |p: u16| snat.is_some_and(|(lo, hi)| (lo..=hi).contains(&p));
+        let listen_ip = host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
+        let target_addr = SocketAddr::from((ip, port));
+        let mut chosen: Option<(u16, Option<Proxy>)> = None;
+        let mut last_err = String::new();
+        let try_port = |p: u16| -> Result<Option<Proxy>, String> {
+            match proto {
+                Proto::Tcp => Proxy::start(SocketAddr::from((listen_ip, p)), target_addr).map(Some),
+                Proto::Udp => std::net::UdpSocket::bind((listen_ip, p))
+                    .map(|_| None)
+                    .map_err(|e| format!("host port {p}/udp is in use on the host ({e})")),
+            }
+        };
+        if candidates.is_empty() {
+            // A free port the kernel picks for us: bound, so free on the host.
+            for _ in 0..16 {
+                match try_port(0) {
+                    Ok(proxy) => {
+                        let p = match (&proxy, proto) {
+                            (Some(px), _) => px.port(),
+                            _ => std::net::UdpSocket::bind((listen_ip, 0))
+                                .and_then(|s| s.local_addr())
+                                .map(|a| a.port())
+                                .unwrap_or(0),
+                        };
+                        if p != 0 && !in_snat(p) && !self.published.contains_key(&(proto, p)) {
+                            chosen = Some((p, proxy));
+                            break;
+                        }
+                    }
+                    Err(e) => last_err = e,
+                }
+            }
+        } else {
+            for p in candidates {
+                if in_snat(p) {
+                    last_err = format!("host port {p} is in the uplink's SNAT range");
+                    continue;
+                }
+                if self.published.contains_key(&(proto, p)) {
+                    last_err = format!("host port {p}/{proto} is already published");
+                    continue;
+                }
+                match try_port(p) {
+                    Ok(proxy) => {
+                        chosen = Some((p, proxy));
+                        break;
+                    }
+                    Err(e) => last_err = e,
+                }
+            }
+        }
+        let Some((hp, proxy)) = chosen else {
+            return err(if last_err.is_empty() {
+                "no free host port".to_string()
+            } else {
+                last_err
+            });
+        };
+        self.published.insert(
+            (proto, hp),
+            PubRec {
+                network: network.to_string(),
+                ip,
+                port,
+                host_ip,
+                _proxy: proxy,
+            },
+        );
+        if let Err(e) = self.reapply_guard() {
+            self.published.remove(&(proto, hp));
+            return Err(e);
+        }
+        self.publish();
+        tracing::info!(network, %proto, host_port = hp, target = %target_addr, "port published");
+        Ok(json!({ "host_port": hp, "proto": proto, "target": target_addr.to_string() }))
+    }
+
+    fn unpublish(&mut self, network: &str, host_port: u16, proto: Proto) -> Result<(), CmdError> {
+        match self.published.get(&(proto, host_port)) {
+            Some(p) if p.network == network => {}
+            _ => {
+                return err(format!(
+                    "{proto} port {host_port} is not published by network {network:?} (see `vswitch network inspect {network}`)"
+                ))
+            }
+        }
+        self.published.remove(&(proto, host_port));
+        self.publish();
+        self.reapply_guard()
+    }
+
+    fn conntrack_show(&self) -> serde_json::Value {
+        let now = self.clock.now_secs();
+        let g = self.tables.ct.lock();
+        let flows = g.flows();
+        let bytes_per_flow = g.bytes_per_flow();
+        let max = g.max();
+        drop(g);
+        let side = |s: &Side| match s {
+            Side::Uplink => "uplink".to_string(),
+            Side::Container { net, mac } => format!("{}/{}", self.net_name(*net), mac),
+        };
+        let list: Vec<_> = flows
+            .iter()
+            .map(|f| {
+                json!({
+                    "orig": tuple_json(&f.orig),
+                    "reply": tuple_json(&f.reply),
+                    "state": f.state,
+                    "from": side(&f.orig_side),
+                    "to": side(&f.reply_side),
+                    "age_secs": now.saturating_sub(f.last_seen),
+                    "packets": f.packets,
+                })
+            })
+            .collect();
+        let st = &self.tables.ct.stats;
+        json!({
+            "flows": list,
+            "count": flows.len(),
+            "max": max,
+            "bytes_per_flow": bytes_per_flow,
+            "created": st.created.load(std::sync::atomic::Ordering::Relaxed),
+            "expired": st.expired.load(std::sync::atomic::Ordering::Relaxed),
+            "refused_full": st.full.load(std::sync::atomic::Ordering::Relaxed),
+        })
+    }
 }

@@ -28,11 +28,12 @@ fn ping_isolation_and_fdb() {
     }
     t.start_switch(ADAPTIVE);
     t.vs_ok(&["network", "create", "blue", "--subnet", "10.61.0.0/24"]);
-    t.vs_ok(&["network", "create", "red", "--subnet", "10.61.0.0/24"]);
-    attach(&t, "blue", "c1", "tap", "10.61.0.1/24");
+    t.vs_ok(&["network", "create", "red"]);
+    attach(&t, "blue", "c1", "tap", "10.61.0.11/24");
     attach(&t, "blue", "c2", "veth", "10.61.0.2/24");
     attach(&t, "blue", "c3", "tap", "10.61.0.3/24");
-    // Same subnet on purpose: only the switch keeps red apart.
+    // Same addresses on purpose (red is a plain L2 network, addressed by
+    // hand): only the switch keeps red apart.
     attach(&t, "red", "r1", "tap", "10.61.0.9/24");
 
     let red_before = t.port_stats(&format!("{}:eth0", t.ns("r1")));
@@ -40,8 +41,8 @@ fn ping_isolation_and_fdb() {
         ("c1", "10.61.0.2"),
         ("c1", "10.61.0.3"),
         ("c2", "10.61.0.3"),
-        ("c2", "10.61.0.1"),
-        ("c3", "10.61.0.1"),
+        ("c2", "10.61.0.11"),
+        ("c3", "10.61.0.11"),
         ("c3", "10.61.0.2"),
     ] {
         assert!(t.ping(a, b, 2), "{a} -> {b} failed\n{}", t.log());
@@ -108,7 +109,7 @@ fn aging_and_mac_move() {
         "--aging",
         "2",
     ]);
-    attach(&t, "blue", "c1", "tap", "10.62.0.1/24");
+    attach(&t, "blue", "c1", "tap", "10.62.0.11/24");
     attach(&t, "blue", "c2", "tap", "10.62.0.2/24");
     attach(&t, "blue", "c3", "veth", "10.62.0.3/24");
     assert!(t.ping("c1", "10.62.0.2", 1));
@@ -156,7 +157,7 @@ fn iperf3_tcp_tap_and_veth() {
         "[[workers]]\ncore = {last}\nidle = {{ mode = \"busy\" }}\n"
     ));
     t.vs_ok(&["network", "create", "blue", "--subnet", "10.63.0.0/24"]);
-    attach(&t, "blue", "t1", "tap", "10.63.0.1/24");
+    attach(&t, "blue", "t1", "tap", "10.63.0.11/24");
     attach(&t, "blue", "t2", "tap", "10.63.0.2/24");
     attach(&t, "blue", "v1", "veth", "10.63.0.3/24");
     attach(&t, "blue", "v2", "veth", "10.63.0.4/24");
@@ -190,7 +191,7 @@ fn survives_interface_deleted_underneath() {
     }
     t.start_switch(ADAPTIVE);
     t.vs_ok(&["network", "create", "blue", "--subnet", "10.64.0.0/24"]);
-    attach(&t, "blue", "c1", "tap", "10.64.0.1/24");
+    attach(&t, "blue", "c1", "tap", "10.64.0.11/24");
     attach(&t, "blue", "c2", "tap", "10.64.0.2/24");
     attach(&t, "blue", "c3", "veth", "10.64.0.3/24");
     attach(&t, "blue", "c4", "veth", "10.64.0.4/24");
@@ -222,7 +223,7 @@ fn survives_interface_deleted_underneath() {
     assert_eq!(status("c1"), "up");
     // Detach of a gone port cleans up without error.
     t.vs_ok(&["detach", "blue", "--netns", &t.ns("c2")]);
-    assert!(t.ping("c3", "10.64.0.1", 1));
+    assert!(t.ping("c3", "10.64.0.11", 1));
 }
 
 /// Bad configuration and bad commands are refused with a message that says
@@ -246,7 +247,7 @@ fn bad_config_and_commands_rejected() {
 
     t.start_switch(ADAPTIVE);
     t.vs_ok(&["network", "create", "blue", "--subnet", "10.65.0.0/24"]);
-    attach(&t, "blue", "c1", "tap", "10.65.0.1/24");
+    attach(&t, "blue", "c1", "tap", "10.65.0.11/24");
     attach(&t, "blue", "c2", "veth", "10.65.0.2/24");
     for (args, want) in [
         (vec!["network", "create", "blue"], "already exists"),

@@ -19,7 +19,7 @@ fn attach_detach_does_not_disturb_other_ports() {
         "--netns",
         &t.ns("c1"),
         "--ip",
-        "10.66.0.1/24",
+        "10.66.0.11/24",
     ]);
     t.vs_ok(&[
         "attach",

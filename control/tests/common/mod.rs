@@ -14,6 +14,7 @@ pub struct Topo {
     pub prefix: String,
     namespaces: Vec<String>,
     switch: Option<Child>,
+    children: Vec<Child>,
     pub sock: PathBuf,
     dir: PathBuf,
     _serial: MutexGuard<'static, ()>,
@@ -53,6 +54,7 @@ impl Topo {
             prefix,
             namespaces: Vec::new(),
             switch: None,
+            children: Vec::new(),
             dir,
             _serial: serial,
         };
@@ -96,6 +98,46 @@ impl Topo {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn in namespace")
+    }
+
+    /// Starts a long-running process (a server) in namespace `name`; it is
+    /// killed when the topology is dropped.
+    pub fn bg(&mut self, name: &str, args: &[&str]) {
+        let ns = self.ns(name);
+        let c = Command::new("ip")
+            .args(["netns", "exec", &ns])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn in namespace");
+        self.children.push(c);
+    }
+
+    /// A veth pair between namespaces `a` and `b` with addresses (CIDR).
+    pub fn link(&self, a: &str, a_if: &str, a_ip: &str, b: &str, b_if: &str, b_ip: &str) {
+        ok(&sh(
+            "ip",
+            &[
+                "link",
+                "add",
+                a_if,
+                "netns",
+                &self.ns(a),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                b_if,
+                "netns",
+                &self.ns(b),
+            ],
+        ));
+        for (n, i, ip) in [(a, a_if, a_ip), (b, b_if, b_ip)] {
+            ok(&self.exec(n, &["ip", "addr", "add", ip, "dev", i]));
+            ok(&self.exec(n, &["ip", "link", "set", i, "up"]));
+        }
     }
 
     pub fn write_config(&self, text: &str) -> PathBuf {
@@ -207,6 +249,11 @@ impl Topo {
 
 impl Drop for Topo {
     fn drop(&mut self) {
+        for mut c in self.children.drain(..) {
+            // `ip netns exec` execs the command: this PID is the server.
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         if let Some(mut c) = self.switch.take() {
             // `ip netns exec` execs the switch: this PID is the switch itself.
             let pid = nix::unistd::Pid::from_raw(c.id() as i32);

@@ -302,6 +302,11 @@ impl CtTable {
         self.index.len() / 2
     }
 
+    /// The bound on flows.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
     /// No flows.
     pub fn is_empty(&self) -> bool {
         self.index.is_empty()
@@ -594,7 +599,9 @@ mod tests {
         let mut g = ct.lock();
         let mut seen = std::collections::HashSet::new();
         for i in 0..1000u16 {
-            let p = g.alloc_port(PROTO_TCP, 9, 80, 5, (2000, 2999), 2000).unwrap();
+            let p = g
+                .alloc_port(PROTO_TCP, 9, 80, 5, (2000, 2999), 2000)
+                .unwrap();
             assert!(seen.insert(p), "port {p} given twice");
             g.create(
                 t(1, i, 9, 80),

@@ -42,7 +42,7 @@ drop_reasons! {
     RxRingFull => "rx_ring_full": "The kernel dropped frames for this socket: RX ring full or fill ring empty (AF_XDP).",
     Isolated => "isolated": "Addressed to another network's subnet: networks are isolated.",
     Internal => "internal": "Egress or published-port traffic of an --internal network.",
-    IccBlocked => "icc_blocked": "Container to container in a --no-icc network.",
+    IccBlocked => "icc_blocked": "Container to container in a --no-icc network (for a broadcast: the copies other containers would have had).",
     NoRoute => "no_route": "Routed frame with no uplink, no route, or no host interface to deliver to.",
     NeighMiss => "neigh_miss": "Next hop's MAC not known yet (resolution requested from the kernel).",
     TtlExceeded => "ttl_exceeded": "Routed IPv4 packet whose TTL ran out.",

@@ -34,3 +34,8 @@ impl IoError {
         }
     }
 }
+
+/// The index of interface `name` in the calling thread's namespace.
+pub fn ifindex(name: &str) -> Result<u32, IoError> {
+    nix::net::if_::if_nametoindex(name).map_err(|_| IoError::NoInterface(name.to_string()))
+}

@@ -25,15 +25,20 @@ struct IfReqFlags {
     _pad: [u8; 22],
 }
 
-/// A TAP device opened by the switch.
+/// A port that exchanges frames prefixed with a virtio-net header over one
+/// file descriptor: a TAP device, or an AF_PACKET socket with
+/// `PACKET_VNET_HDR` on an existing interface (the uplink).
 #[derive(Debug)]
-pub struct TapPort {
+pub struct VnetPort {
     name: String,
     fd: OwnedFd,
     bad_hdr: u32,
 }
 
-impl TapPort {
+/// A TAP device opened by the switch.
+pub type TapPort = VnetPort;
+
+impl VnetPort {
     /// Creates (or attaches to) TAP `name` in the calling thread's network
     /// namespace, with virtio-net headers and TSO/checksum offloads on.
     pub fn open(name: &str) -> Result<Self, IoError> {
@@ -86,7 +91,85 @@ fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
-impl Port for TapPort {
+impl VnetPort {
+    /// An AF_PACKET socket on existing interface `iface` (in the calling
+    /// thread's namespace) with virtio-net headers: large TCP segments and
+    /// checksum-partial frames cross whole, as on a TAP. It receives a *copy*
+    /// of each frame the interface receives (the kernel still processes the
+    /// original) and sends frames out of the interface.
+    pub fn open_packet(iface: &str) -> Result<Self, IoError> {
+        let ifindex = crate::ifindex(iface)?;
+        let proto = (libc::ETH_P_ALL as u16).to_be();
+        // SAFETY: socket(2) with constant arguments; the result is checked.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                proto as libc::c_int,
+            )
+        };
+        if raw < 0 {
+            return Err(IoError::last("socket(AF_PACKET)"));
+        }
+        // SAFETY: `raw` is a fresh fd we own exclusively.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let set = |level: libc::c_int, opt: libc::c_int, v: libc::c_int, what: &str| {
+            // SAFETY: `v` is a live c_int and we pass its exact size.
+            let r = unsafe {
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    level,
+                    opt,
+                    (&v as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if r < 0 {
+                Err(IoError::last(format!("setsockopt {what} on {iface}")))
+            } else {
+                Ok(())
+            }
+        };
+        set(
+            libc::SOL_PACKET,
+            libc::PACKET_VNET_HDR,
+            1,
+            "PACKET_VNET_HDR",
+        )?;
+        set(
+            libc::SOL_PACKET,
+            libc::PACKET_IGNORE_OUTGOING,
+            1,
+            "PACKET_IGNORE_OUTGOING",
+        )?;
+        // Deep enough for bursts of 64 KiB segments; best effort.
+        let _ = set(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 8 << 20, "SO_RCVBUF");
+        let _ = set(libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, 8 << 20, "SO_SNDBUF");
+        // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = proto;
+        sll.sll_ifindex = ifindex as i32;
+        // SAFETY: `sll` is a valid sockaddr_ll and we pass its exact size.
+        let r = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&sll as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        if r < 0 {
+            return Err(IoError::last(format!("bind AF_PACKET to {iface}")));
+        }
+        Ok(Self {
+            name: iface.to_string(),
+            fd,
+            bad_hdr: 0,
+        })
+    }
+}
+
+impl Port for VnetPort {
     fn name(&self) -> &str {
         &self.name
     }
@@ -115,7 +198,7 @@ impl Port for TapPort {
             if r < 0 {
                 pool.put(p);
                 match errno() {
-                    libc::EAGAIN | libc::EINTR => break,
+                    libc::EAGAIN | libc::EINTR | libc::ENETDOWN => break,
                     libc::EBADFD | libc::ENODEV | libc::ENXIO => {
                         return Err(PortError::Gone(self.name.clone()))
                     }
@@ -157,7 +240,7 @@ impl Port for TapPort {
                 match errno() {
                     libc::EAGAIN => r.full += 1,
                     // The container has not brought its interface up (yet).
-                    libc::EIO => r.down += 1,
+                    libc::EIO | libc::ENETDOWN | libc::ENXIO => r.down += 1,
                     _ => r.errors += 1,
                 }
             } else {

@@ -2,7 +2,7 @@
 use super::{Action, Hdr};
 use crate::fdb::Fdb;
 use crate::port::PortId;
-use crate::stats::DropReason;
+use crate::stats::{BatchDrops, DropReason};
 use crate::tables::L3View;
 
 /// Sets each frame's action: known unicast, flood (broadcast, multicast,
@@ -23,9 +23,10 @@ pub fn run(fdb: &Fdb, in_port: PortId, hdrs: &mut [Hdr]) {
 
 /// `--no-icc`: containers reach the gateway and the host, not each other.
 /// Unicast between two container ports is dropped; a container's flood goes
-/// to the host's interface only.
+/// to the host's interface only (the copies the other containers would have
+/// had are counted as `icc_blocked`).
 #[inline]
-pub fn no_icc(l3: &L3View, in_port: PortId, hdrs: &mut [Hdr]) {
+pub fn no_icc(l3: &L3View, in_port: PortId, hdrs: &mut [Hdr], drops: &mut BatchDrops) {
     let host = l3.host_port;
     if host == Some(in_port) {
         return;
@@ -34,7 +35,10 @@ pub fn no_icc(l3: &L3View, in_port: PortId, hdrs: &mut [Hdr]) {
         h.action = match h.action {
             Action::Unicast(p) if Some(p) != host => Action::Drop(DropReason::IccBlocked),
             Action::Flood => match host {
-                Some(hp) => Action::Unicast(hp),
+                Some(hp) => {
+                    drops.add(DropReason::IccBlocked);
+                    Action::Unicast(hp)
+                }
                 None => Action::Drop(DropReason::IccBlocked),
             },
             a => a,

@@ -71,12 +71,11 @@ pub fn mark(batch: &[Packet], hdrs: &mut [Hdr], l3: &L3View) {
         if matches!(h.action, Action::Drop(_)) {
             continue;
         }
-        if h.dst == l3.gw_mac {
-            h.action = Action::Route;
-        } else if h.dst == Mac::BROADCAST
-            && ethertype(p.data()) == ETH_P_ARP
-            && arp_request_target(p.data()) == Some(l3.gw_ip)
-        {
+        let for_gateway = h.dst == l3.gw_mac
+            || (h.dst == Mac::BROADCAST
+                && ethertype(p.data()) == ETH_P_ARP
+                && arp_request_target(p.data()) == Some(l3.gw_ip));
+        if for_gateway {
             h.action = Action::Route;
         }
     }
@@ -357,7 +356,9 @@ impl<'a> Ctx<'a> {
                 Ok(hit)
             }
             Err(CreateError::Full) => {
-                stats.full.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                stats
+                    .full
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 Err(DropReason::CtFull)
             }
             Err(CreateError::PortsExhausted) => Err(DropReason::NatPortsExhausted),
@@ -453,6 +454,18 @@ fn from_container(
         }
         return Action::Drop(DropReason::BadL3);
     }
+    if t.proto == PROTO_ICMP
+        && matches!(
+            v.icmp_type,
+            ICMP_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAM_PROBLEM
+        )
+    {
+        // About a packet of a tracked flow (e.g. a published UDP port with
+        // nothing listening): translated back like the flow's packets.
+        if let a @ (Action::Unicast(_) | Action::FloodIn(_)) = icmp_error_in(ctx, p, &v) {
+            return a;
+        }
+    }
     if let Some(hit) = ctx.track(&v) {
         return ctx.translate(p, &v, hit);
     }
@@ -484,9 +497,9 @@ fn from_container(
                 return Action::Drop(DropReason::NoContainer);
             };
             let (gw, range) = (tl3.gw_ip, u.snat_ports);
-            let Some(nat_port) =
-                ctx.ct()
-                    .alloc_port(t.proto, pb.ip, pb.port, gw, range, t.sport)
+            let Some(nat_port) = ctx
+                .ct()
+                .alloc_port(t.proto, pb.ip, pb.port, gw, range, t.sport)
             else {
                 return Action::Drop(DropReason::NatPortsExhausted);
             };
@@ -664,11 +677,11 @@ fn icmp_error_in(ctx: &mut Ctx<'_>, p: &mut Packet, v: &V4) -> Action {
     if !ttl_dec(f) {
         return Action::Drop(DropReason::TtlExceeded);
     }
-    // Outer destination.
+    // Outer destination: the sender of the embedded packet.
     let old_dst = be32(f, ETH_LEN + 16);
-    let c = checksum::update32(be16(f, ETH_LEN + 10), old_dst, orig_view.dst);
+    let c = checksum::update32(be16(f, ETH_LEN + 10), old_dst, orig_view.src);
     put16(f, ETH_LEN + 10, c);
-    put32(f, ETH_LEN + 16, orig_view.dst);
+    put32(f, ETH_LEN + 16, orig_view.src);
     // Embedded header: addresses, ports (or ICMP id) and its checksums.
     put32(f, inner + 12, orig_view.src);
     put32(f, inner + 16, orig_view.dst);
@@ -700,5 +713,5 @@ fn icmp_error_in(ctx: &mut Ctx<'_>, p: &mut Packet, v: &V4) -> Action {
     put16(f, v.l4 + 2, 0);
     let c = checksum::finish(0, &f[v.l4..total]);
     put16(f, v.l4 + 2, c);
-    ctx.emit_to(f, side, orig_view.dst)
+    ctx.emit_to(f, side, orig_view.src)
 }

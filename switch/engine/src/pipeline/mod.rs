@@ -165,7 +165,7 @@ impl Pipeline {
         forward::run(&tables.fdb, in_port, &mut self.hdrs);
         if let Some(l) = net.l3.as_ref() {
             if l.no_icc {
-                forward::no_icc(l, in_port, &mut self.hdrs);
+                forward::no_icc(l, in_port, &mut self.hdrs, drops);
             }
             if self.hdrs.iter().any(|h| h.action == Action::Route) {
                 let mut ctx = l3::Ctx::new(tables, snap, now, in_port);

@@ -1,0 +1,249 @@
+//! What the uplink needs besides its port: the guard that keeps the host
+//! kernel from answering the switch's traffic, the SNAT port range, and the
+//! userland proxy that lets processes on the host reach published ports.
+//!
+//! The uplink port is an AF_PACKET socket: it receives a *copy* of every
+//! frame while the kernel goes on processing the original. For frames the
+//! switch owns (replies to its SNAT ports, published ports) the kernel would
+//! answer with a RST or an ICMP port unreachable, so a netdev-family
+//! nftables chain on the uplink's ingress hook drops the originals. Packet
+//! sockets see frames before the ingress hook, so the switch still gets its
+//! copy. The rules are made with `nft -f -` in one transaction (nftables'
+//! netlink protocol is not something to hand-write); the table is named
+//! after the switch's PID and removed when the switch stops.
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The ports the kernel picks for its own connections in this namespace.
+pub fn kernel_ephemeral_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|x| x.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32768, 60999))
+}
+
+/// Checks a SNAT range against the kernel's ephemeral ports, or picks the
+/// default: everything above them.
+pub fn snat_range(want: Option<(u16, u16)>) -> Result<(u16, u16), String> {
+    let (klo, khi) = kernel_ephemeral_range();
+    match want {
+        Some((lo, hi)) => {
+            if lo <= khi && hi >= klo {
+                return Err(format!(
+                    "snat ports {lo}-{hi} overlap the kernel's ephemeral ports {klo}-{khi} \
+                     (net.ipv4.ip_local_port_range); pick a range outside them"
+                ));
+            }
+            if lo < 1024 {
+                return Err(format!(
+                    "snat ports {lo}-{hi} include privileged ports; start at 1024 or above"
+                ));
+            }
+            Ok((lo, hi))
+        }
+        None => {
+            if khi >= 65535 - 1024 {
+                Err(format!(
+                    "the kernel's ephemeral ports {klo}-{khi} leave too few ports above them; \
+                     give the uplink snat_ports outside that range"
+                ))
+            } else {
+                Ok((khi + 1, 65535))
+            }
+        }
+    }
+}
+
+/// The nftables guard of one uplink.
+#[derive(Debug)]
+pub struct Guard {
+    table: String,
+    iface: String,
+}
+
+impl Guard {
+    /// A guard for `iface`; nothing is installed until [`Guard::apply`].
+    pub fn new(iface: &str) -> Self {
+        Self {
+            table: format!("vswitch_{}", std::process::id()),
+            iface: iface.to_string(),
+        }
+    }
+
+    /// Removes guard tables left by switches that died without cleaning up
+    /// (killed with SIGKILL): their PID no longer runs.
+    pub fn remove_stale() {
+        let Ok(out) = Command::new("nft")
+            .args(["list", "tables", "netdev"])
+            .output()
+        else {
+            return;
+        };
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let Some(name) = line.strip_prefix("table netdev vswitch_") else {
+                continue;
+            };
+            let Ok(pid) = name.trim().parse::<u32>() else {
+                continue;
+            };
+            if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            {
+                tracing::info!(pid, "removing the uplink guard of a switch that is gone");
+                let _ = nft(&format!("delete table netdev vswitch_{pid}\n"));
+            }
+        }
+    }
+
+    /// Installs (or replaces) the rules: drop, at the uplink's ingress,
+    /// what is addressed to `snat_ip` on the SNAT ports, and what is
+    /// addressed to `published` ports on the host's addresses.
+    pub fn apply(
+        &self,
+        snat_ip: Ipv4Addr,
+        snat: (u16, u16),
+        local_ips: &[Ipv4Addr],
+        published: &[(super::api::Proto, u16, Option<Ipv4Addr>)],
+    ) -> Result<(), String> {
+        let mut rules = Vec::new();
+        for proto in ["tcp", "udp"] {
+            rules.push(format!(
+                "ip daddr {snat_ip} {proto} dport {}-{} drop",
+                snat.0, snat.1
+            ));
+        }
+        let mut all: Vec<String> = local_ips.iter().map(|i| i.to_string()).collect();
+        if !local_ips.contains(&snat_ip) {
+            all.push(snat_ip.to_string());
+        }
+        for (proto, port, ip) in published {
+            let daddr = match ip {
+                Some(i) => i.to_string(),
+                None => format!("{{ {} }}", all.join(", ")),
+            };
+            rules.push(format!("ip daddr {daddr} {proto} dport {port} drop"));
+        }
+        let script = format!(
+            "table netdev {t}\ndelete table netdev {t}\ntable netdev {t} {{\n  chain ingress {{\n    type filter hook ingress device \"{d}\" priority -500; policy accept;\n    {r}\n  }}\n}}\n",
+            t = self.table,
+            d = self.iface,
+            r = rules.join("\n    ")
+        );
+        nft(&script)
+    }
+
+    /// Removes the rules.
+    pub fn remove(&self) {
+        let _ = nft(&format!(
+            "table netdev {t}\ndelete table netdev {t}\n",
+            t = self.table
+        ));
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+fn nft(script: &str) -> Result<(), String> {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run nft (install the nftables package): {e}"))?;
+    if let Some(mut i) = child.stdin.take() {
+        i.write_all(script.as_bytes())
+            .map_err(|e| format!("nft: {e}"))?;
+    }
+    let out = child.wait_with_output().map_err(|e| format!("nft: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "nft refused the uplink guard: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// A TCP proxy for processes on the host: it listens on the published port
+/// (connections from outside never reach it: the guard drops them at the
+/// uplink and the switch translates them) and relays to the container
+/// through the host's interface on the container's network, as Docker's
+/// `docker-proxy` does.
+#[derive(Debug)]
+pub struct Proxy {
+    stop: Arc<AtomicBool>,
+    addr: SocketAddr,
+}
+
+impl Proxy {
+    /// Listens on `listen` and relays each connection to `target`.
+    pub fn start(listen: SocketAddr, target: SocketAddr) -> Result<Self, String> {
+        let l = TcpListener::bind(listen).map_err(|e| {
+            format!("host port {listen} is in use on the host ({e}); pick another --host-port")
+        })?;
+        let addr = l.local_addr().map_err(|e| e.to_string())?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = stop.clone();
+        std::thread::Builder::new()
+            .name(format!("proxy-{}", addr.port()))
+            .spawn(move || {
+                for c in l.incoming() {
+                    if st.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let Ok(c) = c else { continue };
+                    std::thread::spawn(move || relay(c, target));
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(Self { stop, addr })
+    }
+}
+
+impl Proxy {
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the accept loop so it sees the flag.
+        let mut a = self.addr;
+        if a.ip().is_unspecified() {
+            a.set_ip(Ipv4Addr::LOCALHOST.into());
+        }
+        let _ = TcpStream::connect_timeout(&a, Duration::from_millis(200));
+    }
+}
+
+fn relay(client: TcpStream, target: SocketAddr) {
+    let Ok(server) = TcpStream::connect_timeout(&target, Duration::from_secs(5)) else {
+        return;
+    };
+    let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else {
+        return;
+    };
+    let up = std::thread::spawn(move || pipe(client, s2));
+    pipe(server, c2);
+    let _ = up.join();
+}
+
+fn pipe(mut from: TcpStream, mut to: TcpStream) {
+    let _ = std::io::copy(&mut from, &mut to);
+    let _ = to.shutdown(std::net::Shutdown::Write);
+}
