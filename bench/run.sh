@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end benchmark: vswitch against the Linux bridge on the same
-# namespace topology, in the same run, plus the pipeline on memory.
+# namespace topology, in the same run; vswitch's gateway/NAT against a
+# docker0-style bridge with iptables MASQUERADE/DNAT; plus the pipeline on
+# memory (L2 and NAT).
 # Prints a table and writes bench/results/<commit>.{json,svg} and appends
 # to bench/results/HISTORY.md.
 #
@@ -26,7 +28,7 @@ PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    for n in bh ba bb vh va vb ta tb ih ia ib; do ip netns del "$P-$n" 2>/dev/null || true; done
+    for n in bh ba bb vh va vb ta tb ih ia ib nh nc ne sh sc se; do ip netns del "$P-$n" 2>/dev/null || true; done
     rm -rf "$TMP"
 }
 trap cleanup EXIT INT TERM
@@ -130,16 +132,16 @@ CFG
 SOCK=$TMP/vs.sock
 start_switch vh "$TMP/vs.toml" "$SOCK"; VPID=$SWPID
 V() { "$BIN" --socket "$SOCK" "$@" >/dev/null; }
-V attach bench --netns "$P-va" --kind veth --ip 10.98.0.1/24
-V attach bench --netns "$P-vb" --kind veth --ip 10.98.0.2/24
-V attach bench --netns "$P-ta" --kind tap --ip 10.98.0.3/24
-V attach bench --netns "$P-tb" --kind tap --ip 10.98.0.4/24
-NS va ping -c 2 -i 0.2 10.98.0.2 >/dev/null; NS ta ping -c 2 -i 0.2 10.98.0.4 >/dev/null
-V_PPS=$(pps va vb 10.98.0.2 10.98.0.1); echo "64B frames delivered (veth/AF_XDP): $V_PPS/s"
-V_TCP=$(tcp ta tb 10.98.0.4); echo "iperf3 TCP (TAP): $V_TCP Gbit/s"
-V_TCPV=$(tcp va vb 10.98.0.2); echo "iperf3 TCP (veth/AF_XDP): $V_TCPV Gbit/s"
-rtt ta tb 10.98.0.4; read -r V_P50 V_P99 <"$TMP/rtt"; echo "UDP RTT p50/p99 (TAP): $V_P50 / $V_P99 us"
-rtt va vb 10.98.0.2; read -r VV_P50 VV_P99 <"$TMP/rtt"; echo "UDP RTT p50/p99 (veth): $VV_P50 / $VV_P99 us"
+V attach bench --netns "$P-va" --kind veth --ip 10.98.0.11/24
+V attach bench --netns "$P-vb" --kind veth --ip 10.98.0.12/24
+V attach bench --netns "$P-ta" --kind tap --ip 10.98.0.13/24
+V attach bench --netns "$P-tb" --kind tap --ip 10.98.0.14/24
+NS va ping -c 2 -i 0.2 10.98.0.12 >/dev/null; NS ta ping -c 2 -i 0.2 10.98.0.14 >/dev/null
+V_PPS=$(pps va vb 10.98.0.12 10.98.0.11); echo "64B frames delivered (veth/AF_XDP): $V_PPS/s"
+V_TCP=$(tcp ta tb 10.98.0.14); echo "iperf3 TCP (TAP): $V_TCP Gbit/s"
+V_TCPV=$(tcp va vb 10.98.0.12); echo "iperf3 TCP (veth/AF_XDP): $V_TCPV Gbit/s"
+rtt ta tb 10.98.0.14; read -r V_P50 V_P99 <"$TMP/rtt"; echo "UDP RTT p50/p99 (TAP): $V_P50 / $V_P99 us"
+rtt va vb 10.98.0.12; read -r VV_P50 VV_P99 <"$TMP/rtt"; echo "UDP RTT p50/p99 (veth): $VV_P50 / $VV_P99 us"
 "$BIN" --socket "$SOCK" stats
 
 kill "$VPID"; wait "$VPID" 2>/dev/null || true
@@ -156,22 +158,93 @@ subnet = "10.97.0.0/24"
 CFG
 SOCK2=$TMP/idle.sock
 start_switch ih "$TMP/idle.toml" "$SOCK2"; IPID=$SWPID
-"$BIN" --socket "$SOCK2" attach edge --netns "$P-ia" --kind tap --ip 10.97.0.1/24 >/dev/null
-"$BIN" --socket "$SOCK2" attach edge --netns "$P-ib" --kind tap --ip 10.97.0.2/24 >/dev/null
-NS ia ping -c 2 -i 0.2 10.97.0.2 >/dev/null
+"$BIN" --socket "$SOCK2" attach edge --netns "$P-ia" --kind tap --ip 10.97.0.11/24 >/dev/null
+"$BIN" --socket "$SOCK2" attach edge --netns "$P-ib" --kind tap --ip 10.97.0.12/24 >/dev/null
+NS ia ping -c 2 -i 0.2 10.97.0.12 >/dev/null
 sleep 1
 ticks() { awk '{print $14 + $15}' "/proc/$IPID/stat"; }
 T0=$(ticks); S0=$(date +%s.%N); sleep "$DURATION"; T1=$(ticks); S1=$(date +%s.%N)
 IDLE_CPU=$(python3 -c "import os;print(round(100*($T1-$T0)/os.sysconf('SC_CLK_TCK')/($S1-$S0),3))")
 echo "CPU of the whole switch process while idle: $IDLE_CPU % of one core"
 # Each probe 300 ms after the last: the worker is asleep in poll(2) every time.
-oneway ia ib 10.97.0.2; read -r I_OW50 I_OW99 I_OWMAX <"$TMP/oneway"
+oneway ia ib 10.97.0.12; read -r I_OW50 I_OW99 I_OWMAX <"$TMP/oneway"
 echo "one-way latency of packets after 300 ms idle (first packet wakes the worker), p50/p99/max: $I_OW50 / $I_OW99 / $I_OWMAX us"
+
+# iperf3 TCP, server in $1 on port $2, client in $3 to $4:$5; prints Gbit/s.
+tcp_to() {
+    ip netns exec "$P-$1" iperf3 -s -1 -p "$2" >/dev/null 2>&1 & local s=$!
+    sleep 0.4
+    NS "$3" iperf3 -c "$4" -p "$5" -t "$DURATION" -J >"$TMP/i.json" || true
+    wait $s 2>/dev/null || true
+    python3 -c "import json;print(round(json.load(open('$TMP/i.json'))['end']['sum_received']['bits_per_second']/1e9,3))"
+}
+
+# New TCP connections per second from $1 to $2:$3 (server already running).
+cps() {
+    NS "$1" "$BENCH" connrate --to "$2:$3" --secs "$DURATION" --threads 4 >"$TMP/c.json" || true
+    python3 -c "import json;print(round(json.load(open('$TMP/c.json'))['conn_per_sec']))"
+}
+
+# A host with an uplink veth to an external namespace: $1 host, $2 ext,
+# $3 interface prefix, $4 /24 prefix of the link.
+uplink_pair() {
+    ip link add "$P$3u" netns "$P-$1" type veth peer name "$P$3x" netns "$P-$2"
+    NS "$1" ip addr add "$4.1/24" dev "$P$3u"; NS "$1" ip link set "$P$3u" up
+    NS "$2" ip addr add "$4.2/24" dev "$P$3x"; NS "$2" ip link set "$P$3x" up
+}
+
+echo "== NAT: docker0-style bridge with iptables MASQUERADE/DNAT"
+mkns nh; mkns nc; mkns ne
+uplink_pair nh ne n 192.168.95
+NS nh ip link add br0 type bridge; NS nh ip addr add 10.96.0.1/24 dev br0; NS nh ip link set br0 up
+ip link add "${P}nc" type veth peer name eth0 netns "$P-nc"
+ip link set "${P}nc" netns "$P-nh"; NS nh ip link set "${P}nc" master br0 up
+NS nc ip addr add 10.96.0.2/24 dev eth0; NS nc ip link set eth0 up; NS nc ip route add default via 10.96.0.1
+NS nh sysctl -qw net.ipv4.ip_forward=1
+NS nh iptables -t nat -A POSTROUTING -s 10.96.0.0/24 ! -o br0 -j MASQUERADE
+NS nh iptables -t nat -A PREROUTING -d 192.168.95.1 -p tcp --dport 15201 -j DNAT --to-destination 10.96.0.2:5201
+NS nh iptables -t nat -A PREROUTING -d 192.168.95.1 -p tcp --dport 18080 -j DNAT --to-destination 10.96.0.2:8080
+NS nc ping -c 2 -i 0.2 192.168.95.2 >/dev/null
+K_SNAT=$(tcp_to ne 5201 nc 192.168.95.2 5201); echo "iperf3 TCP container -> external (MASQUERADE): $K_SNAT Gbit/s"
+K_DNAT=$(tcp_to nc 5201 ne 192.168.95.1 15201); echo "iperf3 TCP external -> published port (DNAT): $K_DNAT Gbit/s"
+ip netns exec "$P-nc" "$BENCH" accept-server --bind 0.0.0.0:8080 & PIDS+=("$!"); sleep 0.3
+K_CPS=$(cps ne 192.168.95.1 18080); echo "new TCP connections/s to a published port: $K_CPS"
+
+echo "== NAT: vswitch gateway (worker on core $WORKER_CORE, busy polling; TAP container, AF_PACKET uplink)"
+mkns sh; mkns sc; mkns se
+uplink_pair sh se s 192.168.94
+cat >"$TMP/nat.toml" <<CFG
+[[workers]]
+core = $WORKER_CORE
+idle = { mode = "busy" }
+[[networks]]
+name = "nat"
+subnet = "10.95.0.0/24"
+[uplink]
+iface = "${P}su"
+CFG
+SOCK3=$TMP/nat.sock
+start_switch sh "$TMP/nat.toml" "$SOCK3"; NPID=$SWPID
+"$BIN" --socket "$SOCK3" attach nat --netns "$P-sc" --kind tap >/dev/null
+"$BIN" --socket "$SOCK3" publish nat 10.95.0.2:5201 --host-port 15201 >/dev/null
+"$BIN" --socket "$SOCK3" publish nat 10.95.0.2:8080 --host-port 18080 >/dev/null
+NS sc ping -c 2 -i 0.2 192.168.94.2 >/dev/null
+V_SNAT=$(tcp_to se 5201 sc 192.168.94.2 5201); echo "iperf3 TCP container -> external (SNAT): $V_SNAT Gbit/s"
+V_DNAT=$(tcp_to sc 5201 se 192.168.94.1 15201); echo "iperf3 TCP external -> published port (DNAT): $V_DNAT Gbit/s"
+ip netns exec "$P-sc" "$BENCH" accept-server --bind 0.0.0.0:8080 & PIDS+=("$!"); sleep 0.3
+V_CPS=$(cps se 192.168.94.1 18080); echo "new TCP connections/s to a published port: $V_CPS"
+"$BIN" --socket "$SOCK3" stats
+"$BIN" --socket "$SOCK3" conntrack show | tail -1
+kill "$NPID"; wait "$NPID" 2>/dev/null || true
 
 echo "== pipeline on memory"
 "$BENCH" pipeline | tee "$TMP/pipe.txt" | grep -v '^JSON'
 P1=$(grep 'pipeline_l2_1_macs' "$TMP/pipe.txt" | sed 's/^JSON //' | python3 -c "import json,sys;print(round(json.load(sys.stdin)['cycles_per_packet'],1))")
 P100K=$(grep 'pipeline_l2_100000_macs' "$TMP/pipe.txt" | sed 's/^JSON //' | python3 -c "import json,sys;print(round(json.load(sys.stdin)['cycles_per_packet'],1))")
+"$BENCH" nat | tee "$TMP/nat.txt" | grep -v '^JSON'
+jf() { grep "$1" "$TMP/nat.txt" | sed 's/^JSON //' | python3 -c "import json,sys;print(round(json.load(sys.stdin)['$2'],2))"; }
+N1=$(jf pipeline_nat_1_flows cycles_per_packet); N1M=$(jf pipeline_nat_1000000_flows cycles_per_packet)
+NRATIO=$(jf pipeline_nat_1000000_flows ratio_vs_1_flow); NBYTES=$(jf pipeline_nat_1000000_flows bytes_per_flow)
 
 cat >"$RES" <<R
 # metric unit kernel vswitch [lower]
@@ -184,11 +257,15 @@ rtt_p50_veth us $K_P50 $VV_P50 lower
 after_idle_oneway_p50_adaptive us $K_OW50 $I_OW50 lower
 after_idle_oneway_max_adaptive us $K_OWMAX $I_OWMAX lower
 idle_cpu_adaptive_percent % - $IDLE_CPU lower
+iperf3_tcp_snat Gbit/s $K_SNAT $V_SNAT
+iperf3_tcp_dnat Gbit/s $K_DNAT $V_DNAT
+tcp_conn_per_sec_published conn/s $K_CPS $V_CPS
 R
 echo
-echo "== summary (kernel = Linux bridge, same topology, same run)"
+echo "== summary (kernel = Linux bridge for the L2 rows, docker0-style bridge + iptables NAT for the NAT rows; same topology, same run)"
 "$BENCH" report --input "$RES" --commit "$COMMIT" --out bench/results
 echo "pipeline cycles/packet: $P1 (1 MAC), $P100K (100,000 MACs)"
+echo "NAT pipeline cycles/packet: $N1 (1 flow), $N1M (1,000,000 flows: ${NRATIO}x the 1-flow rate); $NBYTES bytes per tracked flow"
 echo "adaptive idle: $IDLE_CPU % of one core while idle; first packet after idle one-way p50/p99/max $I_OW50 / $I_OW99 / $I_OWMAX us"
 {
     echo
@@ -196,6 +273,7 @@ echo "adaptive idle: $IDLE_CPU % of one core while idle; first packet after idle
     echo '```'
     "$BENCH" report --input "$RES" --commit "$COMMIT" --out bench/results | grep -v '^wrote'
     echo "pipeline cycles/packet: $P1 (1 MAC), $P100K (100,000 MACs)"
+    echo "NAT pipeline cycles/packet: $N1 (1 flow), $N1M (1,000,000 flows: ${NRATIO}x the 1-flow rate); $NBYTES bytes per tracked flow"
     echo "adaptive idle: $IDLE_CPU % of one core while idle; first packet after idle one-way p50/p99/max $I_OW50 / $I_OW99 / $I_OWMAX us"
     echo '```'
 } >>bench/results/HISTORY.md

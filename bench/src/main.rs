@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 mod chart;
+mod nat;
 mod pipeline;
 
 #[derive(Parser)]
@@ -23,6 +24,34 @@ enum Cmd {
         /// Batches to run per case.
         #[arg(long, default_value_t = 700_000)]
         batches: usize,
+    },
+    /// NAT pipeline on memory: established SNAT flows, 1 and 1,000,000.
+    Nat {
+        /// Batches to run per case.
+        #[arg(long, default_value_t = 200_000)]
+        batches: usize,
+        /// Run only the case with this many flows (1 or 1000000).
+        #[arg(long)]
+        only: Option<u32>,
+    },
+    /// Accept TCP connections and close them at once (connection-rate server).
+    AcceptServer {
+        /// Address to bind.
+        #[arg(long)]
+        bind: String,
+    },
+    /// Open and reset TCP connections as fast as possible; prints
+    /// connections per second (handshakes completed).
+    Connrate {
+        /// Server address.
+        #[arg(long)]
+        to: String,
+        /// Seconds to run.
+        #[arg(long, default_value_t = 5)]
+        secs: u64,
+        /// Parallel connecting threads.
+        #[arg(long, default_value_t = 4)]
+        threads: usize,
     },
     /// Echo UDP datagrams back to their sender (RTT server).
     UdpEcho {
@@ -64,6 +93,12 @@ fn main() {
             pipeline::run(batches);
             Ok(())
         }
+        Cmd::Nat { batches, only } => {
+            nat::run(batches, only);
+            Ok(())
+        }
+        Cmd::AcceptServer { bind } => accept_server(&bind),
+        Cmd::Connrate { to, secs, threads } => connrate(&to, secs, threads),
         Cmd::UdpEcho { bind } => udp_echo(&bind),
         Cmd::Rtt {
             to,
@@ -76,6 +111,63 @@ fn main() {
         eprintln!("vswitch-bench: {e}");
         std::process::exit(1);
     }
+}
+
+fn accept_server(bind: &str) -> Result<(), String> {
+    let l = std::net::TcpListener::bind(bind).map_err(|e| format!("bind {bind}: {e}"))?;
+    for c in l.incoming() {
+        drop(c);
+    }
+    Ok(())
+}
+
+/// Each thread connects, and closes with SO_LINGER 0 (a RST: no TIME_WAIT
+/// on the client, so its ports do not run out); counts completed handshakes.
+fn connrate(to: &str, secs: u64, threads: usize) -> Result<(), String> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let addr: std::net::SocketAddr = to.parse().map_err(|e| format!("{to}: {e}"))?;
+    let done = std::sync::Arc::new(AtomicU64::new(0));
+    let failed = std::sync::Arc::new(AtomicU64::new(0));
+    let end = Instant::now() + Duration::from_secs(secs);
+    let t0 = Instant::now();
+    let hs: Vec<_> = (0..threads.max(1))
+        .map(|_| {
+            let (done, failed) = (done.clone(), failed.clone());
+            std::thread::spawn(move || {
+                while Instant::now() < end {
+                    match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+                        Ok(c) => {
+                            let _ = nix::sys::socket::setsockopt(
+                                &c,
+                                nix::sys::socket::sockopt::Linger,
+                                &libc::linger {
+                                    l_onoff: 1,
+                                    l_linger: 0,
+                                },
+                            );
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(_) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in hs {
+        let _ = h.join();
+    }
+    let el = t0.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({
+            "conn_per_sec": done.load(Ordering::Relaxed) as f64 / el,
+            "connections": done.load(Ordering::Relaxed),
+            "failed": failed.load(Ordering::Relaxed),
+        })
+    );
+    Ok(())
 }
 
 fn udp_echo(bind: &str) -> Result<(), String> {

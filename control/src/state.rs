@@ -8,7 +8,6 @@ use crate::uplink::{Guard, Proxy};
 use crossbeam::channel::Receiver;
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use vswitch_engine::clock::{Clock, MonotonicClock};
@@ -347,7 +346,7 @@ impl State {
                 snat_ports: u.snat,
             }
         });
-        let mut published = HashMap::new();
+        let mut published = vswitch_engine::tables::FastMap::default();
         for ((proto, hp), p) in &self.published {
             if let Some(n) = self.networks.get(&p.network) {
                 published.insert(

@@ -15,8 +15,6 @@
 use crate::fdb::NetId;
 use crate::wire::mac::Mac;
 use serde::Serialize;
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
@@ -242,50 +240,190 @@ pub enum CreateError {
     PortsExhausted,
 }
 
-#[derive(Default)]
-struct FxHasher(u64);
-
-impl Hasher for FxHasher {
-    #[inline]
-    fn finish(&self) -> u64 {
-        // murmur3 fmix64: a full avalanche of the bits written.
-        let mut k = self.0;
-        k ^= k >> 33;
-        k = k.wrapping_mul(0xff51_afd7_ed55_8ccd);
-        k ^= k >> 33;
-        k = k.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-        k ^ (k >> 33)
-    }
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0.rotate_left(8)) ^ *b as u64;
-        }
-    }
-    #[inline]
-    fn write_u128(&mut self, v: u128) {
-        self.0 = (v as u64) ^ ((v >> 64) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
+/// The hash the table files `t` under (compute once, pass to the `_hashed`
+/// calls).
+#[inline]
+pub fn hash(t: &Tuple) -> u64 {
+    hash_key(t.key())
 }
 
-type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+/// murmur3 fmix64 over the packed tuple: a full avalanche.
+#[inline]
+fn hash_key(k: u128) -> u64 {
+    let mut x = (k as u64) ^ ((k >> 64) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^ (x >> 33)
+}
+
+/// Entries per index bucket: one 64-byte cache line.
+const WAYS: usize = 8;
+const EMPTY: u64 = 0;
+const TOMB: u64 = 1;
+
+/// One cache line of index entries: `tag << 32 | slot << 1 | dir`, where the
+/// tag is the hash's high half with its low bit set (never 0 or 1).
+#[derive(Clone, Copy, Default)]
+#[repr(C, align(64))]
+struct Bucket([u64; WAYS]);
 
 /// The table itself; reach it through [`Conntrack::lock`].
+///
+/// The index is a flat array of cache-line buckets with linear probing from
+/// bucket `hash & mask`; an entry holds a 32-bit tag of the hash and the
+/// flow's slot, and the slot's tuple confirms the match. A lookup touches one
+/// bucket and one flow, both of which [`CtTable::prefetch`] can start
+/// loading for a whole batch before the first lookup. Memory is sized from
+/// `max_flows` up front and never grows or moves.
 pub struct CtTable {
-    /// Tuple key → slot << 1 | direction.
-    index: FastMap<u128, u32>,
+    buckets: Vec<Bucket>,
+    mask: usize,
     slots: Vec<Option<Flow>>,
     free: Vec<u32>,
+    entries: usize,
+    tombs: usize,
     max: usize,
     expire_cursor: usize,
     port_cursor: u32,
 }
 
 impl CtTable {
+    fn with_max(max: usize) -> Self {
+        // Two entries per flow at most half full.
+        let n = (max.max(8) * 2 * 2 / WAYS).next_power_of_two();
+        Self {
+            buckets: vec![Bucket::default(); n],
+            mask: n - 1,
+            slots: Vec::with_capacity(max),
+            free: Vec::new(),
+            entries: 0,
+            tombs: 0,
+            max,
+            expire_cursor: 0,
+            port_cursor: 0,
+        }
+    }
+
+    #[inline]
+    fn tag(h: u64) -> u64 {
+        ((h >> 32) | 2) << 32
+    }
+
+    /// The index entry and position for `t`, if present.
+    #[inline]
+    fn find(&self, t: &Tuple, h: u64) -> Option<(usize, usize, u32)> {
+        let tag = Self::tag(h);
+        let mut b = h as usize & self.mask;
+        for _ in 0..=self.mask {
+            let bucket = &self.buckets[b].0;
+            let mut has_empty = false;
+            for (w, &e) in bucket.iter().enumerate() {
+                if e == EMPTY {
+                    has_empty = true;
+                } else if e & !0xffff_ffff == tag {
+                    let v = e as u32;
+                    let hit = self
+                        .slots
+                        .get((v >> 1) as usize)
+                        .and_then(Option::as_ref)
+                        .is_some_and(|f| {
+                            let k = if v & 1 == 0 { &f.orig } else { &f.reply };
+                            k == t
+                        });
+                    if hit {
+                        return Some((b, w, v));
+                    }
+                }
+            }
+            if has_empty {
+                return None;
+            }
+            b = (b + 1) & self.mask;
+        }
+        None
+    }
+
+    fn insert_entry(&mut self, h: u64, v: u32) {
+        let e = Self::tag(h) | v as u64;
+        let mut b = h as usize & self.mask;
+        loop {
+            for slot in self.buckets[b].0.iter_mut() {
+                if *slot == EMPTY || *slot == TOMB {
+                    if *slot == TOMB {
+                        self.tombs -= 1;
+                    }
+                    *slot = e;
+                    self.entries += 1;
+                    return;
+                }
+            }
+            b = (b + 1) & self.mask;
+        }
+    }
+
+    fn remove_entry(&mut self, t: &Tuple) {
+        if let Some((b, w, _)) = self.find(t, hash_key(t.key())) {
+            self.buckets[b].0[w] = TOMB;
+            self.entries -= 1;
+            self.tombs += 1;
+        }
+    }
+
+    /// Rebuilds the index when deletions have left too many tombstones.
+    fn maybe_rebuild(&mut self) {
+        if self.tombs < self.buckets.len() * WAYS / 4 {
+            return;
+        }
+        self.buckets.iter_mut().for_each(|b| *b = Bucket::default());
+        self.entries = 0;
+        self.tombs = 0;
+        let keys: Vec<(u64, u32, u64, u32)> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, f)| {
+                f.as_ref().map(|f| {
+                    let s = (i as u32) << 1;
+                    (hash_key(f.orig.key()), s, hash_key(f.reply.key()), s | 1)
+                })
+            })
+            .collect();
+        for (h1, v1, h2, v2) in keys {
+            self.insert_entry(h1, v1);
+            self.insert_entry(h2, v2);
+        }
+    }
+
+    /// Starts loading what a lookup of a tuple with hash `h` will read: the index bucket now,
+    /// and with `deep` the flow the bucket points at (call once without and
+    /// once with `deep` over a batch, so the loads of all its packets
+    /// overlap). Returns a value to feed [`std::hint::black_box`].
+    #[inline]
+    pub fn prefetch(&self, h: u64, deep: bool) -> u64 {
+        let b = &self.buckets[h as usize & self.mask].0;
+        if !deep {
+            return b[0];
+        }
+        let tag = Self::tag(h);
+        b.iter()
+            .find(|e| *e & !0xffff_ffff == tag)
+            .and_then(|e| self.slots.get((*e as u32 >> 1) as usize))
+            .and_then(Option::as_ref)
+            .map_or(0, |f| f.last_seen as u64)
+    }
+
     /// Finds the flow of a packet with tuple `t`.
     #[inline]
     pub fn lookup(&mut self, t: &Tuple) -> Option<(&mut Flow, Dir)> {
-        let v = *self.index.get(&t.key())?;
+        self.lookup_hashed(t, hash_key(t.key()))
+    }
+
+    /// [`CtTable::lookup`] with the tuple's [`hash`] already computed.
+    #[inline]
+    pub fn lookup_hashed(&mut self, t: &Tuple, h: u64) -> Option<(&mut Flow, Dir)> {
+        let (_, _, v) = self.find(t, h)?;
         let dir = if v & 1 == 0 { Dir::Orig } else { Dir::Reply };
         let f = self.slots.get_mut((v >> 1) as usize)?.as_mut()?;
         Some((f, dir))
@@ -294,12 +432,12 @@ impl CtTable {
     /// Whether a tuple is in use (either direction of any flow).
     #[inline]
     pub fn contains(&self, t: &Tuple) -> bool {
-        self.index.contains_key(&t.key())
+        self.find(t, hash_key(t.key())).is_some()
     }
 
     /// Flows tracked.
     pub fn len(&self) -> usize {
-        self.index.len() / 2
+        self.entries / 2
     }
 
     /// The bound on flows.
@@ -309,7 +447,7 @@ impl CtTable {
 
     /// No flows.
     pub fn is_empty(&self) -> bool {
-        self.index.is_empty()
+        self.entries == 0
     }
 
     /// Picks a source port (or ICMP identifier) in `lo..=hi` for the reply
@@ -324,26 +462,24 @@ impl CtTable {
         prefer: u16,
     ) -> Option<u16> {
         let span = (hi as u32).saturating_sub(lo as u32) + 1;
-        let taken = |p: u16, idx: &FastMap<u128, u32>| {
-            idx.contains_key(
-                &Tuple {
-                    src: remote,
-                    dst: nat_ip,
-                    sport: remote_port,
-                    dport: p,
-                    proto,
-                }
-                .key(),
-            )
+        let taken = |p: u16, me: &Self| {
+            me.contains(&Tuple {
+                src: remote,
+                dst: nat_ip,
+                // ICMP echo: both "ports" are the identifier.
+                sport: if proto == PROTO_ICMP { p } else { remote_port },
+                dport: p,
+                proto,
+            })
         };
-        if (lo..=hi).contains(&prefer) && !taken(prefer, &self.index) {
+        if (lo..=hi).contains(&prefer) && !taken(prefer, self) {
             return Some(prefer);
         }
         // Round-robin from a moving cursor: a port just freed is the last to
         // be reused, which keeps a far end's TIME_WAIT out of the way.
         for i in 0..span {
             let p = lo as u32 + (self.port_cursor.wrapping_add(i) % span);
-            if !taken(p as u16, &self.index) {
+            if !taken(p as u16, self) {
                 self.port_cursor = self.port_cursor.wrapping_add(i + 1);
                 return Some(p as u16);
             }
@@ -361,7 +497,7 @@ impl CtTable {
         state: State,
         now: u32,
     ) -> Result<&mut Flow, CreateError> {
-        if self.len() >= self.max {
+        if self.len() >= self.max || self.slots.len() >= self.max && self.free.is_empty() {
             return Err(CreateError::Full);
         }
         if self.contains(&orig) || self.contains(&reply) {
@@ -374,8 +510,8 @@ impl CtTable {
                 (self.slots.len() - 1) as u32
             }
         };
-        self.index.insert(orig.key(), slot << 1);
-        self.index.insert(reply.key(), (slot << 1) | 1);
+        self.insert_entry(hash_key(orig.key()), slot << 1);
+        self.insert_entry(hash_key(reply.key()), (slot << 1) | 1);
         let f = &mut self.slots[slot as usize];
         *f = Some(Flow {
             orig,
@@ -391,11 +527,14 @@ impl CtTable {
     }
 
     fn remove_slot(&mut self, slot: usize) {
-        if let Some(f) = self.slots.get_mut(slot).and_then(Option::take) {
-            self.index.remove(&f.orig.key());
-            self.index.remove(&f.reply.key());
-            self.free.push(slot as u32);
-        }
+        let Some(f) = self.slots.get(slot).and_then(Option::as_ref) else {
+            return;
+        };
+        let (o, r) = (f.orig, f.reply);
+        self.remove_entry(&o);
+        self.remove_entry(&r);
+        self.slots[slot] = None;
+        self.free.push(slot as u32);
     }
 
     /// Removes every flow `pred` selects; returns how many.
@@ -410,6 +549,7 @@ impl CtTable {
         for &i in &doomed {
             self.remove_slot(i);
         }
+        self.maybe_rebuild();
         doomed.len()
     }
 
@@ -431,6 +571,7 @@ impl CtTable {
                 removed += 1;
             }
         }
+        self.maybe_rebuild();
         removed
     }
 
@@ -439,13 +580,26 @@ impl CtTable {
         self.slots.iter().flatten().cloned().collect()
     }
 
-    /// Bytes of memory the table holds per flow slot (index entries plus the
-    /// slot), measured from the allocations' capacities.
+    /// Bytes of memory per flow at the configured bound: the index (two
+    /// entries per flow, half full) and the flow slot.
     pub fn bytes_per_flow(&self) -> usize {
-        let flows = self.len().max(1);
-        let index = self.index.capacity() * (std::mem::size_of::<(u128, u32)>() + 1);
+        let index = self.buckets.len() * std::mem::size_of::<Bucket>();
         let slots = self.slots.capacity() * std::mem::size_of::<Option<Flow>>();
-        (index + slots + self.free.capacity() * 4) / flows
+        (index + slots) / self.max.max(1)
+    }
+
+    /// The table's large allocations (for hugepage advice by the I/O layer).
+    pub fn regions(&self) -> [(*const u8, usize); 2] {
+        [
+            (
+                self.buckets.as_ptr().cast(),
+                self.buckets.len() * std::mem::size_of::<Bucket>(),
+            ),
+            (
+                self.slots.as_ptr().cast(),
+                self.slots.capacity() * std::mem::size_of::<Option<Flow>>(),
+            ),
+        ]
     }
 }
 
@@ -477,14 +631,7 @@ impl Conntrack {
     /// An empty tracker for at most `max_flows` flows.
     pub fn new(max_flows: usize) -> Self {
         Self {
-            table: Mutex::new(CtTable {
-                index: FastMap::default(),
-                slots: Vec::new(),
-                free: Vec::new(),
-                max: max_flows,
-                expire_cursor: 0,
-                port_cursor: 0,
-            }),
+            table: Mutex::new(CtTable::with_max(max_flows)),
             stats: CtStats::default(),
         }
     }
@@ -495,11 +642,6 @@ impl Conntrack {
         // A worker that panicked holding the lock aborts the process
         // (panic = abort), so poisoning cannot be observed; recover anyway.
         self.table.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Changes the bound; existing flows stay even above it.
-    pub fn set_max(&self, max: usize) {
-        self.lock().max = max;
     }
 
     /// The bound.

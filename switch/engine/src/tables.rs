@@ -15,6 +15,44 @@ use crossbeam::queue::ArrayQueue;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+/// A hasher for small integer keys (addresses): murmur3's fmix64, far
+/// cheaper per lookup than the default SipHash, and the keys are not chosen
+/// by an attacker (they come from the control plane's tables).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IntHasher(u64);
+
+impl std::hash::Hasher for IntHasher {
+    #[inline]
+    fn finish(&self) -> u64 {
+        let mut k = self.0;
+        k ^= k >> 33;
+        k = k.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        k ^= k >> 33;
+        k
+    }
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ *b as u64;
+        }
+    }
+    #[inline]
+    fn write_u32(&mut self, v: u32) {
+        self.0 = (self.0 << 32) ^ v as u64;
+    }
+    #[inline]
+    fn write_u16(&mut self, v: u16) {
+        self.0 = (self.0 << 16) ^ v as u64;
+    }
+    #[inline]
+    fn write_u8(&mut self, v: u8) {
+        self.0 = (self.0 << 8) ^ v as u64;
+    }
+}
+
+/// A map keyed by addresses or ports, with [`IntHasher`].
+pub type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IntHasher>>;
+
 /// Ports a switch can hold.
 pub const MAX_PORTS: usize = 4096;
 
@@ -74,7 +112,7 @@ pub struct L3View {
     /// The host's own interface on the network (TAP), if any.
     pub host_port: Option<PortId>,
     /// Known container addresses: IPv4 → MAC (from attach).
-    pub hosts: HashMap<u32, Mac>,
+    pub hosts: FastMap<u32, Mac>,
 }
 
 /// A route out of the uplink.
@@ -104,7 +142,7 @@ pub struct UplinkView {
     /// Routes via the uplink, longest prefix first.
     pub routes: Vec<Route>,
     /// Next-hop MACs (the kernel's neighbour table).
-    pub neigh: HashMap<u32, Mac>,
+    pub neigh: FastMap<u32, Mac>,
     /// Source ports (and ICMP identifiers) for SNAT.
     pub snat_ports: (u16, u16),
 }
@@ -168,7 +206,7 @@ pub struct Snapshot {
     /// The uplink, if one is declared.
     pub uplink: Option<UplinkView>,
     /// Published ports by (IP protocol, host port).
-    pub published: HashMap<(u8, u16), Published>,
+    pub published: FastMap<(u8, u16), Published>,
 }
 
 impl Snapshot {

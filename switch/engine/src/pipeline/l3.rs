@@ -111,6 +111,8 @@ fn arp_reply_in_place(f: &mut [u8], mac: Mac, ip: u32) -> bool {
 struct V4 {
     l4: usize,
     tuple: Tuple,
+    /// The tuple's conntrack hash.
+    hash: u64,
     flags: u8,
     /// ICMP type, for ICMP.
     icmp_type: u8,
@@ -169,6 +171,7 @@ fn parse_v4(f: &[u8]) -> Option<V4> {
     }
     Some(V4 {
         l4,
+        hash: crate::conntrack::hash(&t),
         tuple: t,
         flags,
         icmp_type,
@@ -273,6 +276,9 @@ pub struct Ctx<'a> {
     /// Ingress port.
     pub in_port: PortId,
     ct: Option<MutexGuard<'a, CtTable>>,
+    /// The last L2 addressing decision: the frames of a batch mostly belong
+    /// to one flow, so the route and neighbour lookups are done once.
+    last_emit: Option<(Side, u32, [u8; 12], Action)>,
 }
 
 impl<'a> Ctx<'a> {
@@ -284,7 +290,23 @@ impl<'a> Ctx<'a> {
             now,
             in_port,
             ct: None,
+            last_emit: None,
         }
+    }
+
+    /// Starts the memory loads of a batch's conntrack lookups, so that their
+    /// cache misses overlap instead of being paid one after another: first
+    /// every index bucket, then every flow those buckets point at.
+    fn prefetch(&mut self, pre: &[Option<V4>]) {
+        let ct = self.ct();
+        let mut acc = 0u64;
+        for v in pre.iter().flatten() {
+            acc ^= ct.prefetch(v.hash, false);
+        }
+        for v in pre.iter().flatten() {
+            acc ^= ct.prefetch(v.hash, true);
+        }
+        std::hint::black_box(acc);
     }
 
     fn ct(&mut self) -> &mut CtTable {
@@ -294,6 +316,22 @@ impl<'a> Ctx<'a> {
 
     /// Addresses a frame to `side` at L2 and picks its output.
     fn emit_to(&mut self, f: &mut [u8], side: Side, dst_ip: u32) -> Action {
+        if let Some((s, ip, macs, a)) = &self.last_emit {
+            if *s == side && *ip == dst_ip {
+                f[0..12].copy_from_slice(macs);
+                return *a;
+            }
+        }
+        let a = self.emit_uncached(f, side, dst_ip);
+        if matches!(a, Action::Unicast(_)) {
+            let mut macs = [0u8; 12];
+            macs.copy_from_slice(&f[0..12]);
+            self.last_emit = Some((side, dst_ip, macs, a));
+        }
+        a
+    }
+
+    fn emit_uncached(&mut self, f: &mut [u8], side: Side, dst_ip: u32) -> Action {
         match side {
             Side::Uplink => {
                 let Some(u) = self.snap.uplink.as_ref() else {
@@ -329,7 +367,7 @@ impl<'a> Ctx<'a> {
     /// Looks `v` up and, on a hit, advances the flow's state.
     fn track(&mut self, v: &V4) -> Option<FlowHit> {
         let now = self.now;
-        let (flow, dir) = self.ct().lookup(&v.tuple)?;
+        let (flow, dir) = self.ct().lookup_hashed(&v.tuple, v.hash)?;
         flow.see(dir, v.flags, now);
         Some(FlowHit {
             new: flow.translated(dir),
@@ -411,9 +449,17 @@ pub fn route_batch(
     batch: &mut [Packet],
     hdrs: &mut [Hdr],
 ) {
-    for (p, h) in batch.iter_mut().zip(hdrs.iter_mut()) {
+    let mut pre = [None; crate::pipeline::BATCH];
+    for ((p, h), slot) in batch.iter().zip(hdrs.iter()).zip(pre.iter_mut()) {
+        if h.action == Action::Route && ethertype(p.data()) == ETH_P_IPV4 {
+            *slot = parse_v4(p.data());
+        }
+    }
+    ctx.prefetch(&pre);
+    for (i, (p, h)) in batch.iter_mut().zip(hdrs.iter_mut()).enumerate() {
         if h.action == Action::Route {
-            h.action = from_container(ctx, net, l3, p, h.src);
+            let v = pre.get(i).copied().flatten();
+            h.action = from_container(ctx, net, l3, p, h.src, v);
         }
     }
 }
@@ -429,6 +475,7 @@ fn from_container(
     l3: &L3View,
     p: &mut Packet,
     src_mac: Mac,
+    pre: Option<V4>,
 ) -> Action {
     match ethertype(p.data()) {
         ETH_P_ARP => {
@@ -444,7 +491,7 @@ fn from_container(
         ETH_P_IPV4 => {}
         _ => return host_port_or_drop(l3),
     }
-    let Some(v) = parse_v4(p.data()) else {
+    let Some(v) = pre.or_else(|| parse_v4(p.data())) else {
         return Action::Drop(DropReason::BadL3);
     };
     let t = v.tuple;
@@ -566,13 +613,21 @@ fn from_container(
 /// Handles a batch received on the uplink: sets each frame's action.
 pub fn from_uplink(ctx: &mut Ctx<'_>, u: &UplinkView, batch: &mut [Packet], out: &mut Vec<Action>) {
     out.clear();
-    for p in batch.iter_mut() {
-        let a = uplink_one(ctx, u, p);
+    let mut pre = [None; crate::pipeline::BATCH];
+    for (p, slot) in batch.iter().zip(pre.iter_mut()) {
+        if ethertype(p.data()) == ETH_P_IPV4 {
+            *slot = parse_v4(p.data());
+        }
+    }
+    ctx.prefetch(&pre);
+    for (i, p) in batch.iter_mut().enumerate() {
+        let v = pre.get(i).copied().flatten();
+        let a = uplink_one(ctx, u, p, v);
         out.push(a);
     }
 }
 
-fn uplink_one(ctx: &mut Ctx<'_>, u: &UplinkView, p: &mut Packet) -> Action {
+fn uplink_one(ctx: &mut Ctx<'_>, u: &UplinkView, p: &mut Packet, pre: Option<V4>) -> Action {
     let f = p.data();
     if f.len() < ETH_LEN {
         return Action::Drop(DropReason::Runt);
@@ -594,7 +649,7 @@ fn uplink_one(ctx: &mut Ctx<'_>, u: &UplinkView, p: &mut Packet) -> Action {
         ETH_P_IPV4 => {}
         _ => return Action::Drop(DropReason::ToKernel),
     }
-    let Some(v) = parse_v4(f) else {
+    let Some(v) = pre.or_else(|| parse_v4(f)) else {
         return Action::Drop(DropReason::ToKernel);
     };
     let t = v.tuple;
