@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Demo: a host namespace running vswitch, four "containers" (namespaces):
-# three on network blue (two TAP, one veth/AF_XDP) and one on red. They ping,
-# run iperf3, and the switch's FDB and counters are shown. Everything is
+# three on network blue (two TAP, one veth/AF_XDP) and one on red, and an
+# "external" namespace behind the host's uplink. Containers ping, run iperf3,
+# fetch a page from outside through SNAT, and serve one on a published port;
+# the switch's FDB, connection table and counters are shown. Everything is
 # removed at the end, also on failure or Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,11 +15,17 @@ SOCK=/tmp/$P.sock
 VS() { "$BIN" --socket "$SOCK" "$@"; }
 cleanup() {
     [ -n "${SW:-}" ] && kill "$SW" 2>/dev/null && wait "$SW" 2>/dev/null || true
-    for n in host c1 c2 c3 r1; do ip netns del "$P-$n" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    for n in host c1 c2 c3 r1 ext; do ip netns del "$P-$n" 2>/dev/null || true; done
     rm -f "$SOCK" "/tmp/$P.log"
 }
+PIDS=()
 trap cleanup EXIT INT TERM
-for n in host c1 c2 c3 r1; do ip netns add "$P-$n"; ip -n "$P-$n" link set lo up; done
+for n in host c1 c2 c3 r1 ext; do ip netns add "$P-$n"; ip -n "$P-$n" link set lo up; done
+# The host's external interface: a veth to the "external" namespace.
+ip link add "${P}u" netns "$P-host" type veth peer name "${P}x" netns "$P-ext"
+ip -n "$P-host" addr add 192.168.200.1/24 dev "${P}u"; ip -n "$P-host" link set "${P}u" up
+ip -n "$P-ext" addr add 192.168.200.2/24 dev "${P}x"; ip -n "$P-ext" link set "${P}x" up
 ip netns exec "$P-host" "$BIN" run --config configs/demo.toml --socket "$SOCK" 2>"/tmp/$P.log" &
 SW=$!
 for _ in $(seq 50); do [ -S "$SOCK" ] && break; sleep 0.1; done
@@ -35,4 +43,17 @@ sleep 0.3; ip netns exec "$P-c1" iperf3 -c 10.77.1.12 -t 3 | grep -E 'sender|rec
 echo "== iperf3 TCP, TAP container to veth (AF_XDP) container"
 ip netns exec "$P-c3" iperf3 -s -1 -B 10.77.1.13 >/dev/null & S=$!
 sleep 0.3; ip netns exec "$P-c1" iperf3 -c 10.77.1.13 -t 3 | grep -E 'sender|receiver'; wait $S
+echo "== gateway and NAT: uplink ${P}u, SNAT to 192.168.200.1"
+VS uplink add "${P}u"
+mkdir -p "/tmp/$P-www" && echo "hello from outside" >"/tmp/$P-www/index.html"
+ip netns exec "$P-ext" python3 -m http.server 8080 --bind 0.0.0.0 --directory "/tmp/$P-www" >/dev/null 2>&1 & PIDS+=("$!")
+mkdir -p "/tmp/$P-c2www" && echo "hello from container c2" >"/tmp/$P-c2www/index.html"
+ip netns exec "$P-c2" python3 -m http.server 80 --bind 0.0.0.0 --directory "/tmp/$P-c2www" >/dev/null 2>&1 & PIDS+=("$!")
+for _ in $(seq 50); do ip netns exec "$P-c2" ss -Hltn 'sport = :80' | grep -q . && break; sleep 0.1; done
+echo -n "c1 -> http://192.168.200.2:8080 (through SNAT): "; ip netns exec "$P-c1" curl -s -m 5 http://192.168.200.2:8080/ || echo "(failed)"
+VS publish blue 10.77.1.12:80 --host-port 8081 >/dev/null
+echo -n "external -> http://192.168.200.1:8081 (published port of c2): "; ip netns exec "$P-ext" curl -s -m 5 http://192.168.200.1:8081/ || echo "(failed)"
+echo -n "c1 -> http://192.168.200.1:8081 (hairpin): "; ip netns exec "$P-c1" curl -s -m 5 http://192.168.200.1:8081/ || echo "(failed)"
+echo; VS conntrack show
+rm -rf "/tmp/$P-www" "/tmp/$P-c2www"
 echo; VS fdb show; echo; VS stats

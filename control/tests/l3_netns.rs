@@ -273,7 +273,7 @@ fn published_ports_hairpin_and_host_access() {
     t.vs_ok(&["network", "create", "web", "--subnet", "10.71.0.0/24"]);
     t.vs_ok(&["network", "create", "other", "--subnet", "10.72.0.0/24"]);
     let web = attach(&mut t, "web", "w1", "tap");
-    let _c = attach(&mut t, "web", "w2", "veth");
+    let w2_ip = attach(&mut t, "web", "w2", "veth");
     let _o = attach(&mut t, "other", "o1", "tap");
     http_server(&mut t, "w1", 80, "served by w1");
     let hp = t
@@ -355,6 +355,34 @@ fn published_ports_hairpin_and_host_access() {
         bytes > 100_000_000,
         "iperf3 to a published port moved {bytes} bytes"
     );
+    // A container on two networks (eth0, eth1), as with `docker network connect`.
+    t.vs_ok(&["attach", "web", "--netns", &t.ns("o1"), "--ifname", "eth1"]);
+    let a = ok(&t.exec("o1", &["ip", "-4", "-o", "addr", "show", "eth1"]));
+    assert!(a.contains("10.71.0."), "{a}");
+    let d = ok(&t.exec("o1", &["ip", "route", "show", "default"]));
+    assert!(
+        d.contains("via 10.72.0.1") && !d.contains("10.71.0.1"),
+        "the first network keeps the default route: {d}"
+    );
+    assert!(
+        t.ping("o1", &web, 1),
+        "o1 reaches w1 over its second interface"
+    );
+    // IPAM frees an address on detach and hands it out again, never twice.
+    t.vs_ok(&["detach", "web", "--netns", &t.ns("w2")]);
+    let w3 = attach(&mut t, "web", "w3", "tap");
+    assert_eq!(w3, w2_ip, "the freed address is reused");
+    let v = t.json(&["network", "inspect", "web"]);
+    let mut ips: Vec<&str> = v["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["ip"].as_str().unwrap())
+        .collect();
+    let n = ips.len();
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), n, "an address was given twice: {v}");
     // Bad requests say what to fix.
     let e = t.vs(&["publish", "web", "10.71.0.99:80"]);
     assert!(!e.status.success());

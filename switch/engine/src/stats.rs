@@ -39,7 +39,7 @@ drop_reasons! {
     BadOffload => "bad_offload": "Malformed checksum/segmentation request from a TAP.",
     TooBig => "too_big": "Frame larger than the output port accepts.",
     RxError => "rx_error": "The port received something that is not a frame (e.g. a bad virtio-net header).",
-    RxRingFull => "rx_ring_full": "The kernel dropped frames for this socket: RX ring full or fill ring empty (AF_XDP).",
+    RxRingFull => "rx_ring_full": "The kernel dropped frames for this socket: RX ring full or fill ring empty (AF_XDP), receive buffer full (AF_PACKET uplink).",
     Isolated => "isolated": "Addressed to another network's subnet: networks are isolated.",
     Internal => "internal": "Egress or published-port traffic of an --internal network.",
     IccBlocked => "icc_blocked": "Container to container in a --no-icc network (for a broadcast: the copies other containers would have had).",

@@ -33,6 +33,10 @@ pub struct VnetPort {
     name: String,
     fd: OwnedFd,
     bad_hdr: u32,
+    /// AF_PACKET: the kernel counts what it dropped for a full socket buffer.
+    packet: bool,
+    bursts: u32,
+    kernel_drops: u32,
 }
 
 /// A TAP device opened by the switch.
@@ -83,6 +87,9 @@ impl VnetPort {
             name: name.to_string(),
             fd,
             bad_hdr: 0,
+            packet: false,
+            bursts: 0,
+            kernel_drops: 0,
         })
     }
 }
@@ -165,7 +172,33 @@ impl VnetPort {
             name: iface.to_string(),
             fd,
             bad_hdr: 0,
+            packet: true,
+            bursts: 0,
+            kernel_drops: 0,
         })
+    }
+
+    /// Adds the kernel's drop count since the last read (reading resets it).
+    fn read_packet_stats(&mut self) {
+        let mut st = libc::tpacket_stats {
+            tp_packets: 0,
+            tp_drops: 0,
+        };
+        let mut len = std::mem::size_of::<libc::tpacket_stats>() as libc::socklen_t;
+        // SAFETY: PACKET_STATISTICS writes a `struct tpacket_stats` of at most
+        // `len` bytes into `st`, which lives across the call.
+        let r = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_STATISTICS,
+                (&mut st as *mut libc::tpacket_stats).cast(),
+                &mut len,
+            )
+        };
+        if r == 0 {
+            self.kernel_drops = self.kernel_drops.saturating_add(st.tp_drops);
+        }
     }
 }
 
@@ -258,5 +291,22 @@ impl Port for VnetPort {
 
     fn take_drops(&mut self, drops: &mut BatchDrops) {
         drops.add_n(DropReason::RxError, std::mem::take(&mut self.bad_hdr));
+        if self.packet {
+            self.bursts = self.bursts.wrapping_add(1);
+            if self.bursts.is_multiple_of(1024) {
+                self.read_packet_stats();
+            }
+            drops.add_n(
+                DropReason::RxRingFull,
+                std::mem::take(&mut self.kernel_drops),
+            );
+        }
+    }
+
+    fn idle(&mut self) -> Result<(), PortError> {
+        if self.packet {
+            self.read_packet_stats();
+        }
+        Ok(())
     }
 }

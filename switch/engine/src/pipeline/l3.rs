@@ -581,6 +581,9 @@ fn from_container(
     if !is_tracked {
         return Action::Drop(DropReason::BadL3);
     }
+    if u.next_hop(t.dst).is_none() {
+        return Action::Drop(DropReason::NoRoute);
+    }
     // New flow to the outside: SNAT to the uplink's address.
     let (snat, range) = (u.snat_ip, u.snat_ports);
     let Some(nat_port) = ctx
