@@ -9,13 +9,17 @@
 #   sudo bash bench/run.sh            # full run (~2 minutes)
 #   DURATION=3 bash bench/run.sh      # shorter
 #
-# Cores are configuration: the switch worker runs on $WORKER_CORE, traffic
-# generators and the containers' stacks on $GEN_CORE.
+# Cores are configuration: the switch worker runs on $WORKER_CORE; traffic
+# generators and the containers' processes (iperf3, servers, clients) run on
+# $GEN_CORE, in the kernel runs too, so both datapaths see the same
+# placement of the applications (the brief's layout: one core for the
+# worker, one shared by the generator and the containers' stacks).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-5}
 WORKER_CORE=${WORKER_CORE:-1}
 GEN_CORE=${GEN_CORE:-0}
+APP="taskset -c $GEN_CORE"
 bash scripts/install-deps.sh >/dev/null
 cargo build --release -q
 BIN=$PWD/target/release/vswitch
@@ -56,18 +60,18 @@ CFG
 
 # iperf3 TCP, one stream, $1 -> $2 ($3 server IP); prints Gbit/s.
 tcp() {
-    ip netns exec "$P-$2" iperf3 -s -1 -B "$3" >/dev/null 2>&1 & local s=$!
+    ip netns exec "$P-$2" $APP iperf3 -s -1 -B "$3" >/dev/null 2>&1 & local s=$!
     sleep 0.4
-    NS "$1" iperf3 -c "$3" -t "$DURATION" -J >"$TMP/i.json" || true
+    NS "$1" $APP iperf3 -c "$3" -t "$DURATION" -J >"$TMP/i.json" || true
     wait $s 2>/dev/null || true
     python3 -c "import json;print(round(json.load(open('$TMP/i.json'))['end']['sum_received']['bits_per_second']/1e9,3))"
 }
 
 # UDP RTT $1 -> $2:$3; writes "p50 p99" (µs) to $TMP/rtt.
 rtt() {
-    ip netns exec "$P-$2" "$BENCH" udp-echo --bind "$3:7777" & local e=$!
+    ip netns exec "$P-$2" $APP "$BENCH" udp-echo --bind "$3:7777" & local e=$!
     PIDS+=("$e"); sleep 0.3
-    NS "$1" "$BENCH" rtt --to "$3:7777" --count 3000 --interval-us 200 >"$TMP/r.json" || true
+    NS "$1" $APP "$BENCH" rtt --to "$3:7777" --count 3000 --interval-us 200 >"$TMP/r.json" || true
     kill "$e" 2>/dev/null || true; wait "$e" 2>/dev/null || true
     python3 -c "import json;d=json.load(open('$TMP/r.json'));print(d['p50_us'],d['p99_us'])" >"$TMP/rtt"
 }
@@ -87,9 +91,9 @@ oneway() {
     local n=20
     ip netns exec "$P-$1" timeout 30 tcpdump -i eth0 -n -tt -l -c $((n + 10)) "udp and dst port 7777" >"$TMP/tx.txt" 2>/dev/null & local a=$!
     ip netns exec "$P-$2" timeout 30 tcpdump -i eth0 -n -tt -l -c $((n + 10)) "udp and dst port 7777" >"$TMP/rx.txt" 2>/dev/null & local b=$!
-    ip netns exec "$P-$2" "$BENCH" udp-echo --bind "$3:7777" & local e=$!
+    ip netns exec "$P-$2" $APP "$BENCH" udp-echo --bind "$3:7777" & local e=$!
     PIDS+=("$a" "$b" "$e"); sleep 1.5
-    NS "$1" "$BENCH" rtt --to "$3:7777" --count $n --interval-us 300000 >/dev/null || true
+    NS "$1" $APP "$BENCH" rtt --to "$3:7777" --count $n --interval-us 300000 >/dev/null || true
     wait "$a" "$b" 2>/dev/null || true
     kill "$e" 2>/dev/null || true; wait "$e" 2>/dev/null || true
     python3 - "$TMP/tx.txt" "$TMP/rx.txt" >"$TMP/oneway" <<'PY'
@@ -172,16 +176,16 @@ echo "one-way latency of packets after 300 ms idle (first packet wakes the worke
 
 # iperf3 TCP, server in $1 on port $2, client in $3 to $4:$5; prints Gbit/s.
 tcp_to() {
-    ip netns exec "$P-$1" iperf3 -s -1 -p "$2" >/dev/null 2>&1 & local s=$!
+    ip netns exec "$P-$1" $APP iperf3 -s -1 -p "$2" >/dev/null 2>&1 & local s=$!
     sleep 0.4
-    NS "$3" iperf3 -c "$4" -p "$5" -t "$DURATION" -J >"$TMP/i.json" || true
+    NS "$3" $APP iperf3 -c "$4" -p "$5" -t "$DURATION" -J >"$TMP/i.json" || true
     wait $s 2>/dev/null || true
     python3 -c "import json;print(round(json.load(open('$TMP/i.json'))['end']['sum_received']['bits_per_second']/1e9,3))"
 }
 
 # New TCP connections per second from $1 to $2:$3 (server already running).
 cps() {
-    NS "$1" "$BENCH" connrate --to "$2:$3" --secs "$DURATION" --threads 4 >"$TMP/c.json" || true
+    NS "$1" $APP "$BENCH" connrate --to "$2:$3" --secs "$DURATION" --threads 4 >"$TMP/c.json" || true
     python3 -c "import json;print(round(json.load(open('$TMP/c.json'))['conn_per_sec']))"
 }
 
@@ -207,7 +211,7 @@ NS nh iptables -t nat -A PREROUTING -d 192.168.95.1 -p tcp --dport 18080 -j DNAT
 NS nc ping -c 2 -i 0.2 192.168.95.2 >/dev/null
 K_SNAT=$(tcp_to ne 5201 nc 192.168.95.2 5201); echo "iperf3 TCP container -> external (MASQUERADE): $K_SNAT Gbit/s"
 K_DNAT=$(tcp_to nc 5201 ne 192.168.95.1 15201); echo "iperf3 TCP external -> published port (DNAT): $K_DNAT Gbit/s"
-ip netns exec "$P-nc" "$BENCH" accept-server --bind 0.0.0.0:8080 & PIDS+=("$!"); sleep 0.3
+ip netns exec "$P-nc" $APP "$BENCH" accept-server --bind 0.0.0.0:8080 & PIDS+=("$!"); sleep 0.3
 K_CPS=$(cps ne 192.168.95.1 18080); echo "new TCP connections/s to a published port: $K_CPS"
 
 echo "== NAT: vswitch gateway (worker on core $WORKER_CORE, busy polling; TAP container, AF_PACKET uplink)"
@@ -231,7 +235,7 @@ start_switch sh "$TMP/nat.toml" "$SOCK3"; NPID=$SWPID
 NS sc ping -c 2 -i 0.2 192.168.94.2 >/dev/null
 V_SNAT=$(tcp_to se 5201 sc 192.168.94.2 5201); echo "iperf3 TCP container -> external (SNAT): $V_SNAT Gbit/s"
 V_DNAT=$(tcp_to sc 5201 se 192.168.94.1 15201); echo "iperf3 TCP external -> published port (DNAT): $V_DNAT Gbit/s"
-ip netns exec "$P-sc" "$BENCH" accept-server --bind 0.0.0.0:8080 & PIDS+=("$!"); sleep 0.3
+ip netns exec "$P-sc" $APP "$BENCH" accept-server --bind 0.0.0.0:8080 & PIDS+=("$!"); sleep 0.3
 V_CPS=$(cps se 192.168.94.1 18080); echo "new TCP connections/s to a published port: $V_CPS"
 "$BIN" --socket "$SOCK3" stats
 "$BIN" --socket "$SOCK3" conntrack show | tail -1
