@@ -145,6 +145,24 @@ fn egress_snat_dns_icmp_and_host_untouched() {
             );
         }
     }
+    // ICMP echo through SNAT, tracked by identifier: both containers ping
+    // the same outside hosts at once.
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| t.ping("c1", REMOTE, 3));
+        let b = s.spawn(|| t.ping("c2", REMOTE, 3));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    assert!(a && b, "ping through SNAT\n{}", t.log());
+    let ct = t.json(&["conntrack", "show", "--json"]);
+    let icmp = ct["flows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| {
+            f["orig"]["proto"] == "icmp" && f["orig"]["dst"].as_str().unwrap().starts_with(REMOTE)
+        })
+        .count();
+    assert_eq!(icmp, 2, "one ICMP flow per pinging container: {ct}");
     // The server saw the host's address, not the container's.
     let ss = ok(&t.exec("ext", &["ss", "-Htn", "state", "time-wait"]));
     assert!(ss.contains(HOST_IP) && !ss.contains("10.70.0."), "{ss}");
