@@ -56,6 +56,7 @@ fn tables(flows: usize) -> (Arc<Tables>, Arc<Snapshot>) {
                 host_port: Some(2),
                 hosts: Default::default(),
             }),
+            overlay: None,
         })],
         uplink: Some(UplinkView {
             port: UPLINK,
@@ -69,6 +70,7 @@ fn tables(flows: usize) -> (Arc<Tables>, Arc<Snapshot>) {
             }],
             neigh: [(NEXT_HOP, NH_MAC)].into_iter().collect(),
             snat_ports: (10000, 59999),
+            vtep_ip: 0,
         }),
         ..Default::default()
     });

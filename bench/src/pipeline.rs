@@ -35,6 +35,7 @@ fn tables() -> (Arc<Tables>, Arc<Snapshot>) {
             name: "bench".into(),
             ports: vec![1, 2],
             l3: None,
+            overlay: None,
         })],
         ..Default::default()
     });

@@ -126,6 +126,22 @@ pub enum Request {
     },
     /// Tracked connections.
     ConntrackShow,
+    /// Add a peer VTEP to an overlay network.
+    PeerAdd {
+        /// Network.
+        network: String,
+        /// VTEP address.
+        vtep: String,
+    },
+    /// Remove a peer VTEP.
+    PeerRm {
+        /// Network.
+        network: String,
+        /// VTEP address.
+        vtep: String,
+    },
+    /// List peers of every overlay network.
+    PeerLs,
 }
 
 /// Transport protocol of a published port.

@@ -37,6 +37,9 @@ pub struct UplinkConfig {
     pub snat_ports: Option<String>,
     /// Worker that polls it (default: the least loaded).
     pub worker: Option<usize>,
+    /// Local VTEP address for overlay networks; default: the SNAT address.
+    #[serde(default)]
+    pub vtep: Option<String>,
 }
 
 /// Switch-wide settings.
@@ -87,8 +90,9 @@ pub struct NetworkConfig {
     pub subnet: Option<String>,
     /// Gateway address inside the subnet (default: its first address).
     pub gateway: Option<String>,
-    /// MTU given to attached interfaces.
-    #[serde(default = "default_mtu")]
+    /// MTU given to attached interfaces; 0: automatic (1500, or 1450 on an
+    /// overlay: the underlay's 1500 minus the 50 bytes of VXLAN).
+    #[serde(default)]
     pub mtu: u32,
     /// Learned MAC entries allowed in this network.
     #[serde(default = "default_mac_limit")]
@@ -96,6 +100,24 @@ pub struct NetworkConfig {
     /// Seconds a learned MAC lives without being seen (0: never ages).
     #[serde(default = "default_aging")]
     pub aging_secs: u32,
+    /// `bridge` (this host only) or `overlay` (VXLAN across hosts).
+    #[serde(default)]
+    pub driver: Driver,
+    /// VXLAN network identifier (overlay networks), 1..=16777215.
+    #[serde(default)]
+    pub vni: Option<u32>,
+    /// Peer VTEP addresses (overlay networks): head-end replication list.
+    #[serde(default)]
+    pub peers: Vec<String>,
+    /// Learn remote MACs from decapsulated frames (overlay networks).
+    #[serde(default = "default_true")]
+    pub learning: bool,
+    /// Outer TTL of VXLAN packets.
+    #[serde(default = "default_ttl")]
+    pub ttl: u8,
+    /// Set don't-fragment on VXLAN packets.
+    #[serde(default)]
+    pub df: bool,
     /// No egress and no published ports (`network create --internal`).
     #[serde(default)]
     pub internal: bool,
@@ -103,6 +125,24 @@ pub struct NetworkConfig {
     /// the outside (`network create --no-icc`).
     #[serde(default)]
     pub no_icc: bool,
+}
+
+/// How a network reaches beyond this host.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Driver {
+    /// A bridge domain on this host.
+    #[default]
+    Bridge,
+    /// VXLAN across hosts (RFC 7348), over the uplink.
+    Overlay,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_ttl() -> u8 {
+    64
 }
 
 /// Kinds of port.
@@ -161,9 +201,6 @@ fn default_workers() -> Vec<WorkerConfig> {
 }
 fn default_fdb_capacity() -> usize {
     1 << 18
-}
-fn default_mtu() -> u32 {
-    1500
 }
 fn default_mac_limit() -> u32 {
     16384
@@ -312,7 +349,7 @@ pub fn validate_network(n: &NetworkConfig) -> Result<(), ConfigError> {
             n.name
         )));
     }
-    if !(68..=9000).contains(&n.mtu) {
+    if n.mtu != 0 && !(68..=9000).contains(&n.mtu) {
         return Err(ConfigError::Invalid(format!(
             "network {:?}: mtu {} is outside 68..=9000",
             n.name, n.mtu
@@ -334,6 +371,30 @@ pub fn validate_network(n: &NetworkConfig) -> Result<(), ConfigError> {
                 n.name
             )));
         }
+    }
+    match (n.driver, n.vni) {
+        (Driver::Overlay, Some(v)) if (1..=0xff_ffff).contains(&v) => {}
+        (Driver::Overlay, _) => {
+            return Err(ConfigError::Invalid(format!(
+                "network {:?}: an overlay network needs --vni between 1 and 16777215",
+                n.name
+            )))
+        }
+        (Driver::Bridge, _) if !n.peers.is_empty() || n.vni.is_some() => {
+            return Err(ConfigError::Invalid(format!(
+                "network {:?}: --vni and peers are for --driver overlay",
+                n.name
+            )))
+        }
+        _ => {}
+    }
+    for p in &n.peers {
+        p.parse::<std::net::Ipv4Addr>().map_err(|_| {
+            ConfigError::Invalid(format!(
+                "network {:?}: peer {p:?} is not an IPv4 VTEP address",
+                n.name
+            ))
+        })?;
     }
     if (n.internal || n.no_icc) && subnet.is_none() {
         return Err(ConfigError::Invalid(format!(

@@ -4,7 +4,7 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use vswitch_control::api::{AttachKind, FdbInfo, NetworkInfo, PortInfo, Proto, Request};
-use vswitch_control::config::{Config, NetworkConfig, PortKind, UplinkConfig};
+use vswitch_control::config::{Config, Driver, NetworkConfig, PortKind, UplinkConfig};
 use vswitch_control::server;
 
 #[derive(Parser)]
@@ -113,6 +113,41 @@ enum Cmd {
     /// Connection tracking.
     #[command(subcommand)]
     Conntrack(ConntrackCmd),
+    /// Peer VTEPs of overlay networks.
+    #[command(subcommand)]
+    Peer(PeerCmd),
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DriverArg {
+    Bridge,
+    Overlay,
+}
+
+#[derive(Subcommand)]
+enum PeerCmd {
+    /// Add a peer VTEP to an overlay network.
+    Add {
+        /// Network.
+        network: String,
+        /// VTEP address.
+        #[arg(long)]
+        vtep: String,
+    },
+    /// List peers.
+    Ls {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a peer VTEP.
+    Rm {
+        /// Network.
+        network: String,
+        /// VTEP address.
+        #[arg(long)]
+        vtep: String,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -145,6 +180,9 @@ enum UplinkCmd {
         /// Worker to poll it.
         #[arg(long)]
         worker: Option<usize>,
+        /// Local VTEP address for overlay networks (default: the SNAT address).
+        #[arg(long)]
+        vtep: Option<String>,
     },
     /// Show the uplink, its routes and next hops (JSON).
     Show,
@@ -206,9 +244,27 @@ struct CreateArgs {
     /// Gateway address in the subnet.
     #[arg(long)]
     gateway: Option<String>,
-    /// MTU of attached interfaces.
-    #[arg(long, default_value_t = 1500)]
-    mtu: u32,
+    /// MTU of attached interfaces (default 1500; 1450 on an overlay).
+    #[arg(long)]
+    mtu: Option<u32>,
+    /// `bridge` (this host) or `overlay` (VXLAN across hosts).
+    #[arg(long, value_enum, default_value = "bridge")]
+    driver: DriverArg,
+    /// VXLAN network identifier (overlay).
+    #[arg(long)]
+    vni: Option<u32>,
+    /// Peer VTEP (overlay; repeat for several).
+    #[arg(long = "peer")]
+    peers: Vec<String>,
+    /// Do not learn remote MACs from decapsulated frames (overlay).
+    #[arg(long)]
+    no_learning: bool,
+    /// Outer TTL of VXLAN packets (overlay).
+    #[arg(long, default_value_t = 64)]
+    ttl: u8,
+    /// Set don't-fragment on VXLAN packets (overlay).
+    #[arg(long)]
+    df: bool,
     /// Learned MACs allowed.
     #[arg(long, default_value_t = 16384)]
     mac_limit: u32,
@@ -344,7 +400,16 @@ fn run(cli: Cli) -> Result<(), String> {
                     name: a.name.clone(),
                     subnet: a.subnet.clone(),
                     gateway: a.gateway.clone(),
-                    mtu: a.mtu,
+                    mtu: a.mtu.unwrap_or(0),
+                    driver: match a.driver {
+                        DriverArg::Bridge => Driver::Bridge,
+                        DriverArg::Overlay => Driver::Overlay,
+                    },
+                    vni: a.vni,
+                    peers: a.peers.clone(),
+                    learning: !a.no_learning,
+                    ttl: a.ttl,
+                    df: a.df,
                     mac_limit: a.mac_limit,
                     aging_secs: a.aging,
                     internal: a.internal,
@@ -552,6 +617,7 @@ fn run(cli: Cli) -> Result<(), String> {
             snat_ip,
             snat_ports,
             worker,
+            vtep,
         }) => {
             let v = call(
                 &cli,
@@ -560,6 +626,7 @@ fn run(cli: Cli) -> Result<(), String> {
                     snat_ip: snat_ip.clone(),
                     snat_ports: snat_ports.clone(),
                     worker: *worker,
+                    vtep: vtep.clone(),
                 }),
             )?;
             out!(
@@ -610,6 +677,43 @@ fn run(cli: Cli) -> Result<(), String> {
                     proto: (*proto).into(),
                 },
             )?;
+            Ok(())
+        }
+        Cmd::Peer(PeerCmd::Add { network, vtep }) => {
+            call(
+                &cli,
+                Request::PeerAdd {
+                    network: network.clone(),
+                    vtep: vtep.clone(),
+                },
+            )?;
+            Ok(())
+        }
+        Cmd::Peer(PeerCmd::Rm { network, vtep }) => {
+            call(
+                &cli,
+                Request::PeerRm {
+                    network: network.clone(),
+                    vtep: vtep.clone(),
+                },
+            )?;
+            Ok(())
+        }
+        Cmd::Peer(PeerCmd::Ls { json }) => {
+            let v = call(&cli, Request::PeerLs)?;
+            if *json {
+                out!("{}", pretty(&v));
+                return Ok(());
+            }
+            out!("{:<16} {:<10} VTEP", "NETWORK", "VNI");
+            for p in v.as_array().into_iter().flatten() {
+                out!(
+                    "{:<16} {:<10} {}",
+                    p["network"].as_str().unwrap_or("?"),
+                    p["vni"],
+                    p["vtep"].as_str().unwrap_or("?")
+                );
+            }
             Ok(())
         }
         Cmd::Conntrack(ConntrackCmd::Show { json }) => {

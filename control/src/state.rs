@@ -2,7 +2,7 @@
 //! thread (and its housekeeping timer) touch it, under one mutex; workers see
 //! the snapshots it publishes and the FDB, never this.
 use crate::api::{AttachKind, FdbInfo, NetworkInfo, PortInfo, Proto, Request, Response};
-use crate::config::{self, Config, NetworkConfig, PortKind, UplinkConfig};
+use crate::config::{self, Config, Driver, NetworkConfig, PortKind, UplinkConfig};
 use crate::netns;
 use crate::uplink::{Guard, Proxy};
 use crossbeam::channel::Receiver;
@@ -13,9 +13,10 @@ use std::sync::Arc;
 use vswitch_engine::clock::{Clock, MonotonicClock};
 use vswitch_engine::conntrack::{Flow, Side};
 use vswitch_engine::fdb::{NetId, MAX_NETWORKS};
+use vswitch_engine::pipeline::vxlan::{is_remote, REMOTE_BASE};
 use vswitch_engine::port::{Port, PortCaps, PortId};
 use vswitch_engine::stats::PortStats;
-use vswitch_engine::tables::{L3View, Prefix, Published, Route, UplinkView};
+use vswitch_engine::tables::{L3View, OverlayView, Prefix, Published, Route, UplinkView};
 use vswitch_engine::tables::{NetworkView, PortView, Snapshot, Tables, MAX_PORTS};
 use vswitch_engine::wire::mac::Mac;
 use vswitch_engine::worker::{self, Command, Event, WorkerConfig, WorkerHandle};
@@ -81,6 +82,7 @@ struct UplinkRec {
     mac: Mac,
     snat_ip: Ipv4Addr,
     snat_is_local: bool,
+    vtep: Ipv4Addr,
     local: Vec<Ipv4Addr>,
     snat: (u16, u16),
     routes: Vec<netns::V4Route>,
@@ -125,6 +127,9 @@ pub struct State {
     uplink: Option<UplinkRec>,
     published: BTreeMap<(Proto, u16), PubRec>,
     last_refresh: std::time::Instant,
+    /// Remote VTEPs ever named by an overlay network; VTEP `i` is port
+    /// `REMOTE_BASE + i` in the FDB. Append-only, so FDB entries stay valid.
+    vteps: Vec<Ipv4Addr>,
 }
 
 impl State {
@@ -168,6 +173,7 @@ impl State {
             uplink: None,
             published: BTreeMap::new(),
             last_refresh: std::time::Instant::now(),
+            vteps: Vec::new(),
         };
         for n in &cfg.networks {
             s.network_create(n.clone())?;
@@ -254,6 +260,11 @@ impl State {
                 .unpublish(&network, host_port, proto)
                 .map(|_| json!(null)),
             Request::ConntrackShow => Ok(self.conntrack_show()),
+            Request::PeerAdd { network, vtep } => {
+                self.peer_add(&network, &vtep).map(|_| json!(null))
+            }
+            Request::PeerRm { network, vtep } => self.peer_rm(&network, &vtep).map(|_| json!(null)),
+            Request::PeerLs => Ok(self.peer_ls()),
         };
         match r {
             Ok(data) => Response {
@@ -300,6 +311,20 @@ impl State {
                         .map(|(ip, (mac, _))| (u32::from(*ip), *mac))
                         .collect(),
                 }),
+                overlay: (n.cfg.driver == Driver::Overlay).then(|| OverlayView {
+                    vni: n.cfg.vni.unwrap_or(0),
+                    peers: n
+                        .cfg
+                        .peers
+                        .iter()
+                        .filter_map(|p| p.parse::<Ipv4Addr>().ok())
+                        .filter_map(|ip| self.vteps.iter().position(|v| *v == ip))
+                        .map(|i| REMOTE_BASE + i as PortId)
+                        .collect(),
+                    learning: n.cfg.learning,
+                    ttl: n.cfg.ttl,
+                    df: n.cfg.df,
+                }),
             });
         }
         for p in self.ports.values() {
@@ -344,6 +369,7 @@ impl State {
                     .map(|(ip, m)| (u32::from(*ip), Mac::from_bytes(m)))
                     .collect(),
                 snat_ports: u.snat,
+                vtep_ip: u32::from(u.vtep),
             }
         });
         let mut published = vswitch_engine::tables::FastMap::default();
@@ -360,17 +386,50 @@ impl State {
                 );
             }
         }
+        let vteps: Vec<u32> = self.vteps.iter().map(|v| u32::from(*v)).collect();
+        let vtep_index = vteps
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (*v, i as u16))
+            .collect();
+        let vni_nets = self
+            .networks
+            .values()
+            .filter(|n| n.cfg.driver == Driver::Overlay)
+            .filter_map(|n| n.cfg.vni.map(|v| (v, n.id)))
+            .collect();
         self.tables.publish(Snapshot {
             generation: 0,
             ports,
             networks,
             uplink,
             published,
+            vteps,
+            vtep_index,
+            vni_nets,
         });
     }
 
     fn network_create(&mut self, mut c: NetworkConfig) -> Result<(), CmdError> {
         config::validate_network(&c)?;
+        if c.mtu == 0 {
+            c.mtu = if c.driver == Driver::Overlay {
+                1450
+            } else {
+                1500
+            };
+        }
+        if let Some(vni) = c.vni {
+            if let Some(o) = self.networks.values().find(|n| n.cfg.vni == Some(vni)) {
+                return err(format!(
+                    "VNI {vni} is already used by network {:?}",
+                    o.cfg.name
+                ));
+            }
+        }
+        for p in c.peers.clone() {
+            self.vtep_port(&p)?;
+        }
         let subnet: Option<ipnetwork::Ipv4Network> =
             c.subnet.as_deref().and_then(|s| s.parse().ok());
         if let Some(sn) = subnet {
@@ -411,8 +470,16 @@ impl State {
             _ => None,
         };
         let mtu = c.mtu;
+        let overlay = c.driver == Driver::Overlay;
         self.networks.insert(name.clone(), Net { id, cfg: c, l3 });
         self.publish();
+        if overlay {
+            if let Err(e) = self.reapply_guard() {
+                let _ = self.network_rm(&name);
+                return Err(e);
+            }
+            self.refresh_uplink(false);
+        }
         if let Err(e) = self.make_host_interface(&name, id, mtu) {
             let _ = self.network_rm(&name);
             return Err(e);
@@ -934,10 +1001,15 @@ impl State {
             .map(|e| FdbInfo {
                 network: self.net_name(e.net),
                 mac: e.mac.to_string(),
-                port: self
-                    .ports
-                    .get(&e.port)
-                    .map_or_else(|| format!("#{}", e.port), |p| p.iface.clone()),
+                port: if is_remote(e.port) {
+                    self.vteps
+                        .get((e.port - REMOTE_BASE) as usize)
+                        .map_or_else(|| format!("#{}", e.port), |v| format!("vtep:{v}"))
+                } else {
+                    self.ports
+                        .get(&e.port)
+                        .map_or_else(|| format!("#{}", e.port), |p| p.iface.clone())
+                },
                 kind: if e.is_static { "static" } else { "learned" }.into(),
                 age_secs: e.age_secs,
             })
@@ -1141,8 +1213,19 @@ impl State {
         Guard::remove_stale();
         let guard = Guard::new(&c.iface);
         let pubs: Vec<_> = self.published_rules();
+        let vx = c
+            .vtep
+            .as_deref()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(snat_ip);
         guard
-            .apply(snat_ip, snat, &local, &pubs)
+            .apply(
+                snat_ip,
+                snat,
+                &local,
+                &pubs,
+                self.has_overlay().then_some(vx),
+            )
             .map_err(CmdError)?;
         let port = self.port_add("(uplink)", &c.iface, PortKind::Packet, c.worker, None)?;
         if let Some(p) = self.ports.get_mut(&port) {
@@ -1150,6 +1233,12 @@ impl State {
             p.net = "(uplink)".into();
         }
         let snat_is_local = local.contains(&snat_ip);
+        let vtep = match &c.vtep {
+            Some(s) => s
+                .parse::<Ipv4Addr>()
+                .map_err(|_| CmdError(format!("--vtep {s:?} is not an IPv4 address")))?,
+            None => snat_ip,
+        };
         self.uplink = Some(UplinkRec {
             cfg: c,
             port,
@@ -1157,6 +1246,7 @@ impl State {
             mac: Mac::from_bytes(&info.mac),
             snat_ip,
             snat_is_local,
+            vtep,
             local,
             snat,
             routes: Vec::new(),
@@ -1211,6 +1301,7 @@ impl State {
             "mac": u.mac.to_string(),
             "snat_ip": u.snat_ip.to_string(),
             "snat_ports": format!("{}-{}", u.snat.0, u.snat.1),
+            "vtep": u.vtep.to_string(),
             "addresses": u.local.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
             "routes": u.routes.iter().map(|r| json!({
                 "dst": format!("{}/{}", r.dst, r.len),
@@ -1234,7 +1325,36 @@ impl State {
             .unwrap_or_default()
             .into_iter()
             .collect();
-        for g in routes.iter().filter_map(|r| r.via) {
+        // Next hops to resolve ahead of traffic: the routes' gateways and
+        // the next hops of every overlay peer.
+        let mut wanted: Vec<Ipv4Addr> = routes.iter().filter_map(|r| r.via).collect();
+        for n in self
+            .networks
+            .values()
+            .filter(|n| n.cfg.driver == Driver::Overlay)
+        {
+            for p in n
+                .cfg
+                .peers
+                .iter()
+                .filter_map(|p| p.parse::<Ipv4Addr>().ok())
+            {
+                let via = routes
+                    .iter()
+                    .filter(|r| {
+                        let m = if r.len == 0 {
+                            0
+                        } else {
+                            u32::MAX << (32 - r.len.min(32))
+                        };
+                        (u32::from(p) ^ u32::from(r.dst)) & m == 0
+                    })
+                    .max_by_key(|r| r.len)
+                    .map(|r| r.via.unwrap_or(p));
+                wanted.extend(via);
+            }
+        }
+        for g in wanted {
             if !neigh.contains_key(&g) {
                 let _ = netns::neighbour_use(u.index, g);
             }
@@ -1277,7 +1397,13 @@ impl State {
     fn reapply_guard(&self) -> Result<(), CmdError> {
         if let Some(u) = &self.uplink {
             u.guard
-                .apply(u.snat_ip, u.snat, &u.local, &self.published_rules())
+                .apply(
+                    u.snat_ip,
+                    u.snat,
+                    &u.local,
+                    &self.published_rules(),
+                    self.has_overlay().then_some(u.vtep),
+                )
                 .map_err(CmdError)?;
         }
         Ok(())
@@ -1462,5 +1588,106 @@ impl State {
             "expired": st.expired.load(std::sync::atomic::Ordering::Relaxed),
             "refused_full": st.full.load(std::sync::atomic::Ordering::Relaxed),
         })
+    }
+}
+
+impl State {
+    fn has_overlay(&self) -> bool {
+        self.networks
+            .values()
+            .any(|n| n.cfg.driver == Driver::Overlay)
+    }
+
+    /// The FDB port number of remote VTEP `ip` (registered on first use).
+    fn vtep_port(&mut self, ip: &str) -> Result<PortId, CmdError> {
+        let ip: Ipv4Addr = ip
+            .parse()
+            .map_err(|_| CmdError(format!("--vtep {ip:?} is not an IPv4 address")))?;
+        if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() {
+            return err(format!("--vtep {ip} must be a unicast address"));
+        }
+        let i = match self.vteps.iter().position(|v| *v == ip) {
+            Some(i) => i,
+            None => {
+                if self.vteps.len() >= (u16::MAX - REMOTE_BASE) as usize {
+                    return err("too many VTEPs");
+                }
+                self.vteps.push(ip);
+                self.vteps.len() - 1
+            }
+        };
+        Ok(REMOTE_BASE + i as PortId)
+    }
+
+    fn overlay_net(&self, network: &str) -> Result<&Net, CmdError> {
+        match self.networks.get(network) {
+            Some(n) if n.cfg.driver == Driver::Overlay => Ok(n),
+            Some(_) => err(format!(
+                "network {network:?} is not an overlay network (create one with --driver overlay --vni N)"
+            )),
+            None => err(format!("no network {network:?} (see `vswitch network ls`)")),
+        }
+    }
+
+    /// `peer add`: a VTEP joins the network's flood list.
+    pub fn peer_add(&mut self, network: &str, vtep: &str) -> Result<(), CmdError> {
+        self.overlay_net(network)?;
+        let port = self.vtep_port(vtep)?;
+        let ip = self.vteps[(port - REMOTE_BASE) as usize].to_string();
+        let Some(n) = self.networks.get_mut(network) else {
+            return err("unreachable");
+        };
+        if n.cfg.peers.contains(&ip) {
+            return err(format!("{ip} is already a peer of {network:?}"));
+        }
+        n.cfg.peers.push(ip);
+        self.publish();
+        let _ = self.reapply_guard();
+        self.refresh_uplink(false);
+        Ok(())
+    }
+
+    /// `peer rm`: the VTEP leaves the flood list; its MACs are forgotten.
+    pub fn peer_rm(&mut self, network: &str, vtep: &str) -> Result<(), CmdError> {
+        let id = self.overlay_net(network)?.id;
+        let ip: Ipv4Addr = vtep
+            .parse()
+            .map_err(|_| CmdError(format!("--vtep {vtep:?} is not an IPv4 address")))?;
+        let Some(n) = self.networks.get_mut(network) else {
+            return err("unreachable");
+        };
+        let before = n.cfg.peers.len();
+        n.cfg
+            .peers
+            .retain(|p| p.parse::<Ipv4Addr>().ok() != Some(ip));
+        if n.cfg.peers.len() == before {
+            return err(format!(
+                "{ip} is not a peer of {network:?} (see `vswitch peer ls`)"
+            ));
+        }
+        self.publish();
+        if let Some(i) = self.vteps.iter().position(|v| *v == ip) {
+            let port = REMOTE_BASE + i as PortId;
+            self.tables
+                .fdb
+                .retain_not(0, |e| e.net == id && e.port == port);
+        }
+        Ok(())
+    }
+
+    /// `peer ls`.
+    pub fn peer_ls(&self) -> serde_json::Value {
+        let list: Vec<_> = self
+            .networks
+            .values()
+            .filter(|n| n.cfg.driver == Driver::Overlay)
+            .flat_map(|n| {
+                n.cfg
+                    .peers
+                    .iter()
+                    .map(move |p| json!({ "network": n.cfg.name, "vni": n.cfg.vni, "vtep": p }))
+            })
+            .collect();
+        json!(list)
     }
 }

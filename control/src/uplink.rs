@@ -102,16 +102,21 @@ impl Guard {
     }
 
     /// Installs (or replaces) the rules: drop, at the uplink's ingress,
-    /// what is addressed to `snat_ip` on the SNAT ports, and what is
-    /// addressed to `published` ports on the host's addresses.
+    /// what is addressed to `snat_ip` on the SNAT ports, what is addressed
+    /// to `published` ports on the host's addresses, and VXLAN for the local
+    /// `vtep` when overlay networks exist.
     pub fn apply(
         &self,
         snat_ip: Ipv4Addr,
         snat: (u16, u16),
         local_ips: &[Ipv4Addr],
         published: &[(super::api::Proto, u16, Option<Ipv4Addr>)],
+        vtep: Option<Ipv4Addr>,
     ) -> Result<(), String> {
         let mut rules = Vec::new();
+        if let Some(v) = vtep {
+            rules.push(format!("ip daddr {v} udp dport 4789 drop"));
+        }
         for proto in ["tcp", "udp"] {
             rules.push(format!(
                 "ip daddr {snat_ip} {proto} dport {}-{} drop",

@@ -50,6 +50,9 @@ drop_reasons! {
     CtFull => "ct_full": "New flow refused: the connection tracking table is full (existing flows still pass).",
     NatPortsExhausted => "nat_ports_exhausted": "New flow refused: no free SNAT port for that destination.",
     NoContainer => "no_container": "Published port or reply for a container address the network does not know.",
+    VxlanMalformed => "vxlan_malformed": "VXLAN packet truncated, or with bad flags or reserved bits.",
+    VxlanUnknownVni => "vxlan_unknown_vni": "VXLAN packet for a VNI no overlay network uses.",
+    VxlanUnknownVtep => "vxlan_unknown_vtep": "VXLAN packet from a VTEP that is not a peer of the network.",
     ToKernel => "to_kernel": "Uplink frame that is not the switch's: left to the host kernel (a copy; not lost).",
 }
 

@@ -67,6 +67,24 @@ pub struct NetworkView {
     pub ports: Vec<PortId>,
     /// Gateway and isolation settings, when the network has a subnet.
     pub l3: Option<L3View>,
+    /// VXLAN settings, for an overlay network.
+    pub overlay: Option<OverlayView>,
+}
+
+/// An overlay (VXLAN) network's side of the tables.
+#[derive(Debug, Clone)]
+pub struct OverlayView {
+    /// VXLAN network identifier (24 bits).
+    pub vni: u32,
+    /// Peer VTEPs as port numbers (`vxlan::REMOTE_BASE + index`): the
+    /// head-end replication list, and the only VTEPs accepted.
+    pub peers: Vec<PortId>,
+    /// Learn inner source MACs from decapsulated frames.
+    pub learning: bool,
+    /// Outer TTL.
+    pub ttl: u8,
+    /// Outer don't-fragment bit.
+    pub df: bool,
 }
 
 /// An IPv4 prefix (host byte order).
@@ -145,6 +163,8 @@ pub struct UplinkView {
     pub neigh: FastMap<u32, Mac>,
     /// Source ports (and ICMP identifiers) for SNAT.
     pub snat_ports: (u16, u16),
+    /// Local VTEP address (overlay networks).
+    pub vtep_ip: u32,
 }
 
 impl UplinkView {
@@ -207,6 +227,12 @@ pub struct Snapshot {
     pub uplink: Option<UplinkView>,
     /// Published ports by (IP protocol, host port).
     pub published: FastMap<(u8, u16), Published>,
+    /// Remote VTEP addresses; VTEP `i` is port `vxlan::REMOTE_BASE + i`.
+    pub vteps: Vec<u32>,
+    /// VTEP address → index into `vteps`.
+    pub vtep_index: FastMap<u32, u16>,
+    /// VNI → overlay network.
+    pub vni_nets: FastMap<u32, NetId>,
 }
 
 impl Snapshot {

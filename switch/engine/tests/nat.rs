@@ -101,6 +101,7 @@ fn rig(max_flows: usize) -> Rig {
                 host_port: None,
                 hosts: [(ip(C1), C1_MAC)].into_iter().collect(),
             }),
+            overlay: None,
         })],
         uplink: Some(UplinkView {
             port: 2,
@@ -114,6 +115,7 @@ fn rig(max_flows: usize) -> Rig {
             }],
             neigh: [(ip(NEXT_HOP), NH_MAC)].into_iter().collect(),
             snat_ports: (20000, 20009),
+            vtep_ip: 0,
         }),
         published: [(
             (6u8, 8080u16),

@@ -68,6 +68,7 @@ fn random_frames_never_panic_and_are_accounted() {
             name: "n".into(),
             ports: vec![1, 2, 3],
             l3: None,
+            overlay: None,
         })],
         ..Default::default()
     });

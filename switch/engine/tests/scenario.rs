@@ -64,12 +64,14 @@ fn rig(limit: u32) -> Rig {
                 name: "a".into(),
                 ports: vec![1, 2, 3],
                 l3: None,
+                overlay: None,
             }),
             Some(NetworkView {
                 id: 1,
                 name: "b".into(),
                 ports: vec![4],
                 l3: None,
+                overlay: None,
             }),
         ],
         ..Default::default()
@@ -240,6 +242,7 @@ fn handoff_between_workers() {
             name: "a".into(),
             ports: vec![1, 2, 3],
             l3: None,
+            overlay: None,
         })],
         ..Default::default()
     });

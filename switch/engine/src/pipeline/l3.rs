@@ -656,6 +656,9 @@ fn uplink_one(ctx: &mut Ctx<'_>, u: &UplinkView, p: &mut Packet, pre: Option<V4>
         return Action::Drop(DropReason::ToKernel);
     };
     let t = v.tuple;
+    if t.proto == PROTO_UDP && t.dport == super::vxlan::VXLAN_PORT && t.dst == u.vtep_ip {
+        return from_tunnel(ctx, p, &v);
+    }
     if !u.is_local(t.dst) {
         return Action::Drop(DropReason::ToKernel);
     }
@@ -772,4 +775,28 @@ fn icmp_error_in(ctx: &mut Ctx<'_>, p: &mut Packet, v: &V4) -> Action {
     let c = checksum::finish(0, &f[v.l4..total]);
     put16(f, v.l4 + 2, c);
     ctx.emit_to(f, side, orig_view.src)
+}
+
+/// A VXLAN packet for the local VTEP: decapsulated, then switched inside its
+/// overlay network (to a local port; never back into a tunnel).
+fn from_tunnel(ctx: &mut Ctx<'_>, p: &mut Packet, v: &V4) -> Action {
+    use super::vxlan::{decap, is_remote, Decap};
+    match decap(p, v.l4, v.tuple.src, ctx.snap, ctx.tables, ctx.now) {
+        Decap::Drop(r) => Action::Drop(r),
+        Decap::Inner { net, .. } => {
+            let f = p.data();
+            if f.len() < ETH_LEN {
+                return Action::Drop(DropReason::VxlanMalformed);
+            }
+            let dst = Mac::from_bytes(&[f[0], f[1], f[2], f[3], f[4], f[5]]);
+            if dst.is_multicast() {
+                return Action::FloodIn(net.id);
+            }
+            match ctx.tables.fdb.lookup(net.id, dst) {
+                Some(port) if is_remote(port) => Action::Drop(DropReason::SamePort),
+                Some(port) => Action::Unicast(port),
+                None => Action::FloodIn(net.id),
+            }
+        }
+    }
 }

@@ -13,6 +13,7 @@ pub mod forward;
 pub mod l3;
 pub mod learn;
 pub mod offload;
+pub mod vxlan;
 
 use crate::fdb::{FdbKey, NetId};
 use crate::packet::{Packet, PacketPool};
@@ -145,7 +146,7 @@ impl Pipeline {
             l3::from_uplink(&mut ctx, u, batch, &mut self.actions);
             drop(ctx);
             for (p, a) in batch.drain(..).zip(self.actions.iter()) {
-                dispatch(p, *a, snap, in_port, pool, txq, drops);
+                dispatch(p, *a, tables, snap, in_port, pool, txq, drops);
             }
             return;
         }
@@ -173,16 +174,18 @@ impl Pipeline {
             }
         }
         for (p, h) in batch.drain(..).zip(self.hdrs.iter()) {
-            dispatch(p, h.action, snap, in_port, pool, txq, drops);
+            dispatch(p, h.action, tables, snap, in_port, pool, txq, drops);
         }
     }
 }
 
 /// Carries out one frame's action.
 #[inline]
+#[allow(clippy::too_many_arguments)]
 fn dispatch(
     p: Packet,
     a: Action,
+    tables: &Tables,
     snap: &Snapshot,
     in_port: PortId,
     pool: &mut PacketPool,
@@ -190,6 +193,19 @@ fn dispatch(
     drops: &mut BatchDrops,
 ) {
     match a {
+        Action::Unicast(out) if vxlan::is_remote(out) => {
+            match snap
+                .port(in_port)
+                .and_then(|v| v.net)
+                .and_then(|n| snap.network(n))
+            {
+                Some(nv) => vxlan::to_remote(p, nv, out, snap, tables, pool, txq, drops),
+                None => {
+                    drops.add(DropReason::NoNetwork);
+                    pool.put(p);
+                }
+            }
+        }
         Action::Unicast(out) => txq.push(out, p),
         Action::Flood | Action::FloodIn(_) => {
             let id = match a {
@@ -197,7 +213,14 @@ fn dispatch(
                 _ => snap.port(in_port).and_then(|v| v.net),
             };
             match id.and_then(|n| snap.network(n)) {
-                Some(nv) => flood::replicate(p, nv, in_port, pool, txq),
+                Some(nv) => {
+                    // A local frame is also replicated to the overlay's peers;
+                    // one that came out of a tunnel (FloodIn) is not.
+                    if matches!(a, Action::Flood) && nv.overlay.is_some() {
+                        vxlan::flood_remote(&p, nv, snap, tables, pool, txq, drops);
+                    }
+                    flood::replicate(p, nv, in_port, pool, txq)
+                }
                 None => {
                     drops.add(DropReason::NoNetwork);
                     pool.put(p);
