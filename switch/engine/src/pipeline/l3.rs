@@ -780,7 +780,13 @@ fn icmp_error_in(ctx: &mut Ctx<'_>, p: &mut Packet, v: &V4) -> Action {
 /// A VXLAN packet for the local VTEP: decapsulated, then switched inside its
 /// overlay network (to a local port; never back into a tunnel).
 fn from_tunnel(ctx: &mut Ctx<'_>, p: &mut Packet, v: &V4) -> Action {
-    use super::vxlan::{decap, is_remote, Decap};
+    use super::vxlan::{coalesce, decap, is_remote, Decap};
+    use crate::wire::virtio::GsoKind;
+    if p.meta.offload.gso.is_some_and(|g| g.kind == GsoKind::UdpL4) {
+        if let Err(r) = coalesce(p, v.l4) {
+            return Action::Drop(r);
+        }
+    }
     match decap(p, v.l4, v.tuple.src, ctx.snap, ctx.tables, ctx.now) {
         Decap::Drop(r) => Action::Drop(r),
         Decap::Inner { net, .. } => {

@@ -62,14 +62,14 @@ pub fn prepare(
 }
 
 /// Where the headers of a TCP frame are.
-struct TcpLayout {
-    l3: usize,
-    l4: usize,
-    hdrs: usize,
-    v4: bool,
+pub(crate) struct TcpLayout {
+    pub(crate) l3: usize,
+    pub(crate) l4: usize,
+    pub(crate) hdrs: usize,
+    pub(crate) v4: bool,
 }
 
-fn tcp_layout(f: &[u8]) -> Option<TcpLayout> {
+pub(crate) fn tcp_layout(f: &[u8]) -> Option<TcpLayout> {
     let mut l3 = 14;
     let mut ethertype = u16::from_be_bytes([*f.get(12)?, *f.get(13)?]);
     if ethertype == ETH_P_VLAN {

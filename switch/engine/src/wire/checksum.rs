@@ -1,19 +1,29 @@
 //! The Internet checksum (RFC 1071) and incremental updates (RFC 1624).
 
 /// Adds `data` into a 32-bit ones-complement accumulator.
+///
+/// Sums 32-bit big-endian words into a 64-bit accumulator (no carry can be
+/// lost before 2^32 words), then folds: the same result as 16-bit words,
+/// about four times fewer additions.
 #[inline]
-pub fn sum(mut acc: u32, data: &[u8]) -> u32 {
-    let mut chunks = data.chunks_exact(2);
+pub fn sum(acc: u32, data: &[u8]) -> u32 {
+    let mut a = acc as u64;
+    let mut chunks = data.chunks_exact(4);
     for c in &mut chunks {
-        acc = acc.wrapping_add(u16::from_be_bytes([c[0], c[1]]) as u32);
-        if acc > 0xffff_0000 {
-            acc = (acc & 0xffff) + (acc >> 16);
-        }
+        a += u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as u64;
     }
-    if let [b] = chunks.remainder() {
-        acc = acc.wrapping_add((*b as u32) << 8);
-    }
-    acc
+    let rest = chunks.remainder();
+    let mut tail = [0u8; 4];
+    tail[..rest.len()].copy_from_slice(rest);
+    a += u32::from_be_bytes(tail) as u64;
+    // Fold 64 -> 32 bits, keeping ones-complement carries.
+    a = (a & 0xffff_ffff) + (a >> 32);
+    a = (a & 0xffff_ffff) + (a >> 32);
+    let a = a as u32;
+    // Keep the result below 2^32 - 2^16 so callers can add a few words.
+    let mut x = (a & 0xffff) + (a >> 16);
+    x = (x & 0xffff) + (x >> 16);
+    x
 }
 
 /// Folds an accumulator to 16 bits (not complemented).
@@ -73,6 +83,32 @@ pub fn complete_partial(frame: &mut [u8], start: usize, offset: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wide_sum_matches_16_bit_words() {
+        let mut x = 0x1234_5678u32;
+        for len in 0..200 {
+            let d: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    x as u8
+                })
+                .collect();
+            let mut naive = 0u32;
+            for c in d.chunks(2) {
+                let w = if c.len() == 2 {
+                    u16::from_be_bytes([c[0], c[1]])
+                } else {
+                    (c[0] as u16) << 8
+                };
+                naive += w as u32;
+            }
+            assert_eq!(fold(sum(0, &d)), fold(naive), "len {len}");
+            assert_eq!(fold(sum(0xfffe, &d)), fold(naive + 0xfffe), "len {len}");
+        }
+    }
 
     #[test]
     fn rfc1071_example() {
