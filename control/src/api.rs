@@ -84,8 +84,15 @@ pub enum Request {
         network: String,
         /// MAC.
         mac: String,
-        /// Port interface name.
-        port: String,
+        /// Port interface name (local entry).
+        #[serde(default)]
+        port: Option<String>,
+        /// Remote VTEP (overlay entry).
+        #[serde(default)]
+        vtep: Option<String>,
+        /// The MAC's IPv4 address: lets the switch answer ARP for it.
+        #[serde(default)]
+        ip: Option<String>,
     },
     /// Remove an FDB entry.
     FdbRm {

@@ -319,7 +319,7 @@ enum FdbCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Add a static entry.
+    /// Add a static entry: on a local port, or (overlay) behind a remote VTEP.
     Add {
         /// Network.
         network: String,
@@ -327,8 +327,14 @@ enum FdbCmd {
         #[arg(long)]
         mac: String,
         /// Port: switch-side interface or NETNS:IFNAME.
+        #[arg(long, conflicts_with = "vtep", required_unless_present = "vtep")]
+        port: Option<String>,
+        /// Remote VTEP address (overlay networks).
         #[arg(long)]
-        port: String,
+        vtep: Option<String>,
+        /// The MAC's IPv4 address: the switch answers ARP for it (suppression).
+        #[arg(long)]
+        ip: Option<String>,
     },
     /// Remove an entry.
     Rm {
@@ -591,13 +597,21 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             Ok(())
         }
-        Cmd::Fdb(FdbCmd::Add { network, mac, port }) => {
+        Cmd::Fdb(FdbCmd::Add {
+            network,
+            mac,
+            port,
+            vtep,
+            ip,
+        }) => {
             call(
                 &cli,
                 Request::FdbAdd {
                     network: network.clone(),
                     mac: mac.clone(),
                     port: port.clone(),
+                    vtep: vtep.clone(),
+                    ip: ip.clone(),
                 },
             )?;
             Ok(())

@@ -53,6 +53,8 @@ struct Net {
     id: NetId,
     cfg: NetworkConfig,
     l3: Option<NetL3>,
+    /// Static IP → MAC bindings (`fdb add --ip`): ARP suppression.
+    arp: BTreeMap<Ipv4Addr, Mac>,
 }
 
 /// A network's gateway side.
@@ -231,9 +233,21 @@ impl State {
             Request::PortLs => Ok(json!(self.port_infos())),
             Request::PortRm { iface } => self.port_rm_by_name(&iface).map(|_| json!(null)),
             Request::FdbShow { network } => self.fdb_show(network.as_deref()).map(|v| json!(v)),
-            Request::FdbAdd { network, mac, port } => {
-                self.fdb_add(&network, &mac, &port).map(|_| json!(null))
-            }
+            Request::FdbAdd {
+                network,
+                mac,
+                port,
+                vtep,
+                ip,
+            } => self
+                .fdb_add(
+                    &network,
+                    &mac,
+                    port.as_deref(),
+                    vtep.as_deref(),
+                    ip.as_deref(),
+                )
+                .map(|_| json!(null)),
             Request::FdbRm { network, mac } => self.fdb_rm(&network, &mac).map(|_| json!(null)),
             Request::Stats => Ok(self.stats()),
             Request::UplinkAdd(c) => self.uplink_add(c).map(|_| self.uplink_show()),
@@ -324,6 +338,11 @@ impl State {
                     learning: n.cfg.learning,
                     ttl: n.cfg.ttl,
                     df: n.cfg.df,
+                    arp: n
+                        .arp
+                        .iter()
+                        .map(|(ip, mac)| (u32::from(*ip), *mac))
+                        .collect(),
                 }),
             });
         }
@@ -471,7 +490,15 @@ impl State {
         };
         let mtu = c.mtu;
         let overlay = c.driver == Driver::Overlay;
-        self.networks.insert(name.clone(), Net { id, cfg: c, l3 });
+        self.networks.insert(
+            name.clone(),
+            Net {
+                id,
+                cfg: c,
+                l3,
+                arp: BTreeMap::new(),
+            },
+        );
         self.publish();
         if overlay {
             if let Err(e) = self.reapply_guard() {
@@ -1026,8 +1053,56 @@ impl State {
         Ok((net.id, mac))
     }
 
-    fn fdb_add(&mut self, network: &str, mac: &str, port: &str) -> Result<(), CmdError> {
+    fn fdb_add(
+        &mut self,
+        network: &str,
+        mac: &str,
+        port: Option<&str>,
+        vtep: Option<&str>,
+        ip: Option<&str>,
+    ) -> Result<(), CmdError> {
         let (net, mac) = self.fdb_target(network, mac)?;
+        let ip: Option<Ipv4Addr> = ip
+            .map(|s| {
+                s.parse()
+                    .map_err(|_| CmdError(format!("--ip {s:?} is not an IPv4 address")))
+            })
+            .transpose()?;
+        let target = match (port, vtep) {
+            (Some(p), None) => self.local_port_of(network, p)?,
+            (None, Some(v)) => {
+                let n = self.overlay_net(network)?;
+                let vip: Ipv4Addr = v
+                    .parse()
+                    .map_err(|_| CmdError(format!("--vtep {v:?} is not an IPv4 address")))?;
+                if !n
+                    .cfg
+                    .peers
+                    .iter()
+                    .any(|p| p.parse::<Ipv4Addr>().ok() == Some(vip))
+                {
+                    return err(format!(
+                        "{vip} is not a peer of {network:?}; add it first with `vswitch peer add {network} --vtep {vip}`"
+                    ));
+                }
+                self.vtep_port(v)?
+            }
+            _ => return err("give exactly one of --port or --vtep"),
+        };
+        self.tables
+            .fdb
+            .add_static(net, mac, target)
+            .map_err(|e| CmdError(e.to_string()))?;
+        if let Some(ip) = ip {
+            if let Some(n) = self.networks.get_mut(network) {
+                n.arp.insert(ip, mac);
+            }
+            self.publish();
+        }
+        Ok(())
+    }
+
+    fn local_port_of(&self, network: &str, port: &str) -> Result<PortId, CmdError> {
         let Some(p) = self.ports.values().find(|p| {
             p.iface == port
                 || p.attach
@@ -1042,16 +1117,20 @@ impl State {
                 p.net
             ));
         }
-        self.tables
-            .fdb
-            .add_static(net, mac, p.id)
-            .map_err(|e| CmdError(e.to_string()))
+        Ok(p.id)
     }
 
     fn fdb_rm(&mut self, network: &str, mac: &str) -> Result<(), CmdError> {
         let (net, mac) = self.fdb_target(network, mac)?;
         if !self.tables.fdb.remove(net, mac) {
             return err(format!("{mac} is not in the FDB of {network:?}"));
+        }
+        if let Some(n) = self.networks.get_mut(network) {
+            let before = n.arp.len();
+            n.arp.retain(|_, m| *m != mac);
+            if n.arp.len() != before {
+                self.publish();
+            }
         }
         Ok(())
     }

@@ -313,3 +313,204 @@ fn malformed_and_foreign_vxlan_dropped() {
     assert!(t.ping("hB", A_IP, 2));
     assert!(t.ping("host", B_IP, 1));
 }
+
+/// Three hosts on one underlay segment: broadcast reaches every host,
+/// unknown unicast floods until the destination is learned, then only its
+/// host sees the traffic; a static remote entry with an address makes the
+/// switch answer ARP for it locally (no flood).
+#[test]
+fn three_hosts_replication_learning_and_arp_suppression() {
+    let mut t = Topo::new("x5");
+    // The underlay: a bridge in its own namespace, one veth per host.
+    t.add_ns("ul");
+    t.add_ns("hB");
+    t.add_ns("hC");
+    ok(&t.exec("ul", &["ip", "link", "add", "br0", "type", "bridge"]));
+    ok(&t.exec("ul", &["ip", "link", "set", "br0", "up"]));
+    let ips = ["192.168.61.1", "192.168.61.2", "192.168.61.3"];
+    let mut sockets = Vec::new();
+    for (i, h) in ["host", "hB", "hC"].iter().enumerate() {
+        let up = format!("{}{}", t.prefix, ["a", "b", "c"][i]);
+        let br = format!("{}{}p", t.prefix, ["a", "b", "c"][i]);
+        ok(&common::sh(
+            "ip",
+            &[
+                "link",
+                "add",
+                &up,
+                "netns",
+                &t.ns(h),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &br,
+                "netns",
+                &t.ns("ul"),
+            ],
+        ));
+        ok(&t.exec("ul", &["ip", "link", "set", &br, "master", "br0", "up"]));
+        ok(&t.exec(
+            h,
+            &["ip", "addr", "add", &format!("{}/24", ips[i]), "dev", &up],
+        ));
+        ok(&t.exec(h, &["ip", "link", "set", &up, "up"]));
+        let peers: Vec<String> = ips
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, p)| format!("\"{p}\""))
+            .collect();
+        let cfg = switch_cfg(
+            &up,
+            &format!(
+                "[[networks]]\nname = \"ov\"\ndriver = \"overlay\"\nvni = 100\npeers = [{}]\n",
+                peers.join(", ")
+            ),
+        );
+        if i == 0 {
+            t.start_switch(&cfg);
+            sockets.push(t.sock.clone());
+        } else {
+            // Hosts B and C: the helper names its files after the namespace.
+            let dir = std::env::temp_dir().join(format!("{}-{h}", t.prefix));
+            let _ = std::fs::create_dir_all(&dir);
+            let c = dir.join("sw.toml");
+            std::fs::write(&c, &cfg).unwrap();
+            let sock = dir.join("sw.sock");
+            t.bg(
+                h,
+                &[
+                    env!("CARGO_BIN_EXE_vswitch"),
+                    "run",
+                    "--config",
+                    c.to_str().unwrap(),
+                    "--socket",
+                    sock.to_str().unwrap(),
+                ],
+            );
+            for _ in 0..100 {
+                if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            sockets.push(sock);
+        }
+    }
+    let cs = ["a1", "b1", "c1"];
+    for (i, c) in cs.iter().enumerate() {
+        t.add_ns(c);
+        vs_b(
+            &sockets[i],
+            &[
+                "attach",
+                "ov",
+                "--netns",
+                &t.ns(c),
+                "--ip",
+                &format!("10.82.0.{}/24", 11 + i),
+            ],
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Broadcast from a1 reaches b1 and c1.
+    let (b0, c0) = (rx_packets(&t, "b1"), rx_packets(&t, "c1"));
+    let _ = t.exec("a1", &["ping", "-b", "-c", "1", "-W", "1", "10.82.0.255"]);
+    assert!(rx_packets(&t, "b1") > b0, "broadcast did not reach host B");
+    assert!(rx_packets(&t, "c1") > c0, "broadcast did not reach host C");
+
+    // Unknown unicast: a1 knows b1's MAC (static neighbour), the switches do
+    // not know where it is: the first frame floods to B and C.
+    let b1_mac = t.mac_of("b1", "eth0");
+    ok(&t.exec(
+        "a1",
+        &[
+            "ip",
+            "neigh",
+            "replace",
+            "10.82.0.12",
+            "lladdr",
+            &b1_mac,
+            "dev",
+            "eth0",
+        ],
+    ));
+    let a1_mac = t.mac_of("a1", "eth0");
+    ok(&t.exec(
+        "b1",
+        &[
+            "ip",
+            "neigh",
+            "replace",
+            "10.82.0.11",
+            "lladdr",
+            &a1_mac,
+            "dev",
+            "eth0",
+        ],
+    ));
+    let c0 = rx_packets(&t, "c1");
+    assert!(t.ping("a1", "10.82.0.12", 1));
+    assert!(
+        rx_packets(&t, "c1") > c0,
+        "unknown unicast must flood to host C"
+    );
+    // Learned now: further traffic to b1 stays off host C.
+    let c1_before = rx_packets(&t, "c1");
+    assert!(t.ping("a1", "10.82.0.12", 3));
+    assert_eq!(
+        rx_packets(&t, "c1"),
+        c1_before,
+        "learned unicast still flooded"
+    );
+
+    // ARP suppression: host A knows c1's MAC and address statically.
+    let c1_mac = t.mac_of("c1", "eth0");
+    t.vs_ok(&[
+        "fdb",
+        "add",
+        "ov",
+        "--mac",
+        &c1_mac,
+        "--vtep",
+        ips[2],
+        "--ip",
+        "10.82.0.13",
+    ]);
+    let fdb = t.json(&["fdb", "show", "--network", "ov", "--json"]);
+    assert!(
+        fdb.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["mac"] == c1_mac.as_str()
+                && e["type"] == "static"
+                && e["port"] == format!("vtep:{}", ips[2]).as_str()),
+        "{fdb}"
+    );
+    let _ = t.exec("a1", &["ip", "neigh", "flush", "dev", "eth0"]);
+    // c1 knows a1 already, so the only ARP in play is a1's.
+    ok(&t.exec(
+        "c1",
+        &[
+            "ip",
+            "neigh",
+            "replace",
+            "10.82.0.11",
+            "lladdr",
+            &a1_mac,
+            "dev",
+            "eth0",
+        ],
+    ));
+    let b_before = rx_packets(&t, "b1");
+    assert!(t.ping("a1", "10.82.0.13", 2), "a1 -> c1\n{}", t.log());
+    assert_eq!(
+        rx_packets(&t, "b1"),
+        b_before,
+        "a1's ARP request was flooded to host B instead of answered locally"
+    );
+    let neigh = ok(&t.exec("a1", &["ip", "neigh", "show", "10.82.0.13"]));
+    assert!(neigh.contains(&c1_mac), "{neigh}");
+}

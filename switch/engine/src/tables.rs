@@ -85,6 +85,9 @@ pub struct OverlayView {
     pub ttl: u8,
     /// Outer don't-fragment bit.
     pub df: bool,
+    /// Known IP → MAC bindings of remote containers: ARP requests for them
+    /// are answered locally instead of being flooded to every host.
+    pub arp: FastMap<u32, Mac>,
 }
 
 /// An IPv4 prefix (host byte order).

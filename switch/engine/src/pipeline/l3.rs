@@ -47,7 +47,7 @@ fn put32(f: &mut [u8], at: usize, v: u32) {
 }
 
 #[inline]
-fn ethertype(f: &[u8]) -> u16 {
+pub(crate) fn ethertype(f: &[u8]) -> u16 {
     if f.len() < ETH_LEN {
         0
     } else {
@@ -56,7 +56,7 @@ fn ethertype(f: &[u8]) -> u16 {
 }
 
 /// ARP request's target address, if `f` is one.
-fn arp_request_target(f: &[u8]) -> Option<u32> {
+pub(crate) fn arp_request_target(f: &[u8]) -> Option<u32> {
     let arp = ArpPacket::new_checked(f.get(ETH_LEN..)?).ok()?;
     if arp.operation() != ArpOperation::Request || arp.protocol_len() != 4 {
         return None;
@@ -82,7 +82,7 @@ pub fn mark(batch: &[Packet], hdrs: &mut [Hdr], l3: &L3View) {
 }
 
 /// Turns an ARP request in `f` into the reply from `mac`/`ip`, in place.
-fn arp_reply_in_place(f: &mut [u8], mac: Mac, ip: u32) -> bool {
+pub(crate) fn arp_reply_in_place(f: &mut [u8], mac: Mac, ip: u32) -> bool {
     let Some(body) = f.get_mut(ETH_LEN..) else {
         return false;
     };

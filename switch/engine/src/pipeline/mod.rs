@@ -164,6 +164,9 @@ impl Pipeline {
         }
         learn::run(&tables.fdb, in_port, now, &self.hdrs, drops);
         forward::run(&tables.fdb, in_port, &mut self.hdrs);
+        if let Some(ov) = net.overlay.as_ref().filter(|o| !o.arp.is_empty()) {
+            vxlan::suppress_arp(batch, &mut self.hdrs, ov, in_port);
+        }
         if let Some(l) = net.l3.as_ref() {
             if l.no_icc {
                 forward::no_icc(l, in_port, &mut self.hdrs, drops);

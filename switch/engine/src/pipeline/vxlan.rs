@@ -504,3 +504,30 @@ pub fn coalesce(p: &mut Packet, l4: usize) -> Result<(), DropReason> {
     };
     Ok(())
 }
+
+/// ARP suppression: a local broadcast ARP request for an address the overlay
+/// knows (a static binding) is answered here, in place, instead of being
+/// flooded to every host.
+#[inline]
+pub fn suppress_arp(
+    batch: &mut [Packet],
+    hdrs: &mut [super::Hdr],
+    ov: &OverlayView,
+    in_port: PortId,
+) {
+    use super::l3::{arp_reply_in_place, arp_request_target, ethertype};
+    use super::Action;
+    for (p, h) in batch.iter_mut().zip(hdrs.iter_mut()) {
+        if h.action != Action::Flood || h.dst != Mac::BROADCAST || ethertype(p.data()) != 0x0806 {
+            continue;
+        }
+        let Some(ip) = arp_request_target(p.data()) else {
+            continue;
+        };
+        if let Some(&mac) = ov.arp.get(&ip) {
+            if arp_reply_in_place(p.data_mut(), mac, ip) {
+                h.action = Action::Unicast(in_port);
+            }
+        }
+    }
+}
