@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 mod chart;
 mod nat;
 mod pipeline;
+mod vxlan;
 
 #[derive(Parser)]
 #[command(about = "vswitch benchmarks")]
@@ -53,6 +54,12 @@ enum Cmd {
         #[arg(long, default_value_t = 4)]
         threads: usize,
     },
+    /// VXLAN pipeline on memory: encapsulation and decapsulation.
+    Vxlan {
+        /// Batches to run per case.
+        #[arg(long, default_value_t = 500_000)]
+        batches: usize,
+    },
     /// Echo UDP datagrams back to their sender (RTT server).
     UdpEcho {
         /// Address to bind.
@@ -95,6 +102,10 @@ fn main() {
         }
         Cmd::Nat { batches, only } => {
             nat::run(batches, only);
+            Ok(())
+        }
+        Cmd::Vxlan { batches } => {
+            vxlan::run(batches);
             Ok(())
         }
         Cmd::AcceptServer { bind } => accept_server(&bind),

@@ -279,6 +279,8 @@ pub struct Ctx<'a> {
     /// The last L2 addressing decision: the frames of a batch mostly belong
     /// to one flow, so the route and neighbour lookups are done once.
     last_emit: Option<(Side, u32, [u8; 12], Action)>,
+    /// The last source learned from a tunnel (learned once per batch).
+    last_learn: Option<(crate::fdb::NetId, Mac, PortId)>,
 }
 
 impl<'a> Ctx<'a> {
@@ -291,19 +293,24 @@ impl<'a> Ctx<'a> {
             in_port,
             ct: None,
             last_emit: None,
+            last_learn: None,
         }
     }
 
     /// Starts the memory loads of a batch's conntrack lookups, so that their
     /// cache misses overlap instead of being paid one after another: first
     /// every index bucket, then every flow those buckets point at.
-    fn prefetch(&mut self, pre: &[Option<V4>]) {
+    fn prefetch(&mut self, pre: &[Option<V4>], skip: impl Fn(&V4) -> bool + Copy) {
+        let mut todo = pre.iter().flatten().filter(|v| !skip(v)).peekable();
+        if todo.peek().is_none() {
+            return;
+        }
         let ct = self.ct();
         let mut acc = 0u64;
-        for v in pre.iter().flatten() {
+        for v in pre.iter().flatten().filter(|v| !skip(v)) {
             acc ^= ct.prefetch(v.hash, false);
         }
-        for v in pre.iter().flatten() {
+        for v in pre.iter().flatten().filter(|v| !skip(v)) {
             acc ^= ct.prefetch(v.hash, true);
         }
         std::hint::black_box(acc);
@@ -455,7 +462,7 @@ pub fn route_batch(
             *slot = parse_v4(p.data());
         }
     }
-    ctx.prefetch(&pre);
+    ctx.prefetch(&pre, |_| false);
     for (i, (p, h)) in batch.iter_mut().zip(hdrs.iter_mut()).enumerate() {
         if h.action == Action::Route {
             let v = pre.get(i).copied().flatten();
@@ -622,7 +629,13 @@ pub fn from_uplink(ctx: &mut Ctx<'_>, u: &UplinkView, batch: &mut [Packet], out:
             *slot = parse_v4(p.data());
         }
     }
-    ctx.prefetch(&pre);
+    // VXLAN for the local VTEP is not tracked: no conntrack work for it.
+    let vtep = u.vtep_ip;
+    ctx.prefetch(&pre, |v| {
+        v.tuple.proto == PROTO_UDP
+            && v.tuple.dport == super::vxlan::VXLAN_PORT
+            && v.tuple.dst == vtep
+    });
     for (i, p) in batch.iter_mut().enumerate() {
         let v = pre.get(i).copied().flatten();
         let a = uplink_one(ctx, u, p, v);
@@ -787,7 +800,15 @@ fn from_tunnel(ctx: &mut Ctx<'_>, p: &mut Packet, v: &V4) -> Action {
             return Action::Drop(r);
         }
     }
-    match decap(p, v.l4, v.tuple.src, ctx.snap, ctx.tables, ctx.now) {
+    match decap(
+        p,
+        v.l4,
+        v.tuple.src,
+        ctx.snap,
+        ctx.tables,
+        ctx.now,
+        &mut ctx.last_learn,
+    ) {
         Decap::Drop(r) => Action::Drop(r),
         Decap::Inner { net, .. } => {
             let f = p.data();

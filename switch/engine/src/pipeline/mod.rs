@@ -124,6 +124,7 @@ impl TxQueues {
 pub struct Pipeline {
     hdrs: Vec<Hdr>,
     actions: Vec<Action>,
+    encap: vxlan::EncapCache,
 }
 
 impl Pipeline {
@@ -146,7 +147,20 @@ impl Pipeline {
             l3::from_uplink(&mut ctx, u, batch, &mut self.actions);
             drop(ctx);
             for (p, a) in batch.drain(..).zip(self.actions.iter()) {
-                dispatch(p, *a, tables, snap, in_port, pool, txq, drops);
+                match *a {
+                    Action::Unicast(out) if !vxlan::is_remote(out) => txq.push(out, p),
+                    a => dispatch(
+                        p,
+                        a,
+                        tables,
+                        snap,
+                        in_port,
+                        pool,
+                        txq,
+                        drops,
+                        &mut self.encap,
+                    ),
+                }
             }
             return;
         }
@@ -177,13 +191,27 @@ impl Pipeline {
             }
         }
         for (p, h) in batch.drain(..).zip(self.hdrs.iter()) {
-            dispatch(p, h.action, tables, snap, in_port, pool, txq, drops);
+            // The common case stays in this loop; the rest is out of line.
+            match h.action {
+                Action::Unicast(out) if !vxlan::is_remote(out) => txq.push(out, p),
+                a => dispatch(
+                    p,
+                    a,
+                    tables,
+                    snap,
+                    in_port,
+                    pool,
+                    txq,
+                    drops,
+                    &mut self.encap,
+                ),
+            }
         }
     }
 }
 
-/// Carries out one frame's action.
-#[inline]
+/// Carries out one frame's action (all but local unicast).
+#[inline(never)]
 #[allow(clippy::too_many_arguments)]
 fn dispatch(
     p: Packet,
@@ -194,6 +222,7 @@ fn dispatch(
     pool: &mut PacketPool,
     txq: &mut TxQueues,
     drops: &mut BatchDrops,
+    cache: &mut vxlan::EncapCache,
 ) {
     match a {
         Action::Unicast(out) if vxlan::is_remote(out) => {
@@ -202,7 +231,7 @@ fn dispatch(
                 .and_then(|v| v.net)
                 .and_then(|n| snap.network(n))
             {
-                Some(nv) => vxlan::to_remote(p, nv, out, snap, tables, pool, txq, drops),
+                Some(nv) => vxlan::to_remote(p, nv, out, snap, tables, pool, txq, drops, cache),
                 None => {
                     drops.add(DropReason::NoNetwork);
                     pool.put(p);
@@ -220,7 +249,7 @@ fn dispatch(
                     // A local frame is also replicated to the overlay's peers;
                     // one that came out of a tunnel (FloodIn) is not.
                     if matches!(a, Action::Flood) && nv.overlay.is_some() {
-                        vxlan::flood_remote(&p, nv, snap, tables, pool, txq, drops);
+                        vxlan::flood_remote(&p, nv, snap, tables, pool, txq, drops, cache);
                     }
                     flood::replicate(p, nv, in_port, pool, txq)
                 }

@@ -14,7 +14,7 @@
 //! checksum keeps its request, moved past the outer headers, so the uplink
 //! (AF_PACKET with virtio-net headers) still lets the kernel finish it.
 use super::offload;
-use crate::fdb::Learn;
+use crate::fdb::{Learn, NetId};
 use crate::packet::{Packet, PacketPool};
 use crate::port::PortId;
 use crate::stats::{BatchDrops, DropReason};
@@ -37,16 +37,107 @@ pub fn is_remote(p: PortId) -> bool {
 
 /// Entropy for the outer UDP source port: a hash of the inner addresses and
 /// ports (RFC 7348 section 5), in 49152..=65535.
+#[inline]
 fn flow_port(inner: &[u8]) -> u16 {
-    let n = inner.len().min(14 + 20 + 4);
-    let mut h: u32 = 0x811c_9dc5;
-    // MACs, then (for IPv4) the address pair and the first L4 word.
-    for (i, b) in inner[..n].iter().enumerate() {
-        if i < 12 || (26..38).contains(&i) {
-            h = (h ^ *b as u32).wrapping_mul(0x0100_0193);
+    let w64 = |a: usize| {
+        inner
+            .get(a..a + 8)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u64::from_le_bytes)
+    };
+    let w32 = |a: usize| {
+        inner
+            .get(a..a + 4)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u32::from_le_bytes) as u64
+    };
+    // MACs, then (IPv4) the address pair and the first L4 word.
+    let mut k = w64(0) ^ (w32(8) << 29);
+    k = k.rotate_left(23) ^ w64(26) ^ (w32(34) << 17);
+    k ^= k >> 33;
+    k = k.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    k ^= k >> 33;
+    49152 + (k % 16384) as u16
+}
+
+/// The outer headers for one remote VTEP, built once and reused while the
+/// snapshot stays the same: per packet only the lengths, the IPv4 checksum
+/// (updated incrementally from the template's) and the source port change.
+#[derive(Debug)]
+pub struct EncapCache {
+    key: Option<(u64, PortId, NetId)>,
+    tmpl: [u8; ENCAP_LEN],
+    ip_csum: u16,
+    uplink: PortId,
+}
+
+impl Default for EncapCache {
+    fn default() -> Self {
+        Self {
+            key: None,
+            tmpl: [0; ENCAP_LEN],
+            ip_csum: 0,
+            uplink: 0,
         }
     }
-    49152 + (h % 16384) as u16
+}
+
+impl EncapCache {
+    /// The template for `remote` in network `nv`, (re)built when needed;
+    /// `Err` with the reason when the frame cannot leave.
+    fn get(
+        &mut self,
+        nv: &NetworkView,
+        remote: PortId,
+        snap: &Snapshot,
+        tables: &Tables,
+    ) -> Result<&Self, DropReason> {
+        let key = (snap.generation, remote, nv.id);
+        if self.key == Some(key) {
+            return Ok(self);
+        }
+        let (Some(ov), Some(u)) = (nv.overlay.as_ref(), snap.uplink.as_ref()) else {
+            return Err(DropReason::NoRoute);
+        };
+        let Some(&remote_ip) = snap.vteps.get((remote - REMOTE_BASE) as usize) else {
+            return Err(DropReason::NoRoute);
+        };
+        let nh = u.next_hop(remote_ip).ok_or(DropReason::NoRoute)?;
+        let Some(&nh_mac) = u.neigh.get(&nh) else {
+            let _ = tables.neigh_wanted.push(nh);
+            return Err(DropReason::NeighMiss);
+        };
+        let mut t = [0u8; ENCAP_LEN];
+        outer_headers(&mut t[..42], ov, u, remote_ip, nh_mac, 0, 0);
+        // The checksum as if the total length were 0: patched per packet.
+        t[16..18].copy_from_slice(&[0, 0]);
+        t[24..26].copy_from_slice(&[0, 0]);
+        let c = checksum::finish(0, &t[14..34]);
+        t[42] = 0x08;
+        t[46..49].copy_from_slice(&ov.vni.to_be_bytes()[1..4]);
+        self.tmpl = t;
+        self.ip_csum = c;
+        self.uplink = u.port;
+        self.key = Some(key);
+        Ok(self)
+    }
+
+    /// Encapsulates `p` in place from the template.
+    fn apply(&self, p: &mut Packet) -> Option<()> {
+        let inner_len = p.len();
+        let sport = flow_port(p.data());
+        let h = p.push_front(ENCAP_LEN)?;
+        h.copy_from_slice(&self.tmpl);
+        let tot = (inner_len + 36) as u16;
+        h[16..18].copy_from_slice(&tot.to_be_bytes());
+        h[24..26].copy_from_slice(&checksum::update16(self.ip_csum, 0, tot).to_be_bytes());
+        h[34..36].copy_from_slice(&sport.to_be_bytes());
+        h[38..40].copy_from_slice(&((inner_len + 16) as u16).to_be_bytes());
+        if let Some(c) = p.meta.offload.csum.as_mut() {
+            c.start += ENCAP_LEN as u16;
+        }
+        Some(())
+    }
 }
 
 /// Encapsulates `p` for VTEP `remote_ip` in network `ov`, in place. Returns
@@ -249,7 +340,28 @@ pub fn to_remote(
     pool: &mut PacketPool,
     txq: &mut super::TxQueues,
     drops: &mut BatchDrops,
+    cache: &mut EncapCache,
 ) {
+    if p.meta.offload.gso.is_none() {
+        let mut p = p;
+        match cache.get(nv, remote, snap, tables) {
+            Ok(c) => {
+                let port = c.uplink;
+                match c.apply(&mut p) {
+                    Some(()) => txq.push(port, p),
+                    None => {
+                        drops.add(DropReason::TooBig);
+                        pool.put(p);
+                    }
+                }
+            }
+            Err(r) => {
+                drops.add(r);
+                pool.put(p);
+            }
+        }
+        return;
+    }
     let (Some(ov), Some(u)) = (nv.overlay.as_ref(), snap.uplink.as_ref()) else {
         drops.add(DropReason::NoRoute);
         pool.put(p);
@@ -314,13 +426,14 @@ pub fn flood_remote(
     pool: &mut PacketPool,
     txq: &mut super::TxQueues,
     drops: &mut BatchDrops,
+    cache: &mut EncapCache,
 ) {
     let Some(ov) = nv.overlay.as_ref() else {
         return;
     };
     for &peer in &ov.peers {
         let c = p.clone_from_pool(pool);
-        to_remote(c, nv, peer, snap, tables, pool, txq, drops);
+        to_remote(c, nv, peer, snap, tables, pool, txq, drops, cache);
     }
 }
 
@@ -347,6 +460,7 @@ pub fn decap<'a>(
     snap: &'a Snapshot,
     tables: &Tables,
     now: u32,
+    last_learn: &mut Option<(NetId, Mac, PortId)>,
 ) -> Decap<'a> {
     let f = p.data();
     if f.len() < l4 + 16 + 14 {
@@ -398,10 +512,12 @@ pub fn decap<'a>(
     if let Some(g) = p.meta.offload.gso.as_mut() {
         g.hdr_len = g.hdr_len.saturating_sub(strip as u16);
     }
-    if ov.learning && !inner_src.is_multicast() && !inner_src.is_zero() {
+    let again = *last_learn == Some((net.id, inner_src, from));
+    if ov.learning && !again && !inner_src.is_multicast() && !inner_src.is_zero() {
         if let Learn::Moved { from: old } = tables.fdb.learn(net.id, inner_src, from, now) {
             tracing::debug!(mac = %inner_src, old, to = from, "MAC moved");
         }
+        *last_learn = Some((net.id, inner_src, from));
     }
     Decap::Inner { net, from }
 }
