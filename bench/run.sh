@@ -32,7 +32,7 @@ PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    for n in bh ba bb vh va vb ta tb ih ia ib nh nc ne sh sc se; do ip netns del "$P-$n" 2>/dev/null || true; done
+    for n in bh ba bb vh va vb ta tb ih ia ib nh nc ne sh sc se kA kB kc1 kc2 xA xB xa1 xa2 xb1 xb2; do ip netns del "$P-$n" 2>/dev/null || true; done
     rm -rf "$TMP"
 }
 trap cleanup EXIT INT TERM
@@ -241,6 +241,57 @@ V_CPS=$(cps se 192.168.94.1 18080); echo "new TCP connections/s to a published p
 "$BIN" --socket "$SOCK3" conntrack show | tail -1
 kill "$NPID"; wait "$NPID" 2>/dev/null || true
 
+echo "== VXLAN: two hosts, Linux bridge + kernel VXLAN on each"
+mkns kA; mkns kB; mkns kc1; mkns kc2
+uplink_pair kA kB k 192.168.93
+for h in A B; do
+    local_ip=$([ $h = A ] && echo 192.168.93.1 || echo 192.168.93.2)
+    remote_ip=$([ $h = A ] && echo 192.168.93.2 || echo 192.168.93.1)
+    dev=$([ $h = A ] && echo "${P}ku" || echo "${P}kx")
+    c=$([ $h = A ] && echo kc1 || echo kc2)
+    NS "k$h" ip link add br0 type bridge; NS "k$h" ip link set br0 up
+    NS "k$h" ip link add vx0 type vxlan id 42 dstport 4789 local "$local_ip" dev "$dev"
+    NS "k$h" bridge fdb append 00:00:00:00:00:00 dev vx0 dst "$remote_ip"
+    NS "k$h" ip link set vx0 master br0 up
+    ip link add "$P$c" type veth peer name eth0 netns "$P-$c"
+    ip link set "$P$c" netns "$P-k$h"; NS "k$h" ip link set "$P$c" master br0 up
+    NS "$c" ip addr add "10.94.0.$([ $h = A ] && echo 11 || echo 12)/24" dev eth0
+    NS "$c" ip link set eth0 mtu 1450 up
+done
+NS kc1 ping -c 2 -i 0.2 10.94.0.12 >/dev/null
+K_VX_TCP=$(tcp kc1 kc2 10.94.0.12); echo "iperf3 TCP across hosts: $K_VX_TCP Gbit/s"
+K_VX_PPS=$(pps kc1 kc2 10.94.0.12 10.94.0.11); echo "64B frames delivered across hosts: $K_VX_PPS/s"
+
+echo "== VXLAN: two hosts, vswitch on each (both workers adaptive on core $WORKER_CORE)"
+mkns xA; mkns xB; mkns xa1; mkns xa2; mkns xb1; mkns xb2
+uplink_pair xA xB x 192.168.92
+for h in A B; do
+    peer=$([ $h = A ] && echo 192.168.92.2 || echo 192.168.92.1)
+    dev=$([ $h = A ] && echo "${P}xu" || echo "${P}xx")
+    cat >"$TMP/x$h.toml" <<CFG
+[[workers]]
+core = $WORKER_CORE
+idle = { mode = "adaptive", idle_after_us = 200, max_sleep_ms = 20 }
+[[networks]]
+name = "ov"
+driver = "overlay"
+vni = 42
+peers = ["$peer"]
+[uplink]
+iface = "$dev"
+CFG
+    start_switch "x$h" "$TMP/x$h.toml" "$TMP/x$h.sock"
+done
+"$BIN" --socket "$TMP/xA.sock" attach ov --netns "$P-xa1" --kind tap --ip 10.94.0.11/24 >/dev/null
+"$BIN" --socket "$TMP/xA.sock" attach ov --netns "$P-xa2" --kind veth --ip 10.94.0.21/24 >/dev/null
+"$BIN" --socket "$TMP/xB.sock" attach ov --netns "$P-xb1" --kind tap --ip 10.94.0.12/24 >/dev/null
+"$BIN" --socket "$TMP/xB.sock" attach ov --netns "$P-xb2" --kind veth --ip 10.94.0.22/24 >/dev/null
+NS xa1 ping -c 2 -i 0.2 10.94.0.12 >/dev/null; NS xa2 ping -c 2 -i 0.2 10.94.0.22 >/dev/null
+V_VX_TCP=$(tcp xa1 xb1 10.94.0.12); echo "iperf3 TCP across hosts (TAP containers): $V_VX_TCP Gbit/s"
+V_VX_PPS=$(pps xa2 xb2 10.94.0.22 10.94.0.21); echo "64B frames delivered across hosts (veth containers): $V_VX_PPS/s"
+"$BIN" --socket "$TMP/xA.sock" stats
+"$BIN" --socket "$TMP/xB.sock" stats
+
 echo "== pipeline on memory"
 "$BENCH" pipeline | tee "$TMP/pipe.txt" | grep -v '^JSON'
 P1=$(grep 'pipeline_l2_1_macs' "$TMP/pipe.txt" | sed 's/^JSON //' | python3 -c "import json,sys;print(round(json.load(sys.stdin)['cycles_per_packet'],1))")
@@ -249,6 +300,9 @@ P100K=$(grep 'pipeline_l2_100000_macs' "$TMP/pipe.txt" | sed 's/^JSON //' | pyth
 jf() { grep "$1" "$TMP/nat.txt" | sed 's/^JSON //' | python3 -c "import json,sys;print(round(json.load(sys.stdin)['$2'],2))"; }
 N1=$(jf pipeline_nat_1_flows cycles_per_packet); N1M=$(jf pipeline_nat_1000000_flows cycles_per_packet)
 NRATIO=$(jf pipeline_nat_1000000_flows ratio_vs_1_flow); NBYTES=$(jf pipeline_nat_1000000_flows bytes_per_flow)
+"$BENCH" vxlan | tee "$TMP/vx.txt" | grep -v '^JSON'
+VENC=$(grep pipeline_vxlan_encap "$TMP/vx.txt" | sed 's/^JSON //' | python3 -c "import json,sys;print(round(json.load(sys.stdin)['cycles_per_packet'],1))")
+VDEC=$(grep pipeline_vxlan_decap "$TMP/vx.txt" | sed 's/^JSON //' | python3 -c "import json,sys;print(round(json.load(sys.stdin)['cycles_per_packet'],1))")
 
 cat >"$RES" <<R
 # metric unit kernel vswitch [lower]
@@ -264,12 +318,15 @@ idle_cpu_adaptive_percent % - $IDLE_CPU lower
 iperf3_tcp_snat Gbit/s $K_SNAT $V_SNAT
 iperf3_tcp_dnat Gbit/s $K_DNAT $V_DNAT
 tcp_conn_per_sec_published conn/s $K_CPS $V_CPS
+iperf3_tcp_vxlan Gbit/s $K_VX_TCP $V_VX_TCP
+frames64_delivered_vxlan pps $K_VX_PPS $V_VX_PPS
 R
 echo
-echo "== summary (kernel = Linux bridge for the L2 rows, docker0-style bridge + iptables NAT for the NAT rows; same topology, same run)"
+echo "== summary (kernel = Linux bridge for the L2 rows, docker0-style bridge + iptables NAT for the NAT rows, bridge + kernel VXLAN on two hosts for the VXLAN rows; same topology, same run)"
 "$BENCH" report --input "$RES" --commit "$COMMIT" --out bench/results
 echo "pipeline cycles/packet: $P1 (1 MAC), $P100K (100,000 MACs)"
 echo "NAT pipeline cycles/packet: $N1 (1 flow), $N1M (1,000,000 flows: ${NRATIO}x the 1-flow rate); $NBYTES bytes per tracked flow"
+echo "VXLAN pipeline cycles/packet: encap $VENC, decap $VDEC"
 echo "adaptive idle: $IDLE_CPU % of one core while idle; first packet after idle one-way p50/p99/max $I_OW50 / $I_OW99 / $I_OWMAX us"
 {
     echo
@@ -278,6 +335,7 @@ echo "adaptive idle: $IDLE_CPU % of one core while idle; first packet after idle
     "$BENCH" report --input "$RES" --commit "$COMMIT" --out bench/results | grep -v '^wrote'
     echo "pipeline cycles/packet: $P1 (1 MAC), $P100K (100,000 MACs)"
     echo "NAT pipeline cycles/packet: $N1 (1 flow), $N1M (1,000,000 flows: ${NRATIO}x the 1-flow rate); $NBYTES bytes per tracked flow"
+    echo "VXLAN pipeline cycles/packet: encap $VENC, decap $VDEC"
     echo "adaptive idle: $IDLE_CPU % of one core while idle; first packet after idle one-way p50/p99/max $I_OW50 / $I_OW99 / $I_OWMAX us"
     echo '```'
 } >>bench/results/HISTORY.md
