@@ -51,16 +51,16 @@ fn iperf_bytes(t: &Topo, client: &str, server_ip: &str, port: &str) -> u64 {
     v["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0)
 }
 
-/// A second vswitch in namespace hB, with its own socket; killed by `Topo`
-/// through `bg`.
-fn start_switch_b(t: &mut Topo, cfg: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("{}-b", t.prefix));
+/// Another vswitch in namespace `ns`, with its own files and socket; `Topo`
+/// kills it (started through `bg`).
+fn start_switch_in(t: &mut Topo, ns: &str, cfg: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("{}-{ns}", t.prefix));
     let _ = std::fs::create_dir_all(&dir);
-    let c = dir.join("b.toml");
+    let c = dir.join("sw.toml");
     std::fs::write(&c, cfg).unwrap();
-    let sock = dir.join("b.sock");
+    let sock = dir.join("sw.sock");
     t.bg(
-        "hB",
+        ns,
         &[
             env!("CARGO_BIN_EXE_vswitch"),
             "run",
@@ -76,7 +76,7 @@ fn start_switch_b(t: &mut Topo, cfg: &str) -> std::path::PathBuf {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    panic!("the second switch did not start");
+    panic!("the switch in {ns} did not start");
 }
 
 fn vs_b(sock: &std::path::Path, args: &[&str]) -> String {
@@ -103,7 +103,7 @@ fn two_vswitch_hosts() {
     let nets_a = overlay("ov", 100, Some("10.80.0.0/24"), B_IP) + &overlay("ov2", 200, None, B_IP);
     let nets_b = overlay("ov", 100, Some("10.80.0.0/24"), A_IP) + &overlay("ov2", 200, None, A_IP);
     t.start_switch(&switch_cfg(&ua, &nets_a));
-    let sb = start_switch_b(&mut t, &switch_cfg(&ub, &nets_b));
+    let sb = start_switch_in(&mut t, "hB", &switch_cfg(&ub, &nets_b));
     for c in ["a1", "a2", "b1", "b2"] {
         t.add_ns(c);
     }
@@ -372,29 +372,7 @@ fn three_hosts_replication_learning_and_arp_suppression() {
             t.start_switch(&cfg);
             sockets.push(t.sock.clone());
         } else {
-            // Hosts B and C: the helper names its files after the namespace.
-            let dir = std::env::temp_dir().join(format!("{}-{h}", t.prefix));
-            let _ = std::fs::create_dir_all(&dir);
-            let c = dir.join("sw.toml");
-            std::fs::write(&c, &cfg).unwrap();
-            let sock = dir.join("sw.sock");
-            t.bg(
-                h,
-                &[
-                    env!("CARGO_BIN_EXE_vswitch"),
-                    "run",
-                    "--config",
-                    c.to_str().unwrap(),
-                    "--socket",
-                    sock.to_str().unwrap(),
-                ],
-            );
-            for _ in 0..100 {
-                if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            let sock = start_switch_in(&mut t, h, &cfg);
             sockets.push(sock);
         }
     }

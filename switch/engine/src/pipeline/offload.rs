@@ -104,6 +104,52 @@ pub(crate) fn tcp_layout(f: &[u8]) -> Option<TcpLayout> {
     })
 }
 
+/// What the headers of the first segment of a TSO frame said.
+pub(crate) struct SegFirst {
+    pub(crate) seq: u32,
+    pub(crate) ip_id: u16,
+    pub(crate) flags: u8,
+    pub(crate) mss: usize,
+}
+
+/// Makes the headers of segment `i` of `nseg` (already copied into `d`,
+/// whose length is the segment's) right: IP length, id and checksum, TCP
+/// sequence number, flags (FIN/PSH only on the last, CWR only on the first)
+/// and a complete TCP checksum.
+pub(crate) fn fix_segment(d: &mut [u8], t: &TcpLayout, first: &SegFirst, i: usize, nseg: usize) {
+    let len = d.len();
+    let l4_len = len - t.l4;
+    if t.v4 {
+        let tot = (len - t.l3) as u16;
+        d[t.l3 + 2..t.l3 + 4].copy_from_slice(&tot.to_be_bytes());
+        d[t.l3 + 4..t.l3 + 6].copy_from_slice(&first.ip_id.wrapping_add(i as u16).to_be_bytes());
+        d[t.l3 + 10..t.l3 + 12].copy_from_slice(&[0, 0]);
+        let c = checksum::finish(0, &d[t.l3..t.l4]);
+        d[t.l3 + 10..t.l3 + 12].copy_from_slice(&c.to_be_bytes());
+    } else {
+        d[t.l3 + 4..t.l3 + 6].copy_from_slice(&(l4_len as u16).to_be_bytes());
+    }
+    let seq = first.seq.wrapping_add((i * first.mss) as u32);
+    d[t.l4 + 4..t.l4 + 8].copy_from_slice(&seq.to_be_bytes());
+    let mut flags = first.flags;
+    if i + 1 < nseg {
+        flags &= !(0x01 | 0x08); // FIN, PSH only on the last segment
+    }
+    if i > 0 {
+        flags &= !0x80; // CWR only on the first
+    }
+    d[t.l4 + 13] = flags;
+    d[t.l4 + 16..t.l4 + 18].copy_from_slice(&[0, 0]);
+    let mut acc = if t.v4 {
+        checksum::sum(0, &d[t.l3 + 12..t.l3 + 20])
+    } else {
+        checksum::sum(0, &d[t.l3 + 8..t.l3 + 40])
+    };
+    acc += IPPROTO_TCP as u32 + l4_len as u32;
+    let c = checksum::finish(acc, &d[t.l4..]);
+    d[t.l4 + 16..t.l4 + 18].copy_from_slice(&c.to_be_bytes());
+}
+
 /// Cuts a TSO frame into MSS-sized segments appended to `out`. `None` if the
 /// frame is not a TCP segment vswitch can cut (counted by the caller).
 pub fn segment(p: &Packet, pool: &mut PacketPool, out: &mut Vec<Packet>) -> Option<usize> {
@@ -141,39 +187,13 @@ pub fn segment(p: &Packet, pool: &mut PacketPool, out: &mut Vec<Packet>) -> Opti
         s.set_len(len);
         s.meta = p.meta;
         s.meta.offload = Offload::default();
-        let d = s.data_mut();
-        let l4_len = len - t.l4;
-        if t.v4 {
-            let tot = (len - t.l3) as u16;
-            d[t.l3 + 2..t.l3 + 4].copy_from_slice(&tot.to_be_bytes());
-            d[t.l3 + 4..t.l3 + 6].copy_from_slice(&id0.wrapping_add(i as u16).to_be_bytes());
-            d[t.l3 + 10..t.l3 + 12].copy_from_slice(&[0, 0]);
-            let c = checksum::finish(0, &d[t.l3..t.l4]);
-            d[t.l3 + 10..t.l3 + 12].copy_from_slice(&c.to_be_bytes());
-        } else {
-            d[t.l3 + 4..t.l3 + 6].copy_from_slice(&(l4_len as u16).to_be_bytes());
-        }
-        let seq = seq0.wrapping_add((i * mss) as u32);
-        d[t.l4 + 4..t.l4 + 8].copy_from_slice(&seq.to_be_bytes());
-        let mut flags = flags0;
-        if i + 1 < nseg {
-            flags &= !(0x01 | 0x08); // FIN, PSH only on the last segment
-        }
-        if i > 0 {
-            flags &= !0x80; // CWR only on the first
-        }
-        d[t.l4 + 13] = flags;
-        d[t.l4 + 16..t.l4 + 18].copy_from_slice(&[0, 0]);
-        let mut acc = 0u32;
-        if t.v4 {
-            acc = checksum::sum(acc, &d[t.l3 + 12..t.l3 + 20]);
-            acc += IPPROTO_TCP as u32 + l4_len as u32;
-        } else {
-            acc = checksum::sum(acc, &d[t.l3 + 8..t.l3 + 40]);
-            acc += IPPROTO_TCP as u32 + l4_len as u32;
-        }
-        let c = checksum::finish(acc, &d[t.l4..]);
-        d[t.l4 + 16..t.l4 + 18].copy_from_slice(&c.to_be_bytes());
+        let first = SegFirst {
+            seq: seq0,
+            ip_id: id0,
+            flags: flags0,
+            mss,
+        };
+        fix_segment(s.data_mut(), &t, &first, i, nseg);
         out.push(s);
     }
     Some(nseg)

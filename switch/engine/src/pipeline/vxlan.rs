@@ -122,64 +122,47 @@ impl EncapCache {
         Ok(self)
     }
 
+    /// Writes the outer Ethernet/IPv4/UDP headers (42 bytes) for a UDP
+    /// payload of `udp_payload` bytes from the template.
+    fn outer(&self, h: &mut [u8], sport: u16, udp_payload: usize) {
+        h[..42].copy_from_slice(&self.tmpl[..42]);
+        let tot = (udp_payload + 28) as u16;
+        h[16..18].copy_from_slice(&tot.to_be_bytes());
+        h[24..26].copy_from_slice(&checksum::update16(self.ip_csum, 0, tot).to_be_bytes());
+        h[34..36].copy_from_slice(&sport.to_be_bytes());
+        h[38..40].copy_from_slice(&((udp_payload + 8) as u16).to_be_bytes());
+    }
+
     /// Encapsulates `p` in place from the template.
     fn apply(&self, p: &mut Packet) -> Option<()> {
         let inner_len = p.len();
         let sport = flow_port(p.data());
         let h = p.push_front(ENCAP_LEN)?;
-        h.copy_from_slice(&self.tmpl);
-        let tot = (inner_len + 36) as u16;
-        h[16..18].copy_from_slice(&tot.to_be_bytes());
-        h[24..26].copy_from_slice(&checksum::update16(self.ip_csum, 0, tot).to_be_bytes());
-        h[34..36].copy_from_slice(&sport.to_be_bytes());
-        h[38..40].copy_from_slice(&((inner_len + 16) as u16).to_be_bytes());
+        self.outer(h, sport, inner_len + 8);
+        h[42..50].copy_from_slice(&self.tmpl[42..50]);
         if let Some(c) = p.meta.offload.csum.as_mut() {
             c.start += ENCAP_LEN as u16;
         }
         Some(())
     }
-}
 
-/// Encapsulates `p` for VTEP `remote_ip` in network `ov`, in place. Returns
-/// `false` (counted in `drops`) when it cannot leave.
-fn encap_one(
-    p: &mut Packet,
-    ov: &OverlayView,
-    u: &UplinkView,
-    remote_ip: u32,
-    nh_mac: Mac,
-) -> Option<()> {
-    let inner_len = p.len();
-    let sport = flow_port(p.data());
-    let h = p.push_front(ENCAP_LEN)?;
-    h[0..6].copy_from_slice(&nh_mac.bytes());
-    h[6..12].copy_from_slice(&u.mac.bytes());
-    h[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    let ip = &mut h[14..34];
-    ip[0] = 0x45;
-    ip[1] = 0;
-    ip[2..4].copy_from_slice(&((inner_len + 36) as u16).to_be_bytes());
-    ip[4..6].copy_from_slice(&[0, 0]);
-    ip[6..8].copy_from_slice(&(if ov.df { 0x4000u16 } else { 0 }).to_be_bytes());
-    ip[8] = ov.ttl;
-    ip[9] = 17;
-    ip[10..12].copy_from_slice(&[0, 0]);
-    ip[12..16].copy_from_slice(&u.vtep_ip.to_be_bytes());
-    ip[16..20].copy_from_slice(&remote_ip.to_be_bytes());
-    let c = checksum::finish(0, ip);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    let udp = &mut h[34..42];
-    udp[0..2].copy_from_slice(&sport.to_be_bytes());
-    udp[2..4].copy_from_slice(&VXLAN_PORT.to_be_bytes());
-    udp[4..6].copy_from_slice(&((inner_len + 16) as u16).to_be_bytes());
-    udp[6..8].copy_from_slice(&[0, 0]); // optional over IPv4 (RFC 7348 5)
-    let vx = &mut h[42..50];
-    vx.copy_from_slice(&[0x08, 0, 0, 0, 0, 0, 0, 0]);
-    vx[4..7].copy_from_slice(&ov.vni.to_be_bytes()[1..4]);
-    if let Some(c) = p.meta.offload.csum.as_mut() {
-        c.start += ENCAP_LEN as u16;
+    /// Encapsulates `p` and queues it on the uplink (counted drop if the
+    /// headroom is gone).
+    fn push(
+        &self,
+        mut p: Packet,
+        pool: &mut PacketPool,
+        txq: &mut super::TxQueues,
+        drops: &mut BatchDrops,
+    ) {
+        match self.apply(&mut p) {
+            Some(()) => txq.push(self.uplink, p),
+            None => {
+                drops.add(DropReason::TooBig);
+                pool.put(p);
+            }
+        }
     }
-    Some(())
 }
 
 /// Writes the outer Ethernet, IPv4 and UDP headers for a UDP payload of
@@ -224,10 +207,7 @@ fn outer_headers(
 /// number of super-datagrams queued, `None` if the frame is not TCP/IPv4.
 fn encap_gso(
     p: &Packet,
-    ov: &OverlayView,
-    u: &UplinkView,
-    remote_ip: u32,
-    nh_mac: Mac,
+    c: &EncapCache,
     pool: &mut PacketPool,
     txq: &mut super::TxQueues,
 ) -> Option<usize> {
@@ -251,9 +231,12 @@ fn encap_gso(
     if per < 2 {
         return None;
     }
-    let seq0 = u32::from_be_bytes(f[t.l4 + 4..t.l4 + 8].try_into().ok()?);
-    let id0 = u16::from_be_bytes([f[t.l3 + 4], f[t.l3 + 5]]);
-    let flags0 = f[t.l4 + 13];
+    let first = offload::SegFirst {
+        seq: u32::from_be_bytes(f[t.l4 + 4..t.l4 + 8].try_into().ok()?),
+        ip_id: u16::from_be_bytes([f[t.l3 + 4], f[t.l3 + 5]]),
+        flags: f[t.l4 + 13],
+        mss,
+    };
     let sport = flow_port(f);
     let chunks: Vec<&[u8]> = payload.chunks(mss).collect();
     let nseg = chunks.len();
@@ -261,52 +244,27 @@ fn encap_gso(
     for (gi, group) in chunks.chunks(per).enumerate() {
         let mut out = pool.get_large();
         let buf = out.rx_space();
-        let mut at = 42;
+        let mut at = ENCAP_LEN - 8;
         for (j, chunk) in group.iter().enumerate() {
-            let i = gi * per + j;
             let len = t.hdrs + chunk.len();
-            let vx = &mut buf[at..at + 8];
-            vx.copy_from_slice(&[0x08, 0, 0, 0, 0, 0, 0, 0]);
-            vx[4..7].copy_from_slice(&ov.vni.to_be_bytes()[1..4]);
+            buf[at..at + 8].copy_from_slice(&c.tmpl[42..50]);
             let d = &mut buf[at + 8..at + 8 + len];
             d[..t.hdrs].copy_from_slice(&f[..t.hdrs]);
             d[t.hdrs..].copy_from_slice(chunk);
-            let tot = (len - t.l3) as u16;
-            d[t.l3 + 2..t.l3 + 4].copy_from_slice(&tot.to_be_bytes());
-            d[t.l3 + 4..t.l3 + 6].copy_from_slice(&id0.wrapping_add(i as u16).to_be_bytes());
-            d[t.l3 + 10..t.l3 + 12].copy_from_slice(&[0, 0]);
-            let c = checksum::finish(0, &d[t.l3..t.l4]);
-            d[t.l3 + 10..t.l3 + 12].copy_from_slice(&c.to_be_bytes());
-            let seq = seq0.wrapping_add((i * mss) as u32);
-            d[t.l4 + 4..t.l4 + 8].copy_from_slice(&seq.to_be_bytes());
-            let mut flags = flags0;
-            if i + 1 < nseg {
-                flags &= !(0x01 | 0x08);
-            }
-            if i > 0 {
-                flags &= !0x80;
-            }
-            d[t.l4 + 13] = flags;
-            d[t.l4 + 16..t.l4 + 18].copy_from_slice(&[0, 0]);
-            let l4_len = len - t.l4;
-            let mut acc = checksum::sum(0, &d[t.l3 + 12..t.l3 + 20]);
-            acc += 6 + l4_len as u32;
-            let c = checksum::finish(acc, &d[t.l4..]);
-            d[t.l4 + 16..t.l4 + 18].copy_from_slice(&c.to_be_bytes());
+            offload::fix_segment(d, &t, &first, gi * per + j, nseg);
             at += 8 + len;
         }
         let udp_payload = at - 42;
-        outer_headers(&mut buf[..42], ov, u, remote_ip, nh_mac, sport, udp_payload);
+        c.outer(&mut buf[..42], sport, udp_payload);
         out.set_len(at);
         out.meta = p.meta;
         out.meta.offload = Offload::default();
         if group.len() > 1 {
             // The UDP field holds the pseudo-header sum for the whole
             // payload; the kernel adjusts it per datagram.
-            let ulen = (udp_payload + 8) as u32;
-            let mut acc = (u.vtep_ip >> 16) + (u.vtep_ip & 0xffff);
-            acc += (remote_ip >> 16) + (remote_ip & 0xffff) + 17 + ulen;
             let d = out.data_mut();
+            let mut acc = checksum::sum(0, &d[26..34]);
+            acc += 17 + (udp_payload + 8) as u32;
             d[40..42].copy_from_slice(&checksum::fold(acc).to_be_bytes());
             out.meta.offload = Offload {
                 csum: Some(CsumPartial {
@@ -322,14 +280,15 @@ fn encap_gso(
                 data_valid: false,
             };
         }
-        txq.push(u.port, out);
+        txq.push(c.uplink, out);
         queued += 1;
     }
     Some(queued)
 }
 
 /// Queues `p` (a frame of overlay network `nv`) to remote VTEP `remote`
-/// (a [`REMOTE_BASE`] port), encapsulated; cuts TSO segments first.
+/// (a [`REMOTE_BASE`] port), encapsulated; TSO frames as UDP GSO
+/// super-datagrams, or cut into segments when that is not possible.
 #[allow(clippy::too_many_arguments)]
 pub fn to_remote(
     p: Packet,
@@ -342,77 +301,29 @@ pub fn to_remote(
     drops: &mut BatchDrops,
     cache: &mut EncapCache,
 ) {
-    if p.meta.offload.gso.is_none() {
-        let mut p = p;
-        match cache.get(nv, remote, snap, tables) {
-            Ok(c) => {
-                let port = c.uplink;
-                match c.apply(&mut p) {
-                    Some(()) => txq.push(port, p),
-                    None => {
-                        drops.add(DropReason::TooBig);
-                        pool.put(p);
-                    }
-                }
-            }
-            Err(r) => {
-                drops.add(r);
-                pool.put(p);
-            }
-        }
-        return;
-    }
-    let (Some(ov), Some(u)) = (nv.overlay.as_ref(), snap.uplink.as_ref()) else {
-        drops.add(DropReason::NoRoute);
-        pool.put(p);
-        return;
-    };
-    let Some(&remote_ip) = snap.vteps.get((remote - REMOTE_BASE) as usize) else {
-        drops.add(DropReason::NoRoute);
-        pool.put(p);
-        return;
-    };
-    let Some(nh) = u.next_hop(remote_ip) else {
-        drops.add(DropReason::NoRoute);
-        pool.put(p);
-        return;
-    };
-    let Some(&nh_mac) = u.neigh.get(&nh) else {
-        let _ = tables.neigh_wanted.push(nh);
-        drops.add(DropReason::NeighMiss);
-        pool.put(p);
-        return;
-    };
-    if p.meta.offload.gso.is_some() {
-        if let Some(n) = encap_gso(&p, ov, u, remote_ip, nh_mac, pool, txq) {
-            if n > 0 {
-                pool.put(p);
-                return;
-            }
-        }
-        let mut segs = Vec::new();
-        if offload::segment(&p, pool, &mut segs).is_none() {
-            drops.add(DropReason::BadOffload);
-        }
-        pool.put(p);
-        for mut s in segs {
-            match encap_one(&mut s, ov, u, remote_ip, nh_mac) {
-                Some(()) => txq.push(u.port, s),
-                None => {
-                    drops.add(DropReason::TooBig);
-                    pool.put(s);
-                }
-            }
-        }
-        return;
-    }
-    let mut p = p;
-    match encap_one(&mut p, ov, u, remote_ip, nh_mac) {
-        Some(()) => txq.push(u.port, p),
-        None => {
-            drops.add(DropReason::TooBig);
+    let c = match cache.get(nv, remote, snap, tables) {
+        Ok(c) => c,
+        Err(r) => {
+            drops.add(r);
             pool.put(p);
+            return;
         }
+    };
+    if p.meta.offload.gso.is_none() {
+        c.push(p, pool, txq, drops);
+        return;
+    }
+    if encap_gso(&p, c, pool, txq).is_some_and(|n| n > 0) {
+        pool.put(p);
+        return;
+    }
+    let mut segs = Vec::new();
+    if offload::segment(&p, pool, &mut segs).is_none() {
+        drops.add(DropReason::BadOffload);
+    }
+    pool.put(p);
+    for s in segs {
+        c.push(s, pool, txq, drops);
     }
 }
 
