@@ -231,6 +231,21 @@ fn rtt(to: &str, count: u64, interval_us: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// A port of the benchmark snapshots: no offloads, fresh counters.
+pub(crate) fn port_view(
+    id: u16,
+    net: Option<vswitch_engine::fdb::NetId>,
+) -> Option<vswitch_engine::tables::PortView> {
+    Some(vswitch_engine::tables::PortView {
+        id,
+        name: format!("p{id}"),
+        net,
+        worker: 0,
+        caps: vswitch_engine::port::PortCaps::default(),
+        stats: std::sync::Arc::new(vswitch_engine::stats::PortStats::default()),
+    })
+}
+
 /// Shared by the pipeline bench.
 pub(crate) fn cpu_mhz() -> f64 {
     std::fs::read_to_string("/proc/cpuinfo")

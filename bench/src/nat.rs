@@ -9,11 +9,8 @@ use std::time::Instant;
 use vswitch_engine::conntrack::{Side, State, TcpState, Tuple, PROTO_TCP};
 use vswitch_engine::packet::{Packet, PacketPool};
 use vswitch_engine::pipeline::{Pipeline, TxQueues, BATCH};
-use vswitch_engine::port::PortCaps;
-use vswitch_engine::stats::{BatchDrops, PortStats};
-use vswitch_engine::tables::{
-    L3View, NetworkView, PortView, Prefix, Route, Snapshot, Tables, UplinkView,
-};
+use vswitch_engine::stats::BatchDrops;
+use vswitch_engine::tables::{L3View, NetworkView, Prefix, Route, Snapshot, Tables, UplinkView};
 use vswitch_engine::wire::checksum;
 use vswitch_engine::wire::mac::Mac;
 
@@ -28,16 +25,7 @@ const UPLINK: u16 = 3;
 fn tables(flows: usize) -> (Arc<Tables>, Arc<Snapshot>) {
     let t = Arc::new(Tables::with_conntrack(1 << 12, flows + 16));
     t.fdb.set_limit(0, 1000);
-    let port = |id, net| {
-        Some(PortView {
-            id,
-            name: format!("p{id}"),
-            net,
-            worker: 0,
-            caps: PortCaps::default(),
-            stats: Arc::new(PortStats::default()),
-        })
-    };
+    let port = crate::port_view;
     t.publish(Snapshot {
         ports: vec![None, port(1, Some(0)), port(2, Some(0)), port(UPLINK, None)],
         networks: vec![Some(NetworkView {

@@ -8,10 +8,9 @@ use vswitch_engine::fdb::NetId;
 use vswitch_engine::packet::{Packet, PacketPool};
 use vswitch_engine::pipeline::vxlan::REMOTE_BASE;
 use vswitch_engine::pipeline::{Pipeline, TxQueues, BATCH};
-use vswitch_engine::port::PortCaps;
-use vswitch_engine::stats::{BatchDrops, PortStats};
+use vswitch_engine::stats::BatchDrops;
 use vswitch_engine::tables::{
-    NetworkView, OverlayView, PortView, Prefix, Route, Snapshot, Tables, UplinkView,
+    NetworkView, OverlayView, Prefix, Route, Snapshot, Tables, UplinkView,
 };
 use vswitch_engine::wire::checksum;
 use vswitch_engine::wire::mac::Mac;
@@ -28,16 +27,7 @@ const UPLINK: u16 = 3;
 fn tables() -> (Arc<Tables>, Arc<Snapshot>) {
     let t = Arc::new(Tables::new(1 << 12));
     t.fdb.set_limit(NET, 1000);
-    let port = |id, net| {
-        Some(PortView {
-            id,
-            name: format!("p{id}"),
-            net,
-            worker: 0,
-            caps: PortCaps::default(),
-            stats: Arc::new(PortStats::default()),
-        })
-    };
+    let port = crate::port_view;
     t.publish(Snapshot {
         ports: vec![
             None,
