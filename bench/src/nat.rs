@@ -59,6 +59,7 @@ fn tables(flows: usize) -> (Arc<Tables>, Arc<Snapshot>) {
             neigh: [(NEXT_HOP, NH_MAC)].into_iter().collect(),
             snat_ports: (10000, 59999),
             vtep_ip: 0,
+            mtu: 1500,
         }),
         ..Default::default()
     });

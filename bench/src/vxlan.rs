@@ -65,6 +65,7 @@ fn tables() -> (Arc<Tables>, Arc<Snapshot>) {
             neigh: [(PEER, PEER_MAC)].into_iter().collect(),
             snat_ports: (61000, 65535),
             vtep_ip: VTEP,
+            mtu: 1500,
         }),
         vteps: vec![PEER],
         vtep_index: [(PEER, 0u16)].into_iter().collect(),

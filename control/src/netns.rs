@@ -240,6 +240,8 @@ pub struct LinkInfo {
     pub index: u32,
     /// MAC address.
     pub mac: [u8; 6],
+    /// MTU.
+    pub mtu: u32,
     /// IPv4 addresses with prefix lengths, primary first.
     pub v4: Vec<(Ipv4Addr, u8)>,
 }
@@ -256,11 +258,12 @@ pub fn link_info(name: &str) -> Result<LinkInfo, NetnsError> {
                 return Err(NetnsError::NoLink(name));
             };
             let mut mac = [0u8; 6];
+            let mut mtu = 1500;
             for a in &l.attributes {
-                if let LinkAttribute::Address(b) = a {
-                    if b.len() == 6 {
-                        mac.copy_from_slice(b);
-                    }
+                match a {
+                    LinkAttribute::Address(b) if b.len() == 6 => mac.copy_from_slice(b),
+                    LinkAttribute::Mtu(m) => mtu = *m,
+                    _ => {}
                 }
             }
             let index = l.header.index;
@@ -273,7 +276,12 @@ pub fn link_info(name: &str) -> Result<LinkInfo, NetnsError> {
                     }
                 }
             }
-            Ok(LinkInfo { index, mac, v4 })
+            Ok(LinkInfo {
+                index,
+                mac,
+                mtu,
+                v4,
+            })
         })
     })
 }

@@ -85,6 +85,7 @@ struct UplinkRec {
     snat_ip: Ipv4Addr,
     snat_is_local: bool,
     vtep: Ipv4Addr,
+    mtu: u32,
     local: Vec<Ipv4Addr>,
     snat: (u16, u16),
     routes: Vec<netns::V4Route>,
@@ -389,6 +390,7 @@ impl State {
                     .collect(),
                 snat_ports: u.snat,
                 vtep_ip: u32::from(u.vtep),
+                mtu: u.mtu,
             }
         });
         let mut published = vswitch_engine::tables::FastMap::default();
@@ -1326,6 +1328,7 @@ impl State {
             snat_ip,
             snat_is_local,
             vtep,
+            mtu: info.mtu,
             local,
             snat,
             routes: Vec::new(),
@@ -1381,6 +1384,7 @@ impl State {
             "snat_ip": u.snat_ip.to_string(),
             "snat_ports": format!("{}-{}", u.snat.0, u.snat.1),
             "vtep": u.vtep.to_string(),
+            "mtu": u.mtu,
             "addresses": u.local.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
             "routes": u.routes.iter().map(|r| json!({
                 "dst": format!("{}/{}", r.dst, r.len),

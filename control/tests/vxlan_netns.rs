@@ -179,6 +179,52 @@ fn two_vswitch_hosts() {
         bytes > 50_000_000,
         "iperf3 across the overlay moved {bytes} bytes"
     );
+
+    // A container whose MTU is set above the overlay's: a DF packet that
+    // cannot fit the underlay once encapsulated gets ICMP
+    // fragmentation-needed with the overlay MTU, and the drop is counted.
+    ok(&t.exec("a1", &["ip", "link", "set", "eth0", "mtu", "1500"]));
+    let key = format!("{}:eth0", t.ns("a1"));
+    let before = t.port_stats(&key)["drops"]["too_big"].as_u64().unwrap_or(0);
+    let o = t.exec(
+        "a1",
+        &[
+            "ping",
+            "-M",
+            "do",
+            "-s",
+            "1472",
+            "-c",
+            "2",
+            "-W",
+            "1",
+            "10.80.0.12",
+        ],
+    );
+    let out = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    assert!(
+        out.contains("mtu = 1450") || out.contains("mtu=1450"),
+        "{out}"
+    );
+    let after = t.port_stats(&key)["drops"]["too_big"].as_u64().unwrap_or(0);
+    assert!(after > before, "too_big not counted");
+    // Below the overlay MTU it still goes through.
+    let o = t.exec(
+        "a1",
+        &[
+            "ping",
+            "-M",
+            "do",
+            "-s",
+            "1400",
+            "-c",
+            "1",
+            "-W",
+            "1",
+            "10.80.0.12",
+        ],
+    );
+    assert!(o.status.success());
 }
 
 /// vswitch on host A, the Linux kernel's VXLAN (bridge + vxlan device) on

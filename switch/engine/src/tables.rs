@@ -168,6 +168,8 @@ pub struct UplinkView {
     pub snat_ports: (u16, u16),
     /// Local VTEP address (overlay networks).
     pub vtep_ip: u32,
+    /// The uplink's MTU: the largest outer IPv4 packet.
+    pub mtu: u32,
 }
 
 impl UplinkView {

@@ -116,6 +116,7 @@ fn rig(max_flows: usize) -> Rig {
             neigh: [(ip(NEXT_HOP), NH_MAC)].into_iter().collect(),
             snat_ports: (20000, 20009),
             vtep_ip: 0,
+            mtu: 1500,
         }),
         published: [(
             (6u8, 8080u16),

@@ -234,7 +234,9 @@ fn dispatch(
                 .and_then(|v| v.net)
                 .and_then(|n| snap.network(n))
             {
-                Some(nv) => vxlan::to_remote(p, nv, out, snap, tables, pool, txq, drops, cache),
+                Some(nv) => {
+                    vxlan::to_remote(p, nv, out, snap, tables, pool, txq, drops, cache, in_port)
+                }
                 None => {
                     drops.add(DropReason::NoNetwork);
                     pool.put(p);
@@ -252,7 +254,7 @@ fn dispatch(
                     // A local frame is also replicated to the overlay's peers;
                     // one that came out of a tunnel (FloodIn) is not.
                     if matches!(a, Action::Flood) && nv.overlay.is_some() {
-                        vxlan::flood_remote(&p, nv, snap, tables, pool, txq, drops, cache);
+                        vxlan::flood_remote(&p, nv, snap, tables, pool, txq, drops, cache, in_port);
                     }
                     flood::replicate(p, nv, in_port, pool, txq)
                 }

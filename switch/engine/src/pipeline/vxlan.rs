@@ -69,6 +69,8 @@ pub struct EncapCache {
     tmpl: [u8; ENCAP_LEN],
     ip_csum: u16,
     uplink: PortId,
+    /// Largest inner frame that fits the underlay (uplink MTU - 36).
+    max_inner: usize,
 }
 
 impl Default for EncapCache {
@@ -78,6 +80,7 @@ impl Default for EncapCache {
             tmpl: [0; ENCAP_LEN],
             ip_csum: 0,
             uplink: 0,
+            max_inner: 0,
         }
     }
 }
@@ -118,6 +121,7 @@ impl EncapCache {
         self.tmpl = t;
         self.ip_csum = c;
         self.uplink = u.port;
+        self.max_inner = (u.mtu as usize).saturating_sub(36);
         self.key = Some(key);
         Ok(self)
     }
@@ -300,6 +304,7 @@ pub fn to_remote(
     txq: &mut super::TxQueues,
     drops: &mut BatchDrops,
     cache: &mut EncapCache,
+    in_port: PortId,
 ) {
     let c = match cache.get(nv, remote, snap, tables) {
         Ok(c) => c,
@@ -310,6 +315,10 @@ pub fn to_remote(
         }
     };
     if p.meta.offload.gso.is_none() {
+        if p.len() > c.max_inner {
+            too_big(p, c.max_inner, in_port, pool, txq, drops);
+            return;
+        }
         c.push(p, pool, txq, drops);
         return;
     }
@@ -327,6 +336,55 @@ pub fn to_remote(
     }
 }
 
+/// A frame too big for the underlay once encapsulated: counted as
+/// `too_big`; for IPv4 with DF set, an ICMP fragmentation-needed goes back
+/// to the sender with the overlay's MTU (RFC 1191), as if from the
+/// destination (the kernel's VXLAN does the same), so its path MTU
+/// discovery shrinks the packets.
+fn too_big(
+    p: Packet,
+    max_inner: usize,
+    in_port: PortId,
+    pool: &mut PacketPool,
+    txq: &mut super::TxQueues,
+    drops: &mut BatchDrops,
+) {
+    drops.add(DropReason::TooBig);
+    let f = p.data();
+    let df = f.len() >= 34 && f[12..14] == [0x08, 0x00] && f[14] >> 4 == 4 && f[20] & 0x40 != 0;
+    let ihl = f.get(14).map_or(0, |b| ((b & 0x0f) as usize) * 4);
+    if !df || ihl < 20 || f.len() < 14 + ihl || f[23] == 1 && f.get(14 + ihl) == Some(&3) {
+        // Not DF, not IPv4, or itself an ICMP error: just dropped.
+        pool.put(p);
+        return;
+    }
+    let quote = (ihl + 8).min(f.len() - 14);
+    let mut r = pool.get_small();
+    let len = 14 + 20 + 8 + quote;
+    let b = r.rx_space();
+    b[0..6].copy_from_slice(&f[6..12]);
+    b[6..12].copy_from_slice(&f[0..6]);
+    b[12..14].copy_from_slice(&[0x08, 0x00]);
+    let ip_len = (20 + 8 + quote) as u16;
+    b[14..34].copy_from_slice(&[
+        0x45, 0xc0, 0, 0, 0, 0, 0, 0, 64, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ]);
+    b[16..18].copy_from_slice(&ip_len.to_be_bytes());
+    b[26..30].copy_from_slice(&f[30..34]); // from the original destination
+    b[30..34].copy_from_slice(&f[26..30]); // to the sender
+    let c = checksum::finish(0, &b[14..34]);
+    b[24..26].copy_from_slice(&c.to_be_bytes());
+    let mtu = (max_inner - 14) as u16;
+    b[34..42].copy_from_slice(&[3, 4, 0, 0, 0, 0, 0, 0]);
+    b[40..42].copy_from_slice(&mtu.to_be_bytes());
+    b[42..42 + quote].copy_from_slice(&f[14..14 + quote]);
+    let c = checksum::finish(0, &b[34..len]);
+    b[36..38].copy_from_slice(&c.to_be_bytes());
+    r.set_len(len);
+    pool.put(p);
+    txq.push(in_port, r);
+}
+
 /// Head-end replication: a copy of `p` to every peer of the network.
 #[allow(clippy::too_many_arguments)]
 pub fn flood_remote(
@@ -338,13 +396,14 @@ pub fn flood_remote(
     txq: &mut super::TxQueues,
     drops: &mut BatchDrops,
     cache: &mut EncapCache,
+    in_port: PortId,
 ) {
     let Some(ov) = nv.overlay.as_ref() else {
         return;
     };
     for &peer in &ov.peers {
         let c = p.clone_from_pool(pool);
-        to_remote(c, nv, peer, snap, tables, pool, txq, drops, cache);
+        to_remote(c, nv, peer, snap, tables, pool, txq, drops, cache, in_port);
     }
 }
 
