@@ -124,6 +124,11 @@ const ICMP_ECHO: u8 = 8;
 const ICMP_TIME_EXCEEDED: u8 = 11;
 const ICMP_PARAM_PROBLEM: u8 = 12;
 
+/// Parsed headers of a batch, kept between batches so that no per-batch
+/// array has to be initialized.
+#[derive(Debug, Default)]
+pub struct Parsed(Vec<Option<V4>>);
+
 /// Parses IPv4 and the L4 ports. `None`: drop as `bad_l3`.
 fn parse_v4(f: &[u8]) -> Option<V4> {
     let ip = Ipv4Packet::new_checked(f.get(ETH_LEN..)?).ok()?;
@@ -279,8 +284,8 @@ pub struct Ctx<'a> {
     /// The last L2 addressing decision: the frames of a batch mostly belong
     /// to one flow, so the route and neighbour lookups are done once.
     last_emit: Option<(Side, u32, [u8; 12], Action)>,
-    /// The last source learned from a tunnel (learned once per batch).
-    last_learn: Option<(crate::fdb::NetId, Mac, PortId)>,
+    /// Decapsulation's memory within the batch.
+    decap: super::vxlan::DecapCache,
 }
 
 impl<'a> Ctx<'a> {
@@ -293,7 +298,7 @@ impl<'a> Ctx<'a> {
             in_port,
             ct: None,
             last_emit: None,
-            last_learn: None,
+            decap: Default::default(),
         }
     }
 
@@ -455,14 +460,18 @@ pub fn route_batch(
     l3: &L3View,
     batch: &mut [Packet],
     hdrs: &mut [Hdr],
+    parsed: &mut Parsed,
 ) {
-    let mut pre = [None; crate::pipeline::BATCH];
-    for ((p, h), slot) in batch.iter().zip(hdrs.iter()).zip(pre.iter_mut()) {
+    let pre = &mut parsed.0;
+    pre.clear();
+    pre.extend(batch.iter().zip(hdrs.iter()).map(|(p, h)| {
         if h.action == Action::Route && ethertype(p.data()) == ETH_P_IPV4 {
-            *slot = parse_v4(p.data());
+            parse_v4(p.data())
+        } else {
+            None
         }
-    }
-    ctx.prefetch(&pre, |_| false);
+    }));
+    ctx.prefetch(pre, |_| false);
     for (i, (p, h)) in batch.iter_mut().zip(hdrs.iter_mut()).enumerate() {
         if h.action == Action::Route {
             let v = pre.get(i).copied().flatten();
@@ -621,17 +630,26 @@ fn from_container(
 }
 
 /// Handles a batch received on the uplink: sets each frame's action.
-pub fn from_uplink(ctx: &mut Ctx<'_>, u: &UplinkView, batch: &mut [Packet], out: &mut Vec<Action>) {
+pub fn from_uplink(
+    ctx: &mut Ctx<'_>,
+    u: &UplinkView,
+    batch: &mut [Packet],
+    out: &mut Vec<Action>,
+    parsed: &mut Parsed,
+) {
     out.clear();
-    let mut pre = [None; crate::pipeline::BATCH];
-    for (p, slot) in batch.iter().zip(pre.iter_mut()) {
+    let pre = &mut parsed.0;
+    pre.clear();
+    pre.extend(batch.iter().map(|p| {
         if ethertype(p.data()) == ETH_P_IPV4 {
-            *slot = parse_v4(p.data());
+            parse_v4(p.data())
+        } else {
+            None
         }
-    }
+    }));
     // VXLAN for the local VTEP is not tracked: no conntrack work for it.
     let vtep = u.vtep_ip;
-    ctx.prefetch(&pre, |v| {
+    ctx.prefetch(pre, |v| {
         v.tuple.proto == PROTO_UDP
             && v.tuple.dport == super::vxlan::VXLAN_PORT
             && v.tuple.dst == vtep
@@ -807,7 +825,7 @@ fn from_tunnel(ctx: &mut Ctx<'_>, p: &mut Packet, v: &V4) -> Action {
         ctx.snap,
         ctx.tables,
         ctx.now,
-        &mut ctx.last_learn,
+        &mut ctx.decap,
     ) {
         Decap::Drop(r) => Action::Drop(r),
         Decap::Inner { net, .. } => {
@@ -819,7 +837,15 @@ fn from_tunnel(ctx: &mut Ctx<'_>, p: &mut Packet, v: &V4) -> Action {
             if dst.is_multicast() {
                 return Action::FloodIn(net.id);
             }
-            match ctx.tables.fdb.lookup(net.id, dst) {
+            let port = match ctx.decap.dst {
+                Some((n, m, port)) if n == net.id && m == dst => port,
+                _ => {
+                    let port = ctx.tables.fdb.lookup(net.id, dst);
+                    ctx.decap.dst = Some((net.id, dst, port));
+                    port
+                }
+            };
+            match port {
                 Some(port) if is_remote(port) => Action::Drop(DropReason::SamePort),
                 Some(port) => Action::Unicast(port),
                 None => Action::FloodIn(net.id),

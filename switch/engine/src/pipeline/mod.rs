@@ -125,6 +125,7 @@ pub struct Pipeline {
     hdrs: Vec<Hdr>,
     actions: Vec<Action>,
     encap: vxlan::EncapCache,
+    parsed: l3::Parsed,
 }
 
 impl Pipeline {
@@ -144,7 +145,7 @@ impl Pipeline {
     ) {
         if let Some(u) = snap.uplink.as_ref().filter(|u| u.port == in_port) {
             let mut ctx = l3::Ctx::new(tables, snap, now, in_port);
-            l3::from_uplink(&mut ctx, u, batch, &mut self.actions);
+            l3::from_uplink(&mut ctx, u, batch, &mut self.actions, &mut self.parsed);
             drop(ctx);
             for (p, a) in batch.drain(..).zip(self.actions.iter()) {
                 match *a {
@@ -187,7 +188,7 @@ impl Pipeline {
             }
             if self.hdrs.iter().any(|h| h.action == Action::Route) {
                 let mut ctx = l3::Ctx::new(tables, snap, now, in_port);
-                l3::route_batch(&mut ctx, net, l, batch, &mut self.hdrs);
+                l3::route_batch(&mut ctx, net, l, batch, &mut self.hdrs, &mut self.parsed);
             }
         }
         // Same shape as the uplink loop above, on purpose: reading the

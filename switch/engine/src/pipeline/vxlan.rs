@@ -407,6 +407,18 @@ pub fn flood_remote(
     }
 }
 
+/// What decapsulation remembers within one batch (frames of one batch
+/// mostly belong to one tunnel and one inner flow).
+#[derive(Debug, Default)]
+pub struct DecapCache {
+    /// (VNI, source VTEP) already validated, with its network and port.
+    tunnel: Option<(u32, u32, NetId, PortId)>,
+    /// The last inner source learned.
+    learn: Option<(NetId, Mac, PortId)>,
+    /// The last inner destination looked up, and where it is.
+    pub dst: Option<(NetId, Mac, Option<PortId>)>,
+}
+
 /// Outcome of decapsulating a frame from the uplink.
 pub enum Decap<'a> {
     /// An inner frame of `net`, from remote VTEP `from`.
@@ -430,7 +442,7 @@ pub fn decap<'a>(
     snap: &'a Snapshot,
     tables: &Tables,
     now: u32,
-    last_learn: &mut Option<(NetId, Mac, PortId)>,
+    cache: &mut DecapCache,
 ) -> Decap<'a> {
     let f = p.data();
     if f.len() < l4 + 16 + 14 {
@@ -442,24 +454,38 @@ pub fn decap<'a>(
         return Decap::Drop(DropReason::VxlanMalformed);
     }
     let vni = u32::from_be_bytes([0, vx[4], vx[5], vx[6]]);
-    let Some(net) = snap
-        .vni_nets
-        .get(&vni)
-        .and_then(|n| snap.network(*n))
-        .filter(|n| n.overlay.is_some())
-    else {
-        return Decap::Drop(DropReason::VxlanUnknownVni);
+    // The packets of a batch mostly come from one VTEP for one VNI.
+    let (net, from) = match cache.tunnel {
+        Some((v, s, n, from)) if v == vni && s == src => match snap.network(n) {
+            Some(net) => (net, from),
+            None => return Decap::Drop(DropReason::VxlanUnknownVni),
+        },
+        _ => {
+            let Some(net) = snap
+                .vni_nets
+                .get(&vni)
+                .and_then(|n| snap.network(*n))
+                .filter(|n| n.overlay.is_some())
+            else {
+                return Decap::Drop(DropReason::VxlanUnknownVni);
+            };
+            let Some(ov) = net.overlay.as_ref() else {
+                return Decap::Drop(DropReason::VxlanUnknownVni);
+            };
+            let Some(from) = snap
+                .vtep_index
+                .get(&src)
+                .map(|i| REMOTE_BASE + *i)
+                .filter(|p| ov.peers.contains(p))
+            else {
+                return Decap::Drop(DropReason::VxlanUnknownVtep);
+            };
+            cache.tunnel = Some((vni, src, net.id, from));
+            (net, from)
+        }
     };
     let Some(ov) = net.overlay.as_ref() else {
         return Decap::Drop(DropReason::VxlanUnknownVni);
-    };
-    let Some(from) = snap
-        .vtep_index
-        .get(&src)
-        .map(|i| REMOTE_BASE + *i)
-        .filter(|p| ov.peers.contains(p))
-    else {
-        return Decap::Drop(DropReason::VxlanUnknownVtep);
     };
     let inner_src = Mac::from_bytes(&[
         f[l4 + 22],
@@ -482,12 +508,12 @@ pub fn decap<'a>(
     if let Some(g) = p.meta.offload.gso.as_mut() {
         g.hdr_len = g.hdr_len.saturating_sub(strip as u16);
     }
-    let again = *last_learn == Some((net.id, inner_src, from));
+    let again = cache.learn == Some((net.id, inner_src, from));
     if ov.learning && !again && !inner_src.is_multicast() && !inner_src.is_zero() {
         if let Learn::Moved { from: old } = tables.fdb.learn(net.id, inner_src, from, now) {
             tracing::debug!(mac = %inner_src, old, to = from, "MAC moved");
         }
-        *last_learn = Some((net.id, inner_src, from));
+        cache.learn = Some((net.id, inner_src, from));
     }
     Decap::Inner { net, from }
 }
