@@ -440,7 +440,7 @@ mod tests {
 
     #[test]
     fn examples_parse() {
-        for f in ["demo.toml", "edge-gateway.toml"] {
+        for f in ["demo.toml", "edge-gateway.toml", "host-gateway.toml"] {
             let p = Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("../configs")
                 .join(f);
