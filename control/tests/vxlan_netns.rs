@@ -42,6 +42,14 @@ fn rx_packets(t: &Topo, ns: &str) -> u64 {
         .unwrap()
 }
 
+/// A permanent neighbour entry in container `ns` (no ARP for `ip`).
+fn static_neigh(t: &Topo, ns: &str, ip: &str, mac: &str) {
+    ok(&t.exec(
+        ns,
+        &["ip", "neigh", "replace", ip, "lladdr", mac, "dev", "eth0"],
+    ));
+}
+
 fn iperf_bytes(t: &Topo, client: &str, server_ip: &str, port: &str) -> u64 {
     let j = ok(&t.exec(
         client,
@@ -448,33 +456,9 @@ fn three_hosts_replication_learning_and_arp_suppression() {
     // Unknown unicast: a1 knows b1's MAC (static neighbour), the switches do
     // not know where it is: the first frame floods to B and C.
     let b1_mac = t.mac_of("b1", "eth0");
-    ok(&t.exec(
-        "a1",
-        &[
-            "ip",
-            "neigh",
-            "replace",
-            "10.82.0.12",
-            "lladdr",
-            &b1_mac,
-            "dev",
-            "eth0",
-        ],
-    ));
+    static_neigh(&t, "a1", "10.82.0.12", &b1_mac);
     let a1_mac = t.mac_of("a1", "eth0");
-    ok(&t.exec(
-        "b1",
-        &[
-            "ip",
-            "neigh",
-            "replace",
-            "10.82.0.11",
-            "lladdr",
-            &a1_mac,
-            "dev",
-            "eth0",
-        ],
-    ));
+    static_neigh(&t, "b1", "10.82.0.11", &a1_mac);
     let c0 = rx_packets(&t, "c1");
     assert!(t.ping("a1", "10.82.0.12", 1));
     assert!(
@@ -515,19 +499,7 @@ fn three_hosts_replication_learning_and_arp_suppression() {
     );
     let _ = t.exec("a1", &["ip", "neigh", "flush", "dev", "eth0"]);
     // c1 knows a1 already, so the only ARP in play is a1's.
-    ok(&t.exec(
-        "c1",
-        &[
-            "ip",
-            "neigh",
-            "replace",
-            "10.82.0.11",
-            "lladdr",
-            &a1_mac,
-            "dev",
-            "eth0",
-        ],
-    ));
+    static_neigh(&t, "c1", "10.82.0.11", &a1_mac);
     let b_before = rx_packets(&t, "b1");
     assert!(t.ping("a1", "10.82.0.13", 2), "a1 -> c1\n{}", t.log());
     assert_eq!(

@@ -302,6 +302,21 @@ impl Tables {
         }
     }
 
+    /// The MAC of the next hop toward `dst` on the uplink. A next hop whose
+    /// MAC is not known yet is queued for the control thread to have the
+    /// kernel resolve it.
+    #[inline]
+    pub fn next_hop_mac(&self, u: &UplinkView, dst: u32) -> Result<Mac, crate::stats::DropReason> {
+        let nh = u.next_hop(dst).ok_or(crate::stats::DropReason::NoRoute)?;
+        match u.neigh.get(&nh) {
+            Some(m) => Ok(*m),
+            None => {
+                let _ = self.neigh_wanted.push(nh);
+                Err(crate::stats::DropReason::NeighMiss)
+            }
+        }
+    }
+
     /// Publishes a new configuration (the caller is the only writer).
     pub fn publish(&self, mut s: Snapshot) {
         s.generation = self.snap.load().generation + 1;

@@ -441,12 +441,9 @@ fn container_port(fdb: &Fdb, nv: &NetworkView, mac: Mac) -> Action {
 
 /// Addresses `f` to the next hop of `dst_ip` on the uplink.
 fn to_uplink(tables: &Tables, u: &UplinkView, f: &mut [u8], dst_ip: u32) -> Action {
-    let Some(nh) = u.next_hop(dst_ip) else {
-        return Action::Drop(DropReason::NoRoute);
-    };
-    let Some(mac) = u.neigh.get(&nh) else {
-        let _ = tables.neigh_wanted.push(nh);
-        return Action::Drop(DropReason::NeighMiss);
+    let mac = match tables.next_hop_mac(u, dst_ip) {
+        Ok(m) => m,
+        Err(r) => return Action::Drop(r),
     };
     f[0..6].copy_from_slice(&mac.bytes());
     f[6..12].copy_from_slice(&u.mac.bytes());

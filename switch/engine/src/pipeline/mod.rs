@@ -147,20 +147,19 @@ impl Pipeline {
             let mut ctx = l3::Ctx::new(tables, snap, now, in_port);
             l3::from_uplink(&mut ctx, u, batch, &mut self.actions, &mut self.parsed);
             drop(ctx);
+            let mut out = Out {
+                tables,
+                snap,
+                in_port,
+                pool,
+                txq,
+                drops,
+                encap: &mut self.encap,
+            };
             for (p, a) in batch.drain(..).zip(self.actions.iter()) {
                 match *a {
-                    Action::Unicast(out) if !vxlan::is_remote(out) => txq.push(out, p),
-                    a => dispatch(
-                        p,
-                        a,
-                        tables,
-                        snap,
-                        in_port,
-                        pool,
-                        txq,
-                        drops,
-                        &mut self.encap,
-                    ),
+                    Action::Unicast(port) if !vxlan::is_remote(port) => out.txq.push(port, p),
+                    a => dispatch(p, a, &mut out),
                 }
             }
             return;
@@ -194,84 +193,86 @@ impl Pipeline {
         // Same shape as the uplink loop above, on purpose: reading the
         // actions straight from `hdrs` (no copy into `actions`) is worth
         // ~3 cycles per frame on the L2 fast path (measured).
+        let mut out = Out {
+            tables,
+            snap,
+            in_port,
+            pool,
+            txq,
+            drops,
+            encap: &mut self.encap,
+        };
         for (p, h) in batch.drain(..).zip(self.hdrs.iter()) {
             // The common case stays in this loop; the rest is out of line.
             match h.action {
-                Action::Unicast(out) if !vxlan::is_remote(out) => txq.push(out, p),
-                a => dispatch(
-                    p,
-                    a,
-                    tables,
-                    snap,
-                    in_port,
-                    pool,
-                    txq,
-                    drops,
-                    &mut self.encap,
-                ),
+                Action::Unicast(port) if !vxlan::is_remote(port) => out.txq.push(port, p),
+                a => dispatch(p, a, &mut out),
             }
         }
     }
 }
 
+/// What the output side of a batch needs: where frames go, where buffers
+/// return, where drops are counted.
+pub struct Out<'a> {
+    /// Shared tables (FDB, neighbour requests).
+    pub tables: &'a Tables,
+    /// Configuration in force.
+    pub snap: &'a Snapshot,
+    /// The batch's ingress port.
+    pub in_port: PortId,
+    /// Buffers.
+    pub pool: &'a mut PacketPool,
+    /// Output queues.
+    pub txq: &'a mut TxQueues,
+    /// Drop counters of the ingress port.
+    pub drops: &'a mut BatchDrops,
+    /// Outer-header templates for remote VTEPs.
+    pub encap: &'a mut vxlan::EncapCache,
+}
+
+impl Out<'_> {
+    /// Counts `r` and returns the buffer.
+    #[inline]
+    pub fn drop(&mut self, p: Packet, r: DropReason) {
+        self.drops.add(r);
+        self.pool.put(p);
+    }
+}
+
 /// Carries out one frame's action (all but local unicast).
 #[inline(never)]
-#[allow(clippy::too_many_arguments)]
-fn dispatch(
-    p: Packet,
-    a: Action,
-    tables: &Tables,
-    snap: &Snapshot,
-    in_port: PortId,
-    pool: &mut PacketPool,
-    txq: &mut TxQueues,
-    drops: &mut BatchDrops,
-    cache: &mut vxlan::EncapCache,
-) {
+fn dispatch(p: Packet, a: Action, o: &mut Out<'_>) {
+    let snap = o.snap;
+    let ingress_net = || {
+        snap.port(o.in_port)
+            .and_then(|v| v.net)
+            .and_then(|n| snap.network(n))
+    };
     match a {
-        Action::Unicast(out) if vxlan::is_remote(out) => {
-            match snap
-                .port(in_port)
-                .and_then(|v| v.net)
-                .and_then(|n| snap.network(n))
-            {
-                Some(nv) => {
-                    vxlan::to_remote(p, nv, out, snap, tables, pool, txq, drops, cache, in_port)
-                }
-                None => {
-                    drops.add(DropReason::NoNetwork);
-                    pool.put(p);
-                }
-            }
-        }
-        Action::Unicast(out) => txq.push(out, p),
+        Action::Unicast(port) if vxlan::is_remote(port) => match ingress_net() {
+            Some(nv) => vxlan::to_remote(p, nv, port, o),
+            None => o.drop(p, DropReason::NoNetwork),
+        },
+        Action::Unicast(port) => o.txq.push(port, p),
         Action::Flood | Action::FloodIn(_) => {
-            let id = match a {
-                Action::FloodIn(n) => Some(n),
-                _ => snap.port(in_port).and_then(|v| v.net),
+            let nv = match a {
+                Action::FloodIn(n) => snap.network(n),
+                _ => ingress_net(),
             };
-            match id.and_then(|n| snap.network(n)) {
+            match nv {
                 Some(nv) => {
                     // A local frame is also replicated to the overlay's peers;
                     // one that came out of a tunnel (FloodIn) is not.
                     if matches!(a, Action::Flood) && nv.overlay.is_some() {
-                        vxlan::flood_remote(&p, nv, snap, tables, pool, txq, drops, cache, in_port);
+                        vxlan::flood_remote(&p, nv, o);
                     }
-                    flood::replicate(p, nv, in_port, pool, txq)
+                    flood::replicate(p, nv, o.in_port, o.pool, o.txq)
                 }
-                None => {
-                    drops.add(DropReason::NoNetwork);
-                    pool.put(p);
-                }
+                None => o.drop(p, DropReason::NoNetwork),
             }
         }
-        Action::Drop(r) => {
-            drops.add(r);
-            pool.put(p);
-        }
-        Action::Route => {
-            drops.add(DropReason::NoRoute);
-            pool.put(p);
-        }
+        Action::Drop(r) => o.drop(p, r),
+        Action::Route => o.drop(p, DropReason::NoRoute),
     }
 }

@@ -13,7 +13,7 @@
 //! TSO segments are cut to the inner MSS before encapsulation; a partial
 //! checksum keeps its request, moved past the outer headers, so the uplink
 //! (AF_PACKET with virtio-net headers) still lets the kernel finish it.
-use super::offload;
+use super::{offload, Out};
 use crate::fdb::{Learn, NetId};
 use crate::packet::{Packet, PacketPool};
 use crate::port::PortId;
@@ -105,11 +105,7 @@ impl EncapCache {
         let Some(&remote_ip) = snap.vteps.get((remote - REMOTE_BASE) as usize) else {
             return Err(DropReason::NoRoute);
         };
-        let nh = u.next_hop(remote_ip).ok_or(DropReason::NoRoute)?;
-        let Some(&nh_mac) = u.neigh.get(&nh) else {
-            let _ = tables.neigh_wanted.push(nh);
-            return Err(DropReason::NeighMiss);
-        };
+        let nh_mac = tables.next_hop_mac(u, remote_ip)?;
         let mut t = [0u8; ENCAP_LEN];
         outer_headers(&mut t[..42], ov, u, remote_ip, nh_mac, 0, 0);
         // The checksum as if the total length were 0: patched per packet.
@@ -293,46 +289,30 @@ fn encap_gso(
 /// Queues `p` (a frame of overlay network `nv`) to remote VTEP `remote`
 /// (a [`REMOTE_BASE`] port), encapsulated; TSO frames as UDP GSO
 /// super-datagrams, or cut into segments when that is not possible.
-#[allow(clippy::too_many_arguments)]
-pub fn to_remote(
-    p: Packet,
-    nv: &NetworkView,
-    remote: PortId,
-    snap: &Snapshot,
-    tables: &Tables,
-    pool: &mut PacketPool,
-    txq: &mut super::TxQueues,
-    drops: &mut BatchDrops,
-    cache: &mut EncapCache,
-    in_port: PortId,
-) {
-    let c = match cache.get(nv, remote, snap, tables) {
+pub fn to_remote(p: Packet, nv: &NetworkView, remote: PortId, o: &mut Out<'_>) {
+    let c = match o.encap.get(nv, remote, o.snap, o.tables) {
         Ok(c) => c,
-        Err(r) => {
-            drops.add(r);
-            pool.put(p);
-            return;
-        }
+        Err(r) => return o.drop(p, r),
     };
     if p.meta.offload.gso.is_none() {
         if p.len() > c.max_inner {
-            too_big(p, c.max_inner, in_port, pool, txq, drops);
+            too_big(p, c.max_inner, o.in_port, o.pool, o.txq, o.drops);
             return;
         }
-        c.push(p, pool, txq, drops);
+        c.push(p, o.pool, o.txq, o.drops);
         return;
     }
-    if encap_gso(&p, c, pool, txq).is_some_and(|n| n > 0) {
-        pool.put(p);
+    if encap_gso(&p, c, o.pool, o.txq).is_some_and(|n| n > 0) {
+        o.pool.put(p);
         return;
     }
     let mut segs = Vec::new();
-    if offload::segment(&p, pool, &mut segs).is_none() {
-        drops.add(DropReason::BadOffload);
+    if offload::segment(&p, o.pool, &mut segs).is_none() {
+        o.drops.add(DropReason::BadOffload);
     }
-    pool.put(p);
+    o.pool.put(p);
     for s in segs {
-        c.push(s, pool, txq, drops);
+        c.push(s, o.pool, o.txq, o.drops);
     }
 }
 
@@ -386,24 +366,13 @@ fn too_big(
 }
 
 /// Head-end replication: a copy of `p` to every peer of the network.
-#[allow(clippy::too_many_arguments)]
-pub fn flood_remote(
-    p: &Packet,
-    nv: &NetworkView,
-    snap: &Snapshot,
-    tables: &Tables,
-    pool: &mut PacketPool,
-    txq: &mut super::TxQueues,
-    drops: &mut BatchDrops,
-    cache: &mut EncapCache,
-    in_port: PortId,
-) {
+pub fn flood_remote(p: &Packet, nv: &NetworkView, o: &mut Out<'_>) {
     let Some(ov) = nv.overlay.as_ref() else {
         return;
     };
     for &peer in &ov.peers {
-        let c = p.clone_from_pool(pool);
-        to_remote(c, nv, peer, snap, tables, pool, txq, drops, cache, in_port);
+        let c = p.clone_from_pool(o.pool);
+        to_remote(c, nv, peer, o);
     }
 }
 
