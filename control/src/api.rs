@@ -149,6 +149,8 @@ pub enum Request {
     },
     /// List peers of every overlay network.
     PeerLs,
+    /// Cluster members and sync counters.
+    Peers,
 }
 
 /// Transport protocol of a published port.
@@ -242,4 +244,11 @@ pub struct FdbInfo {
     pub kind: String,
     /// Seconds since last seen.
     pub age_secs: u32,
+    /// For `synced` entries: the host that announced it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// For `synced` entries: when it was installed here (µs since the Unix
+    /// epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synced_unix_us: Option<u64>,
 }

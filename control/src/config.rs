@@ -22,6 +22,118 @@ pub struct Config {
     /// The host's external interface: egress (SNAT) and published ports.
     #[serde(default)]
     pub uplink: Option<UplinkConfig>,
+    /// Peer-table sync with the other hosts (overlay networks).
+    #[serde(default)]
+    pub cluster: Option<ClusterSection>,
+}
+
+/// `[cluster]`: hosts sync their overlay peer tables themselves.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// UDP address the agent binds, e.g. `10.0.0.1:7946`.
+    pub listen: String,
+    /// Address the other hosts reach this one on; default: `listen` (which
+    /// must then be a specific address).
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// Seed members (`ADDR:PORT`); any one alive is enough to join.
+    #[serde(default)]
+    pub join: Vec<String>,
+    /// File holding the shared key (at least 16 bytes, e.g. 32 random ones).
+    pub key_file: String,
+    /// Host name, unique in the cluster; default: the advertised address.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// SWIM probe period.
+    #[serde(default = "default_probe_ms")]
+    pub probe_ms: u64,
+    /// A suspect member is declared down after this.
+    #[serde(default = "default_suspect_ms")]
+    pub suspect_ms: u64,
+    /// Anti-entropy period.
+    #[serde(default = "default_anti_entropy_ms")]
+    pub anti_entropy_ms: u64,
+    /// Tombstones of deleted entries live this long.
+    #[serde(default = "default_tombstone_secs")]
+    pub tombstone_secs: u64,
+}
+
+fn default_probe_ms() -> u64 {
+    300
+}
+fn default_suspect_ms() -> u64 {
+    1200
+}
+fn default_anti_entropy_ms() -> u64 {
+    500
+}
+fn default_tombstone_secs() -> u64 {
+    300
+}
+
+impl ClusterSection {
+    /// A section from the `vswitch run --cluster-*` flags.
+    pub fn from_flags(listen: String, join: Vec<String>, key_file: String) -> Self {
+        Self {
+            listen,
+            advertise: None,
+            join,
+            key_file,
+            name: None,
+            probe_ms: default_probe_ms(),
+            suspect_ms: default_suspect_ms(),
+            anti_entropy_ms: default_anti_entropy_ms(),
+            tombstone_secs: default_tombstone_secs(),
+        }
+    }
+
+    /// Checks addresses and periods; returns (listen, advertise, join).
+    pub fn addrs(&self) -> Result<ClusterAddrs, ConfigError> {
+        let parse = |what: &str, s: &str| -> Result<std::net::SocketAddr, ConfigError> {
+            s.parse().map_err(|_| {
+                ConfigError::Invalid(format!(
+                    "cluster {what} {s:?} is not an ADDR:PORT like 10.0.0.1:7946"
+                ))
+            })
+        };
+        let listen = parse("listen", &self.listen)?;
+        let advertise = match &self.advertise {
+            Some(a) => parse("advertise", a)?,
+            None if listen.ip().is_unspecified() => {
+                return Err(ConfigError::Invalid(format!(
+                    "cluster listen {listen} is a wildcard; give `advertise` (the address other hosts reach this one on)"
+                )))
+            }
+            None => listen,
+        };
+        let join = self
+            .join
+            .iter()
+            .map(|j| parse("join", j))
+            .collect::<Result<Vec<_>, _>>()?;
+        if self.probe_ms == 0 || self.suspect_ms == 0 || self.anti_entropy_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "cluster probe_ms, suspect_ms and anti_entropy_ms must be above 0".into(),
+            ));
+        }
+        Ok(ClusterAddrs {
+            listen,
+            advertise,
+            join,
+        })
+    }
+}
+
+/// Parsed `[cluster]` addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterAddrs {
+    /// Bind.
+    pub listen: std::net::SocketAddr,
+    /// Advertised.
+    pub advertise: std::net::SocketAddr,
+    /// Seeds.
+    pub join: Vec<std::net::SocketAddr>,
 }
 
 /// The uplink (`vswitch uplink add` takes the same settings).
@@ -189,6 +301,7 @@ impl Default for Config {
             networks: Vec::new(),
             ports: Vec::new(),
             uplink: None,
+            cluster: None,
         }
     }
 }
@@ -292,6 +405,9 @@ impl Config {
                     )));
                 }
             }
+        }
+        if let Some(c) = &self.cluster {
+            c.addrs()?;
         }
         if let Some(u) = &self.uplink {
             if let Some(w) = u.worker {

@@ -33,6 +33,19 @@ enum Cmd {
         /// TOML configuration file.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Sync overlay peer tables with other hosts: UDP ADDR:PORT to bind
+        /// (overrides `[cluster] listen`).
+        #[arg(long)]
+        cluster_listen: Option<String>,
+        /// Seed members to join, ADDR:PORT[,...].
+        #[arg(long, value_delimiter = ',')]
+        cluster_join: Vec<String>,
+        /// File with the cluster's shared key (16+ bytes).
+        #[arg(long)]
+        cluster_key_file: Option<String>,
+        /// This host's name in the cluster (default: the listen address).
+        #[arg(long)]
+        cluster_name: Option<String>,
     },
     /// Networks (bridge domains).
     #[command(subcommand)]
@@ -113,9 +126,15 @@ enum Cmd {
     /// Connection tracking.
     #[command(subcommand)]
     Conntrack(ConntrackCmd),
-    /// Peer VTEPs of overlay networks.
+    /// Peer VTEPs of overlay networks (static).
     #[command(subcommand)]
     Peer(PeerCmd),
+    /// Cluster members (hosts syncing their overlay tables with this one).
+    Peers {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -385,7 +404,13 @@ fn pretty(v: &serde_json::Value) -> String {
 
 fn run(cli: Cli) -> Result<(), String> {
     match &cli.cmd {
-        Cmd::Run { config } => {
+        Cmd::Run {
+            config,
+            cluster_listen,
+            cluster_join,
+            cluster_key_file,
+            cluster_name,
+        } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
                     tracing_subscriber::EnvFilter::try_from_env("VSWITCH_LOG")
@@ -397,6 +422,14 @@ fn run(cli: Cli) -> Result<(), String> {
                 Some(p) => Config::load(p).map_err(|e| e.to_string())?,
                 None => Config::default(),
             };
+            let mut cfg = cfg;
+            apply_cluster_flags(
+                &mut cfg,
+                cluster_listen.clone(),
+                cluster_join.clone(),
+                cluster_key_file.clone(),
+                cluster_name.clone(),
+            )?;
             server::run(cfg, &cli.socket)
         }
         Cmd::Network(NetworkCmd::Create(a)) => {
@@ -484,10 +517,16 @@ fn run(cli: Cli) -> Result<(), String> {
                     mac: mac.clone(),
                 },
             )?;
-            out!(
-                "{netns}:{ifname} attached to {network} (mac {})",
-                v["mac"].as_str().unwrap_or("?")
-            );
+            match v["ip"].as_str() {
+                Some(ip) => out!(
+                    "{netns}:{ifname} attached to {network} (mac {}, ip {ip})",
+                    v["mac"].as_str().unwrap_or("?")
+                ),
+                None => out!(
+                    "{netns}:{ifname} attached to {network} (mac {})",
+                    v["mac"].as_str().unwrap_or("?")
+                ),
+            }
             Ok(())
         }
         Cmd::Detach {
@@ -579,20 +618,22 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             let es: Vec<FdbInfo> = parse(v)?;
             out!(
-                "{:<12} {:<18} {:<14} {:<8} AGE",
+                "{:<12} {:<18} {:<20} {:<8} {:<6} HOST",
                 "NETWORK",
                 "MAC",
                 "PORT",
-                "TYPE"
+                "TYPE",
+                "AGE"
             );
             for e in es {
                 out!(
-                    "{:<12} {:<18} {:<14} {:<8} {}",
+                    "{:<12} {:<18} {:<20} {:<8} {:<6} {}",
                     e.network,
                     e.mac,
                     e.port,
                     e.kind,
-                    e.age_secs
+                    e.age_secs,
+                    e.host.as_deref().unwrap_or("-")
                 );
             }
             Ok(())
@@ -730,6 +771,50 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             Ok(())
         }
+        Cmd::Peers { json } => {
+            let v = call(&cli, Request::Peers)?;
+            if *json {
+                out!("{}", pretty(&v));
+                return Ok(());
+            }
+            out!(
+                "{:<22} {:<22} {:<8} {:<18} {:<10} {:<8} ENTRIES",
+                "NAME",
+                "ADDRESS",
+                "STATE",
+                "EPOCH",
+                "HEARD(ms)",
+                "SEQ"
+            );
+            let me = &v["me"];
+            let rows = std::iter::once(me).chain(v["members"].as_array().into_iter().flatten());
+            for m in rows {
+                out!(
+                    "{:<22} {:<22} {:<8} {:<18} {:<10} {:<8} {}",
+                    m["name"].as_str().unwrap_or("?"),
+                    m["addr"].as_str().unwrap_or("?"),
+                    m["state"].as_str().unwrap_or("?"),
+                    m["epoch"],
+                    m["last_heard_ms"]
+                        .as_u64()
+                        .map_or("-".to_string(), |x| x.to_string()),
+                    m["seq"],
+                    m["entries"]
+                );
+            }
+            let st = &v["stats"];
+            out!(
+                "sent {} datagrams ({} B), received {} ({} B); refused: {} bad key, {} malformed, {} stale",
+                st["tx_packets"],
+                st["tx_bytes"],
+                st["rx_packets"],
+                st["rx_bytes"],
+                st["rx_bad_auth"],
+                st["rx_malformed"],
+                st["rx_stale"]
+            );
+            Ok(())
+        }
         Cmd::Conntrack(ConntrackCmd::Show { json }) => {
             let v = call(&cli, Request::ConntrackShow)?;
             if *json {
@@ -831,4 +916,52 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// `vswitch run --cluster-*` flags over the `[cluster]` section.
+fn apply_cluster_flags(
+    cfg: &mut Config,
+    listen: Option<String>,
+    join: Vec<String>,
+    key_file: Option<String>,
+    name: Option<String>,
+) -> Result<(), String> {
+    if listen.is_none() && join.is_empty() && key_file.is_none() && name.is_none() {
+        return Ok(());
+    }
+    let c = match (cfg.cluster.take(), listen) {
+        (Some(mut c), l) => {
+            if let Some(l) = l {
+                c.listen = l;
+            }
+            c
+        }
+        (None, Some(l)) => {
+            let Some(k) = key_file.clone() else {
+                return Err(
+                    "--cluster-listen needs --cluster-key-file FILE (16+ secret bytes shared by every host)"
+                        .into(),
+                );
+            };
+            vswitch_control::config::ClusterSection::from_flags(l, Vec::new(), k)
+        }
+        (None, None) => {
+            return Err(
+                "--cluster-join/--cluster-key-file/--cluster-name need --cluster-listen ADDR:PORT (or a [cluster] section)"
+                    .into(),
+            )
+        }
+    };
+    let mut c = c;
+    if !join.is_empty() {
+        c.join = join;
+    }
+    if let Some(k) = key_file {
+        c.key_file = k;
+    }
+    if name.is_some() {
+        c.name = name;
+    }
+    cfg.cluster = Some(c);
+    Ok(())
 }

@@ -203,6 +203,11 @@ pub fn configure(
             for (ip, prefix) in addrs {
                 h.address().add(i, ip, prefix).execute().await.map_err(nl)?;
             }
+            // Announce the address with a gratuitous ARP when the link comes
+            // up, so peers that knew it at another MAC (a replaced or
+            // restarted container) update at once. This thread is in `ns`,
+            // so /proc/sys/net is that namespace's.
+            let _ = std::fs::write(format!("/proc/sys/net/ipv4/conf/{to}/arp_notify"), "1");
             h.link()
                 .set(LinkUnspec::new_with_index(i).up().build())
                 .execute()

@@ -32,11 +32,30 @@ pub fn run(cfg: Config, socket: &Path) -> Result<(), String> {
     let listener =
         UnixListener::bind(socket).map_err(|e| format!("listen on {}: {e}", socket.display()))?;
 
-    let state = State::start(&cfg).map_err(|e| {
+    let mut state = State::start(&cfg).map_err(|e| {
         let _ = std::fs::remove_file(socket);
         e.to_string()
     })?;
+    let views = state.take_views();
     let state = Arc::new(Mutex::new(state));
+    if let Some(views) = views {
+        let st = state.clone();
+        std::thread::Builder::new()
+            .name("vswitch-sync".into())
+            .spawn(move || {
+                while let Ok(mut v) = views.recv() {
+                    // Only the newest view matters.
+                    while let Ok(n) = views.try_recv() {
+                        v = n;
+                    }
+                    match st.lock() {
+                        Ok(mut s) => s.apply_view(&v),
+                        Err(_) => return,
+                    }
+                }
+            })
+            .map_err(|e| e.to_string())?;
+    }
     tracing::info!(socket = %socket.display(), "vswitch running");
 
     let hk = state.clone();

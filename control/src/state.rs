@@ -48,6 +48,9 @@ fn err<T>(msg: impl Into<String>) -> Result<T, CmdError> {
     Err(CmdError(msg.into()))
 }
 
+#[path = "sync.rs"]
+mod sync;
+
 #[derive(Debug, Clone)]
 struct Net {
     id: NetId,
@@ -74,6 +77,7 @@ struct Attachment {
     netns: String,
     ifname: String,
     ip: Option<Ipv4Addr>,
+    mac: Mac,
 }
 
 /// The uplink and what the switch knows of the host's routing.
@@ -133,6 +137,12 @@ pub struct State {
     /// Remote VTEPs ever named by an overlay network; VTEP `i` is port
     /// `REMOTE_BASE + i` in the FDB. Append-only, so FDB entries stay valid.
     vteps: Vec<Ipv4Addr>,
+    /// The peer-table sync agent, when `[cluster]` is configured.
+    cluster: Option<vswitch_overlay::Cluster>,
+    /// Views from the agent, until `server` takes the channel.
+    views: Option<crossbeam::channel::Receiver<vswitch_overlay::View>>,
+    /// What the cluster programmed.
+    synced: sync::Synced,
 }
 
 impl State {
@@ -177,6 +187,9 @@ impl State {
             published: BTreeMap::new(),
             last_refresh: std::time::Instant::now(),
             vteps: Vec::new(),
+            cluster: None,
+            views: None,
+            synced: sync::Synced::default(),
         };
         for n in &cfg.networks {
             s.network_create(n.clone())?;
@@ -193,7 +206,18 @@ impl State {
         if let Some(u) = &cfg.uplink {
             s.uplink_add(u.clone())?;
         }
+        if let Some(c) = &cfg.cluster {
+            let (cl, views) = sync::start(c)?;
+            s.cluster = Some(cl);
+            s.views = Some(views);
+            s.sync_local();
+        }
         Ok(s)
+    }
+
+    /// The channel of cluster views (taken once, by the sync thread).
+    pub fn take_views(&mut self) -> Option<crossbeam::channel::Receiver<vswitch_overlay::View>> {
+        self.views.take()
     }
 
     /// Answers one request.
@@ -280,7 +304,9 @@ impl State {
             }
             Request::PeerRm { network, vtep } => self.peer_rm(&network, &vtep).map(|_| json!(null)),
             Request::PeerLs => Ok(self.peer_ls()),
+            Request::Peers => self.peers_status(),
         };
+        self.sync_local();
         match r {
             Ok(data) => Response {
                 ok: true,
@@ -328,21 +354,19 @@ impl State {
                 }),
                 overlay: (n.cfg.driver == Driver::Overlay).then(|| OverlayView {
                     vni: n.cfg.vni.unwrap_or(0),
-                    peers: n
-                        .cfg
-                        .peers
-                        .iter()
-                        .filter_map(|p| p.parse::<Ipv4Addr>().ok())
+                    peers: self
+                        .overlay_peers(n)
+                        .into_iter()
                         .filter_map(|ip| self.vteps.iter().position(|v| *v == ip))
                         .map(|i| REMOTE_BASE + i as PortId)
                         .collect(),
                     learning: n.cfg.learning,
                     ttl: n.cfg.ttl,
                     df: n.cfg.df,
-                    arp: n
-                        .arp
-                        .iter()
-                        .map(|(ip, mac)| (u32::from(*ip), *mac))
+                    arp: self
+                        .synced_arp(n.id)
+                        .chain(n.arp.iter().map(|(ip, mac)| (*ip, *mac)))
+                        .map(|(ip, mac)| (u32::from(ip), mac))
                         .collect(),
                 }),
             });
@@ -829,12 +853,15 @@ impl State {
                 let Some(l3) = net.l3.as_ref() else {
                     return err("unreachable");
                 };
+                // Addresses other hosts' containers hold on the same
+                // overlay network are skipped too.
+                let remote = self.synced_ips(net.id);
                 let free = l3
                     .subnet
                     .iter()
                     .skip(1)
                     .take_while(|a| *a != l3.subnet.broadcast())
-                    .find(|a| *a != l3.gw && !l3.hosts.contains_key(a));
+                    .find(|a| *a != l3.gw && !l3.hosts.contains_key(a) && !remote.contains(a));
                 let Some(a) = free else {
                     return err(format!(
                         "network {network:?} has no free address left in {}",
@@ -895,6 +922,7 @@ impl State {
             netns: ns.to_string(),
             ifname: ifname.to_string(),
             ip: ipam,
+            mac,
         });
         let gw = net.l3.as_ref().map(|l| l.gw);
         let mtu = net.cfg.mtu;
@@ -1039,8 +1067,21 @@ impl State {
                         .get(&e.port)
                         .map_or_else(|| format!("#{}", e.port), |p| p.iface.clone())
                 },
-                kind: if e.is_static { "static" } else { "learned" }.into(),
+                kind: match self.synced_entry(e.net, e.mac) {
+                    Some(_) if is_remote(e.port) => "synced",
+                    _ if e.is_static => "static",
+                    _ => "learned",
+                }
+                .into(),
                 age_secs: e.age_secs,
+                host: self
+                    .synced_entry(e.net, e.mac)
+                    .filter(|_| is_remote(e.port))
+                    .map(|s| s.host.clone()),
+                synced_unix_us: self
+                    .synced_entry(e.net, e.mac)
+                    .filter(|_| is_remote(e.port))
+                    .map(|s| s.at_us),
             })
             .collect())
     }
@@ -1077,12 +1118,7 @@ impl State {
                 let vip: Ipv4Addr = v
                     .parse()
                     .map_err(|_| CmdError(format!("--vtep {v:?} is not an IPv4 address")))?;
-                if !n
-                    .cfg
-                    .peers
-                    .iter()
-                    .any(|p| p.parse::<Ipv4Addr>().ok() == Some(vip))
-                {
+                if !self.overlay_peers(n).contains(&vip) {
                     return err(format!(
                         "{vip} is not a peer of {network:?}; add it first with `vswitch peer add {network} --vtep {vip}`"
                     ));
@@ -1201,10 +1237,15 @@ impl State {
         if changed {
             self.publish();
         }
+        self.sync_local();
     }
 
     /// Stops the workers and removes every interface `attach` created.
     pub fn shutdown(&mut self) {
+        // Leave first: the other hosts withdraw this one's entries at once.
+        if let Some(mut c) = self.cluster.take() {
+            c.stop();
+        }
         self.published.clear();
         if let Some(u) = self.uplink.take() {
             u.guard.remove();
@@ -1411,31 +1452,29 @@ impl State {
         // Next hops to resolve ahead of traffic: the routes' gateways and
         // the next hops of every overlay peer.
         let mut wanted: Vec<Ipv4Addr> = routes.iter().filter_map(|r| r.via).collect();
-        for n in self
+        let peers: Vec<Ipv4Addr> = self
             .networks
             .values()
             .filter(|n| n.cfg.driver == Driver::Overlay)
-        {
-            for p in n
-                .cfg
-                .peers
+            .flat_map(|n| self.overlay_peers(n))
+            .collect();
+        let Some(u) = self.uplink.as_mut() else {
+            return;
+        };
+        for p in peers {
+            let via = routes
                 .iter()
-                .filter_map(|p| p.parse::<Ipv4Addr>().ok())
-            {
-                let via = routes
-                    .iter()
-                    .filter(|r| {
-                        let m = if r.len == 0 {
-                            0
-                        } else {
-                            u32::MAX << (32 - r.len.min(32))
-                        };
-                        (u32::from(p) ^ u32::from(r.dst)) & m == 0
-                    })
-                    .max_by_key(|r| r.len)
-                    .map(|r| r.via.unwrap_or(p));
-                wanted.extend(via);
-            }
+                .filter(|r| {
+                    let m = if r.len == 0 {
+                        0
+                    } else {
+                        u32::MAX << (32 - r.len.min(32))
+                    };
+                    (u32::from(p) ^ u32::from(r.dst)) & m == 0
+                })
+                .max_by_key(|r| r.len)
+                .map(|r| r.via.unwrap_or(p));
+            wanted.extend(via);
         }
         for g in wanted {
             if !neigh.contains_key(&g) {

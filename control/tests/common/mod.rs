@@ -115,6 +115,43 @@ impl Topo {
         self.children.push(c);
     }
 
+    /// Like `bg`, with stderr written to `log`; returns the PID (`ip netns
+    /// exec` execs, so it is the process itself).
+    pub fn bg_log(&mut self, name: &str, args: &[&str], log: &std::path::Path) -> u32 {
+        let ns = self.ns(name);
+        let f = std::fs::File::create(log).expect("log file");
+        let c = Command::new("ip")
+            .args(["netns", "exec", &ns])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(f)
+            .spawn()
+            .expect("spawn in namespace");
+        let pid = c.id();
+        self.children.push(c);
+        pid
+    }
+
+    /// Sends `sig` to a child started with `bg`/`bg_log`, waits for it and
+    /// forgets it.
+    pub fn stop_child(&mut self, pid: u32, sig: nix::sys::signal::Signal) {
+        let Some(i) = self.children.iter().position(|c| c.id() == pid) else {
+            return;
+        };
+        let mut c = self.children.remove(i);
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(5) {
+            if matches!(c.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
     /// A veth pair between namespaces `a` and `b` with addresses (CIDR).
     pub fn link(&self, a: &str, a_if: &str, a_ip: &str, b: &str, b_if: &str, b_ip: &str) {
         ok(&sh(
@@ -251,6 +288,16 @@ impl Drop for Topo {
     fn drop(&mut self) {
         for mut c in self.children.drain(..) {
             // `ip netns exec` execs the command: this PID is the server.
+            // SIGTERM first so a switch removes what it made.
+            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(3) {
+                if matches!(c.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let _ = c.kill();
             let _ = c.wait();
         }

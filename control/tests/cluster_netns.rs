@@ -1,0 +1,405 @@
+//! Hosts sync their overlay peer tables themselves (`[cluster]`): three
+//! hosts as namespaces on an underlay bridge, no static peers or FDB
+//! entries. Needs root.
+mod common;
+use common::{ok, Topo};
+use nix::sys::signal::Signal;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const HOSTS: [&str; 3] = ["host", "h1", "h2"];
+
+fn host_ip(i: usize) -> String {
+    format!("192.168.62.{}", i + 1)
+}
+
+struct Host {
+    ns: &'static str,
+    uplink: String,
+    sock: PathBuf,
+    log: PathBuf,
+    cfg: PathBuf,
+    pid: u32,
+}
+
+/// Three hosts on a bridge in namespace `ul`, each with an uplink veth.
+fn underlay(t: &mut Topo) -> Vec<Host> {
+    t.add_ns("ul");
+    ok(&t.exec("ul", &["ip", "link", "add", "br0", "type", "bridge"]));
+    ok(&t.exec("ul", &["ip", "link", "set", "br0", "up"]));
+    let dir = std::env::temp_dir().join(format!("{}-cl", t.prefix));
+    let _ = std::fs::create_dir_all(&dir);
+    std::fs::write(dir.join("key"), b"a shared secret of 32 bytes ....").unwrap();
+    let mut hosts = Vec::new();
+    for (i, h) in HOSTS.iter().enumerate() {
+        if i > 0 {
+            t.add_ns(h);
+        }
+        let up = format!("{}u{i}", t.prefix);
+        let br = format!("{}p{i}", t.prefix);
+        ok(&common::sh(
+            "ip",
+            &[
+                "link",
+                "add",
+                &up,
+                "netns",
+                &t.ns(h),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &br,
+                "netns",
+                &t.ns("ul"),
+            ],
+        ));
+        ok(&t.exec("ul", &["ip", "link", "set", &br, "master", "br0", "up"]));
+        ok(&t.exec(
+            h,
+            &[
+                "ip",
+                "addr",
+                "add",
+                &format!("{}/24", host_ip(i)),
+                "dev",
+                &up,
+            ],
+        ));
+        ok(&t.exec(h, &["ip", "link", "set", &up, "up"]));
+        hosts.push(Host {
+            ns: h,
+            uplink: up,
+            sock: dir.join(format!("{h}.sock")),
+            log: dir.join(format!("{h}.log")),
+            cfg: dir.join(format!("{h}.toml")),
+            pid: 0,
+        });
+    }
+    hosts
+}
+
+/// The config of host `i`: one overlay network, no peers, `[cluster]`
+/// joining through host 0.
+fn config(h: &Host, i: usize, key: &Path) -> String {
+    format!(
+        "[[workers]]\nidle = {{ mode = \"adaptive\", idle_after_us = 500, max_sleep_ms = 20 }}\n\
+         [[networks]]\nname = \"ov\"\ndriver = \"overlay\"\nvni = 300\nsubnet = \"10.90.0.0/24\"\n\
+         [uplink]\niface = \"{}\"\n\
+         [cluster]\nlisten = \"{}:7946\"\njoin = [\"{}:7946\"]\nkey_file = \"{}\"\nname = \"{}\"\n\
+         probe_ms = 200\nsuspect_ms = 800\nanti_entropy_ms = 300\n",
+        h.uplink,
+        host_ip(i),
+        host_ip(0),
+        key.display(),
+        h.ns
+    )
+}
+
+fn start(t: &mut Topo, h: &mut Host, i: usize) {
+    let key = h.cfg.with_file_name("key");
+    std::fs::write(&h.cfg, config(h, i, &key)).unwrap();
+    let _ = std::fs::remove_file(&h.sock);
+    h.pid = t.bg_log(
+        h.ns,
+        &[
+            env!("CARGO_BIN_EXE_vswitch"),
+            "run",
+            "--config",
+            h.cfg.to_str().unwrap(),
+            "--socket",
+            h.sock.to_str().unwrap(),
+        ],
+        &h.log,
+    );
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(10) {
+        if std::os::unix::net::UnixStream::connect(&h.sock).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!(
+        "the switch in {} did not start:\n{}",
+        h.ns,
+        std::fs::read_to_string(&h.log).unwrap_or_default()
+    );
+}
+
+fn vs(h: &Host, args: &[&str]) -> String {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_vswitch"))
+        .arg("--socket")
+        .arg(&h.sock)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "vswitch ({}) {args:?}: {}\nlog:\n{}",
+        h.ns,
+        String::from_utf8_lossy(&o.stderr),
+        std::fs::read_to_string(&h.log).unwrap_or_default()
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn json(h: &Host, args: &[&str]) -> serde_json::Value {
+    serde_json::from_str(&vs(h, args)).expect("JSON")
+}
+
+/// The synced FDB entries of host `h`: (MAC, source host).
+fn synced(h: &Host) -> Vec<(String, String)> {
+    json(h, &["fdb", "show", "--json"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "synced")
+        .map(|e| {
+            (
+                e["mac"].as_str().unwrap().to_string(),
+                e["host"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Polls until `cond` holds (returns how long it took), or fails with `what`.
+fn until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> Duration {
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        if cond() {
+            return t0.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("not within {limit:?}: {what}");
+}
+
+fn attach(t: &mut Topo, h: &Host, c: &str, mac: &str) -> String {
+    t.add_ns(c);
+    vs(h, &["attach", "ov", "--netns", &t.ns(c), "--mac", mac]);
+    // The address IPAM gave, as the container sees it.
+    let a = ok(&t.exec(c, &["ip", "-o", "-4", "addr", "show", "dev", "eth0"]));
+    a.split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|cidr| cidr.split('/').next())
+        .unwrap_or_else(|| panic!("no address on {c}: {a}"))
+        .to_string()
+}
+
+fn member_state(h: &Host, name: &str) -> Option<(String, u64)> {
+    let v = json(h, &["peers", "--json"]);
+    v["members"].as_array().unwrap().iter().find_map(|m| {
+        (m["name"] == name).then(|| {
+            (
+                m["state"].as_str().unwrap().to_string(),
+                m["epoch"].as_u64().unwrap(),
+            )
+        })
+    })
+}
+
+const MACS: [&str; 3] = [
+    "02:90:00:00:00:10",
+    "02:90:00:00:00:11",
+    "02:90:00:00:00:12",
+];
+
+fn has(list: &[(String, String)], mac: &str, host: &str) -> bool {
+    list.iter().any(|(m, h)| m == mac && h == host)
+}
+
+/// Containers on three hosts reach each other with nothing typed but
+/// `attach`; IPAM does not hand out an address another host uses; detach,
+/// a killed switch and a restarted one are followed everywhere.
+#[test]
+fn three_hosts_sync_endpoints() {
+    let mut t = Topo::new("c1");
+    let mut hosts = underlay(&mut t);
+    for (i, h) in hosts.iter_mut().enumerate() {
+        start(&mut t, h, i);
+    }
+    // Membership: every host sees the two others alive.
+    until("all members alive", Duration::from_secs(10), || {
+        hosts.iter().all(|h| {
+            let v = json(h, &["peers", "--json"]);
+            v["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|m| m["state"] == "alive")
+                .count()
+                == 2
+        })
+    });
+    // Container 0 first; once host 1 knows its address, IPAM there skips it.
+    let ip0 = attach(&mut t, &hosts[0], "c0", MACS[0]);
+    until("host 1 learns c0", Duration::from_secs(5), || {
+        has(&synced(&hosts[1]), MACS[0], "host")
+    });
+    let ip1 = attach(&mut t, &hosts[1], "c1", MACS[1]);
+    let ip2 = attach(&mut t, &hosts[2], "c2", MACS[2]);
+    assert_ne!(
+        ip0, ip1,
+        "IPAM gave host 1 the address of a container on host 0"
+    );
+    let ips = [ip0, ip1, ip2];
+    for (i, h) in hosts.iter().enumerate() {
+        until(
+            &format!("{} learns the others", h.ns),
+            Duration::from_secs(5),
+            || {
+                let s = synced(h);
+                (0..3)
+                    .filter(|j| *j != i)
+                    .all(|j| has(&s, MACS[j], HOSTS[j]))
+            },
+        );
+    }
+    for (a, b) in [(0, 1), (0, 2), (1, 2), (2, 0)] {
+        assert!(
+            t.ping(&format!("c{a}"), &ips[b], 2),
+            "c{a} cannot ping c{b} ({})",
+            ips[b]
+        );
+    }
+    // Flood lists came from the cluster too.
+    let st = json(&hosts[0], &["peers", "--json"]);
+    assert_eq!(st["me"]["entries"].as_u64(), Some(3), "{st}"); // VTEP, VNI, c0
+    assert_eq!(st["stats"]["rx_bad_auth"], 0);
+
+    // Detach withdraws everywhere.
+    vs(&hosts[2], &["detach", "ov", "--netns", &t.ns("c2")]);
+    for h in &hosts[..2] {
+        until("c2 withdrawn after detach", Duration::from_secs(3), || {
+            !synced(h).iter().any(|(m, _)| m == MACS[2])
+        });
+    }
+    // Back, then the switch on host 2 dies without a word.
+    vs(
+        &hosts[2],
+        &[
+            "attach",
+            "ov",
+            "--netns",
+            &t.ns("c2"),
+            "--mac",
+            MACS[2],
+            "--ip",
+            &ips[2],
+        ],
+    );
+    until("c2 back on host 0", Duration::from_secs(3), || {
+        has(&synced(&hosts[0]), MACS[2], "h2")
+    });
+    let (_, epoch_before) = member_state(&hosts[0], "h2").unwrap();
+    t.stop_child(hosts[2].pid, Signal::SIGKILL);
+    for h in &hosts[..2] {
+        let took = until(
+            "a killed host's entries withdrawn",
+            Duration::from_secs(6),
+            || !synced(h).iter().any(|(_, src)| src == "h2"),
+        );
+        eprintln!("{}: h2's entries withdrawn {took:?} after the kill", h.ns);
+    }
+    assert!(!t.ping("c0", &ips[2], 1));
+    // Restarted: a new run, with another container; the old MAC does not
+    // come back.
+    let mut h2 = hosts.pop().unwrap();
+    start(&mut t, &mut h2, 2);
+    // The new container comes once the host has the cluster's tables, so
+    // its gratuitous ARP (arp_notify) reaches c0 and replaces the old MAC
+    // in c0's neighbour cache.
+    until(
+        "the restarted host learns c0",
+        Duration::from_secs(5),
+        || has(&synced(&h2), MACS[0], "host"),
+    );
+    let new_mac = "02:90:00:00:00:22";
+    vs(
+        &h2,
+        &[
+            "attach",
+            "ov",
+            "--netns",
+            &t.ns("c2"),
+            "--mac",
+            new_mac,
+            "--ip",
+            &ips[2],
+        ],
+    );
+    until(
+        "the restarted host's new entries",
+        Duration::from_secs(5),
+        || {
+            let s = synced(&hosts[0]);
+            has(&s, new_mac, "h2") && !s.iter().any(|(m, _)| m == MACS[2])
+        },
+    );
+    let (state, epoch_after) = member_state(&hosts[0], "h2").unwrap();
+    assert_eq!(state, "alive");
+    assert!(
+        epoch_after > epoch_before,
+        "epoch {epoch_after} !> {epoch_before}"
+    );
+    assert!(t.ping("c0", &ips[2], 2), "c0 cannot reach the new c2");
+    hosts.push(h2);
+}
+
+/// A partition is detected and heals; a forged or malformed datagram is
+/// refused and counted, and changes nothing.
+#[test]
+fn partition_heals_and_forgeries_are_refused() {
+    let mut t = Topo::new("c2");
+    let mut hosts = underlay(&mut t);
+    for (i, h) in hosts.iter_mut().enumerate() {
+        start(&mut t, h, i);
+    }
+    attach(&mut t, &hosts[0], "c0", MACS[0]);
+    attach(&mut t, &hosts[2], "c2", MACS[2]);
+    until("host 0 learns c2", Duration::from_secs(10), || {
+        has(&synced(&hosts[0]), MACS[2], "h2")
+    });
+    // Cut host 2 off the cluster port (data plane untouched).
+    let rules = "table inet vtpart {\n chain in { type filter hook input priority 0; udp dport 7946 drop; }\n chain out { type filter hook output priority 0; udp dport 7946 drop; }\n}\n";
+    ok(&t.exec("h2", &["nft", rules]));
+    until(
+        "partition detected on host 0",
+        Duration::from_secs(8),
+        || !has(&synced(&hosts[0]), MACS[2], "h2"),
+    );
+    until(
+        "partition detected on host 2",
+        Duration::from_secs(8),
+        || !has(&synced(&hosts[2]), MACS[0], "host"),
+    );
+    ok(&t.exec("h2", &["nft", "delete", "table", "inet", "vtpart"]));
+    let took = until("partition healed", Duration::from_secs(15), || {
+        has(&synced(&hosts[0]), MACS[2], "h2") && has(&synced(&hosts[2]), MACS[0], "host")
+    });
+    eprintln!("healed {took:?} after the cut was removed");
+
+    // Forgeries, sent from host 1's address to host 0's cluster port: a
+    // well-formed datagram under another key, and junk.
+    let before = json(&hosts[0], &["peers", "--json"]);
+    let script = "import hmac,hashlib,socket,sys\n\
+        body=b'VSWC\\x01\\x01'+bytes(20)\n\
+        tag=hmac.new(b'not the cluster key at all!!',body,hashlib.sha256).digest()[:16]\n\
+        s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+        s.sendto(body+tag,(sys.argv[1],7946))\n\
+        s.sendto(b'garbage',(sys.argv[1],7946))\n";
+    ok(&t.exec("h1", &["python3", "-c", script, &host_ip(0)]));
+    until("forgeries counted", Duration::from_secs(3), || {
+        let v = json(&hosts[0], &["peers", "--json"]);
+        v["stats"]["rx_bad_auth"].as_u64() > before["stats"]["rx_bad_auth"].as_u64()
+            && v["stats"]["rx_malformed"].as_u64() > before["stats"]["rx_malformed"].as_u64()
+    });
+    let after = json(&hosts[0], &["peers", "--json"]);
+    assert_eq!(
+        before["members"].as_array().map(|m| m.len()),
+        after["members"].as_array().map(|m| m.len())
+    );
+    assert!(has(&synced(&hosts[0]), MACS[2], "h2"));
+}
