@@ -19,6 +19,7 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-5}
 WORKER_CORE=${WORKER_CORE:-1}
 GEN_CORE=${GEN_CORE:-0}
+CLUSTER_HOSTS=${CLUSTER_HOSTS:-16}
 APP="taskset -c $GEN_CORE"
 bash scripts/install-deps.sh >/dev/null
 cargo build --release -q
@@ -33,6 +34,8 @@ cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
     for n in bh ba bb vh va vb ta tb ih ia ib nh nc ne sh sc se kA kB kc1 kc2 xA xB xa1 xa2 xb1 xb2; do ip netns del "$P-$n" 2>/dev/null || true; done
+    # The cluster bench cleans up after itself; this covers it being killed.
+    ip netns list | awk '{print $1}' | grep "^$P-c" | while read -r n; do ip netns del "$n" 2>/dev/null || true; done
     rm -rf "$TMP"
 }
 trap cleanup EXIT INT TERM
@@ -292,6 +295,10 @@ V_VX_PPS=$(pps xa2 xb2 10.94.0.22 10.94.0.21); echo "64B frames delivered across
 "$BIN" --socket "$TMP/xA.sock" stats
 "$BIN" --socket "$TMP/xB.sock" stats
 
+echo "== peer-table sync: $CLUSTER_HOSTS hosts (namespaces on one bridge), one switch each, gossip backend"
+"$BENCH" cluster --hosts "$CLUSTER_HOSTS" --vswitch "$BIN" --prefix "$P-c" | tee "$TMP/cl.txt" | grep -v '^RESULT'
+grep '^RESULT' "$TMP/cl.txt" | sed 's/^RESULT //' >"$TMP/cl.res"
+
 echo "== pipeline on memory"
 "$BENCH" pipeline | tee "$TMP/pipe.txt" | grep -v '^JSON'
 P1=$(grep 'pipeline_l2_1_macs' "$TMP/pipe.txt" | sed 's/^JSON //' | python3 -c "import json,sys;print(round(json.load(sys.stdin)['cycles_per_packet'],1))")
@@ -321,6 +328,7 @@ tcp_conn_per_sec_published conn/s $K_CPS $V_CPS
 iperf3_tcp_vxlan Gbit/s $K_VX_TCP $V_VX_TCP
 frames64_delivered_vxlan pps $K_VX_PPS $V_VX_PPS
 R
+cat "$TMP/cl.res" >>"$RES"
 echo
 echo "== summary (kernel = Linux bridge for the L2 rows, docker0-style bridge + iptables NAT for the NAT rows, bridge + kernel VXLAN on two hosts for the VXLAN rows; same topology, same run)"
 "$BENCH" report --input "$RES" --commit "$COMMIT" --out bench/results

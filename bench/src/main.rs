@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 mod chart;
+mod cluster;
 mod nat;
 mod pipeline;
 mod vxlan;
@@ -25,6 +26,31 @@ enum Cmd {
         /// Batches to run per case.
         #[arg(long, default_value_t = 700_000)]
         batches: usize,
+    },
+    /// Peer-table sync across many hosts (namespaces): propagation, repair
+    /// of a lost update, withdrawal of a dead host, control traffic. Root.
+    Cluster {
+        /// Hosts (namespaces, one switch each).
+        #[arg(long, default_value_t = 16)]
+        hosts: usize,
+        /// Changes timed (each an add and a delete).
+        #[arg(long, default_value_t = 40)]
+        changes: usize,
+        /// Lost-update trials.
+        #[arg(long, default_value_t = 8)]
+        losses: usize,
+        /// Hosts killed.
+        #[arg(long, default_value_t = 3)]
+        kills: usize,
+        /// Seconds of idle control traffic measured.
+        #[arg(long, default_value_t = 10)]
+        idle_secs: u64,
+        /// The vswitch binary.
+        #[arg(long, default_value = "target/release/vswitch")]
+        vswitch: PathBuf,
+        /// Prefix of namespace and link names.
+        #[arg(long, default_value = "vsbc")]
+        prefix: String,
     },
     /// NAT pipeline on memory: established SNAT flows, 1 and 1,000,000.
     Nat {
@@ -104,6 +130,23 @@ fn main() {
             nat::run(batches, only);
             Ok(())
         }
+        Cmd::Cluster {
+            hosts,
+            changes,
+            losses,
+            kills,
+            idle_secs,
+            vswitch,
+            prefix,
+        } => cluster::run(&cluster::Opts {
+            hosts,
+            changes,
+            losses,
+            kills,
+            idle_secs,
+            vswitch,
+            prefix,
+        }),
         Cmd::Vxlan { batches } => {
             vxlan::run(batches);
             Ok(())

@@ -556,12 +556,32 @@ mod tests {
 
     #[test]
     fn examples_parse() {
-        for f in ["demo.toml", "edge-gateway.toml", "host-gateway.toml"] {
+        for f in [
+            "demo.toml",
+            "edge-gateway.toml",
+            "host-gateway.toml",
+            "cluster-host.toml",
+        ] {
             let p = Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("../configs")
                 .join(f);
             Config::load(&p).unwrap_or_else(|e| panic!("{f}: {e}"));
         }
+    }
+
+    #[test]
+    fn cluster_errors_name_what_to_fix() {
+        let e = parse("[cluster]\nlisten = \"0.0.0.0:7946\"\nkey_file = \"k\"\n").unwrap_err();
+        assert!(e.contains("advertise"), "{e}");
+        let e = parse("[cluster]\nlisten = \"10.0.0.1\"\nkey_file = \"k\"\n").unwrap_err();
+        assert!(e.contains("ADDR:PORT"), "{e}");
+        let e = parse("[cluster]\nlisten = \"10.0.0.1:7946\"\njoin = [\"x\"]\nkey_file = \"k\"\n")
+            .unwrap_err();
+        assert!(e.contains("join"), "{e}");
+        let c = parse("[cluster]\nlisten = \"0.0.0.0:7946\"\nadvertise = \"10.0.0.1:7946\"\nkey_file = \"k\"\n")
+            .unwrap();
+        let a = c.cluster.unwrap().addrs().unwrap();
+        assert_eq!(a.advertise.to_string(), "10.0.0.1:7946");
     }
 
     #[test]
