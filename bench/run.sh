@@ -22,7 +22,7 @@ GEN_CORE=${GEN_CORE:-0}
 CLUSTER_HOSTS=${CLUSTER_HOSTS:-16}
 APP="taskset -c $GEN_CORE"
 bash scripts/install-deps.sh >/dev/null
-cargo build --release -q
+cargo build --release -q --all-features
 BIN=$PWD/target/release/vswitch
 BENCH=$PWD/target/release/vswitch-bench
 COMMIT=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . ':!bench/results' || echo -dirty)
@@ -295,9 +295,12 @@ V_VX_PPS=$(pps xa2 xb2 10.94.0.22 10.94.0.21); echo "64B frames delivered across
 "$BIN" --socket "$TMP/xA.sock" stats
 "$BIN" --socket "$TMP/xB.sock" stats
 
-echo "== peer-table sync: $CLUSTER_HOSTS hosts (namespaces on one bridge), one switch each, gossip backend"
-"$BENCH" cluster --hosts "$CLUSTER_HOSTS" --vswitch "$BIN" --prefix "$P-c" | tee "$TMP/cl.txt" | grep -v '^RESULT'
-grep '^RESULT' "$TMP/cl.txt" | sed 's/^RESULT //' >"$TMP/cl.res"
+: >"$TMP/cl.res"
+for backend in gossip etcd; do
+    echo "== peer-table sync: $CLUSTER_HOSTS hosts (namespaces on one bridge), one switch each, $backend backend"
+    "$BENCH" cluster --hosts "$CLUSTER_HOSTS" --vswitch "$BIN" --prefix "$P-c" --backend "$backend" | tee "$TMP/cl.txt" | grep -v '^RESULT'
+    grep '^RESULT' "$TMP/cl.txt" | sed 's/^RESULT //' >>"$TMP/cl.res"
+done
 
 echo "== pipeline on memory"
 "$BENCH" pipeline | tee "$TMP/pipe.txt" | grep -v '^JSON'

@@ -9,8 +9,10 @@ if [ "$(id -u)" != 0 ]; then
 fi
 # nftables: the uplink guard; curl, dnsutils, dnsmasq-base, python3: real
 # clients and servers for the gateway and NAT tests; iptables: the
-# docker0-style reference in the benchmark.
-pkgs=(iproute2 iputils-ping iperf3 tcpdump netsniff-ng ethtool procps kmod nftables iptables curl dnsutils dnsmasq-base python3)
+# docker0-style reference in the benchmark; etcd-server: the etcd backend's
+# tests and benchmark; protobuf-compiler, libprotobuf-dev: building the etcd
+# client (cargo feature `etcd`).
+pkgs=(iproute2 iputils-ping iperf3 tcpdump netsniff-ng ethtool procps kmod nftables iptables curl dnsutils dnsmasq-base python3 etcd-server protobuf-compiler libprotobuf-dev)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -5,10 +5,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 cargo fmt --all -- --check
+# --all-features: the etcd backend is built and tested too.
+cargo clippy --workspace --all-targets --all-features --release -- -D warnings
 cargo clippy --workspace --all-targets --release -- -D warnings
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-cargo test --workspace --release 2>&1 | tee "$log"
+cargo test --workspace --all-features --release 2>&1 | tee "$log"
 # One closing line over every test binary (cargo prints one per binary,
 # the last of which is often a crate's empty doc-test run).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }

@@ -41,12 +41,17 @@ pub struct Opts {
     pub vswitch: PathBuf,
     /// Name prefix of namespaces and links.
     pub prefix: String,
+    /// `gossip` or `etcd`.
+    pub backend: String,
 }
+
+const ETCD_IP: &str = "192.168.70.254";
 
 struct Host {
     ns: String,
     name: String,
     ip: String,
+    uplink: String,
     sock: PathBuf,
     child: Option<Child>,
 }
@@ -55,6 +60,7 @@ struct Topo {
     prefix: String,
     namespaces: Vec<String>,
     hosts: Vec<Host>,
+    etcd: Option<Child>,
     dir: PathBuf,
 }
 
@@ -85,6 +91,9 @@ impl Drop for Topo {
             if let Some(mut c) = h.child.take() {
                 stop(&mut c, nix::sys::signal::Signal::SIGTERM);
             }
+        }
+        if let Some(mut c) = self.etcd.take() {
+            stop(&mut c, nix::sys::signal::Signal::SIGTERM);
         }
         for ns in self.namespaces.iter().rev() {
             let _ = sh(&["ip", "netns", "del", ns]);
@@ -163,15 +172,29 @@ fn synced(h: &Host) -> Result<BTreeMap<String, (String, u64)>, String> {
         .collect())
 }
 
-fn ctrl_bytes(hosts: &[&Host]) -> Result<(u64, u64), String> {
-    let mut b = 0;
-    let mut p = 0;
+/// Bytes the hosts' underlay interfaces sent and received (the wire, with
+/// every header; in this bench nothing but the cluster uses the underlay).
+fn wire_bytes(hosts: &[&Host]) -> Result<(u64, u64), String> {
+    let mut tx = 0;
+    let mut rx = 0;
     for h in hosts {
-        let v = call(h, &Request::Peers)?;
-        b += v["stats"]["tx_bytes"].as_u64().unwrap_or(0);
-        p += v["stats"]["tx_packets"].as_u64().unwrap_or(0);
+        let rd = |c: &str| -> Result<u64, String> {
+            sh(&[
+                "ip",
+                "netns",
+                "exec",
+                &h.ns,
+                "cat",
+                &format!("/sys/class/net/{}/statistics/{c}", h.uplink),
+            ])?
+            .trim()
+            .parse::<u64>()
+            .map_err(|e| e.to_string())
+        };
+        tx += rd("tx_bytes")?;
+        rx += rd("rx_bytes")?;
     }
-    Ok((b, p))
+    Ok((tx, rx))
 }
 
 fn wait_for(
@@ -222,6 +245,61 @@ fn ms(us: u64) -> f64 {
     us as f64 / 1000.0
 }
 
+/// Debian's etcd on the underlay bridge, in the underlay namespace.
+fn start_etcd(ul: &str, dir: &std::path::Path) -> Result<Child, String> {
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        ul,
+        "ip",
+        "addr",
+        "add",
+        &format!("{ETCD_IP}/24"),
+        "dev",
+        "br0",
+    ])?;
+    let client = format!("http://{ETCD_IP}:2379");
+    let log = std::fs::File::create(dir.join("etcd.log")).map_err(|e| e.to_string())?;
+    let mut c = Command::new("ip")
+        .args(["netns", "exec", ul, "etcd", "--name", "n1", "--data-dir"])
+        .arg(dir.join("etcd"))
+        .args([
+            "--listen-client-urls",
+            &client,
+            "--advertise-client-urls",
+            &client,
+            "--listen-peer-urls",
+            "http://127.0.0.1:2380",
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:2380",
+            "--initial-cluster",
+            "n1=http://127.0.0.1:2380",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("start etcd (apt install etcd-server): {e}"))?;
+    let up = wait_for("etcd health", Duration::from_secs(20), || {
+        Ok(sh(&[
+            "ip",
+            "netns",
+            "exec",
+            ul,
+            "curl",
+            "-sf",
+            &format!("{client}/health"),
+        ])
+        .is_ok())
+    });
+    if let Err(e) = up {
+        stop(&mut c, nix::sys::signal::Signal::SIGTERM);
+        return Err(e);
+    }
+    Ok(c)
+}
+
 /// Runs the benchmark; prints `RESULT metric unit - value lower` lines for
 /// `bench/run.sh` and a `JSON` summary.
 pub fn run(o: &Opts) -> Result<(), String> {
@@ -233,10 +311,16 @@ pub fn run(o: &Opts) -> Result<(), String> {
     }
     let dir = std::env::temp_dir().join(format!("{}-dir", o.prefix));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let etcd = match o.backend.as_str() {
+        "gossip" => false,
+        "etcd" => true,
+        b => return Err(format!("--backend {b:?}: give gossip or etcd")),
+    };
     let mut t = Topo {
         prefix: o.prefix.clone(),
         namespaces: Vec::new(),
         hosts: Vec::new(),
+        etcd: None,
         dir: dir.clone(),
     };
     let ul = t.ns("ul")?;
@@ -244,6 +328,9 @@ pub fn run(o: &Opts) -> Result<(), String> {
         "ip", "netns", "exec", &ul, "ip", "link", "add", "br0", "type", "bridge",
     ])?;
     sh(&["ip", "netns", "exec", &ul, "ip", "link", "set", "br0", "up"])?;
+    if etcd {
+        t.etcd = Some(start_etcd(&ul, &dir)?);
+    }
     let key = dir.join("key");
     std::fs::write(&key, b"benchmark cluster key, 32 bytes.").map_err(|e| e.to_string())?;
     let t_start = Instant::now();
@@ -273,14 +360,23 @@ pub fn run(o: &Opts) -> Result<(), String> {
         ])?;
         sh(&["ip", "netns", "exec", &ns, "ip", "link", "set", &up, "up"])?;
         let name = format!("h{i}");
+        let cluster = if etcd {
+            format!(
+                "[cluster]\nbackend = \"etcd\"\netcd_endpoints = [\"http://{ETCD_IP}:2379\"]\n\
+                 name = \"{name}\"\nadvertise = \"{ip}:7946\"\nlease_ttl_secs = 2\n"
+            )
+        } else {
+            format!(
+                "[cluster]\nlisten = \"{ip}:7946\"\njoin = [\"192.168.70.1:7946\", \"192.168.70.2:7946\"]\n\
+                 key_file = \"{}\"\nname = \"{name}\"\n",
+                key.display()
+            )
+        };
         let cfg = format!(
             "[switch]\nfdb_capacity = 4096\nmax_flows = 1024\n\
              [[workers]]\nidle = {{ mode = \"adaptive\", idle_after_us = 200, max_sleep_ms = 50 }}\n\
              [[networks]]\nname = \"ov\"\ndriver = \"overlay\"\nvni = 700\nsubnet = \"10.95.0.0/16\"\n\
-             [uplink]\niface = \"{up}\"\n\
-             [cluster]\nlisten = \"{ip}:7946\"\njoin = [\"192.168.70.1:7946\", \"192.168.70.2:7946\"]\n\
-             key_file = \"{}\"\nname = \"{name}\"\n",
-            key.display()
+             [uplink]\niface = \"{up}\"\n{cluster}"
         );
         let cp = dir.join(format!("{name}.toml"));
         std::fs::write(&cp, cfg).map_err(|e| e.to_string())?;
@@ -304,6 +400,7 @@ pub fn run(o: &Opts) -> Result<(), String> {
             ns,
             name,
             ip,
+            uplink: up,
             sock,
             child: Some(child),
         });
@@ -343,18 +440,18 @@ pub fn run(o: &Opts) -> Result<(), String> {
 
     // Idle control traffic.
     let all: Vec<&Host> = t.hosts.iter().collect();
-    let (b0, p0) = ctrl_bytes(&all)?;
+    let (b0, r0) = wire_bytes(&all)?;
     let i0 = Instant::now();
     std::thread::sleep(Duration::from_secs(o.idle_secs));
-    let (b1, p1) = ctrl_bytes(&all)?;
+    let (b1, r1) = wire_bytes(&all)?;
     let secs = i0.elapsed().as_secs_f64();
     let idle_bps = (b1 - b0) as f64 / secs / n as f64;
-    let idle_pps = (p1 - p0) as f64 / secs / n as f64;
+    let idle_rx_bps = (r1 - r0) as f64 / secs / n as f64;
 
     // Propagation of adds and deletes.
     let mut add = hist()?;
     let mut del = hist()?;
-    let (cb0, _) = ctrl_bytes(&all)?;
+    let (cb0, _) = wire_bytes(&all)?;
     let c0 = Instant::now();
     for k in 0..o.changes {
         let origin = &t.hosts[k % n];
@@ -397,7 +494,7 @@ pub fn run(o: &Opts) -> Result<(), String> {
             Ok(left.is_empty())
         })?;
     }
-    let (cb1, _) = ctrl_bytes(&all)?;
+    let (cb1, _) = wire_bytes(&all)?;
     let churn_bps = (cb1 - cb0) as f64 / c0.elapsed().as_secs_f64() / n as f64;
     let churn_rate = (2 * o.changes) as f64 / c0.elapsed().as_secs_f64();
 
@@ -406,15 +503,29 @@ pub fn run(o: &Opts) -> Result<(), String> {
     for k in 0..o.losses {
         let origin = &t.hosts[(k * 3 + 1) % n];
         let victim = &t.hosts[(k * 3 + 2) % n];
-        let rule = format!(
-            "table inet vsbloss {{\n chain in {{ type filter hook input priority 0; ip saddr {} udp dport 7946 drop; }}\n}}\n",
-            origin.ip
-        );
+        // Gossip: the victim drops every datagram from the origin until the
+        // change reaches it some other way (anti-entropy through a third
+        // host). etcd: the victim's connection to etcd is cut for 500 ms
+        // around the change, so its watch stream stalls.
+        let rule = if etcd {
+            "table inet vsbloss {\n chain in { type filter hook input priority 0; tcp sport 2379 drop; }\n}\n".to_string()
+        } else {
+            format!(
+                "table inet vsbloss {{\n chain in {{ type filter hook input priority 0; ip saddr {} udp dport 7946 drop; }}\n}}\n",
+                origin.ip
+            )
+        };
         sh(&["ip", "netns", "exec", &victim.ns, "nft", &rule])?;
         let mac = format!("02:cd:00:00:00:{:02x}", k & 0xff);
         let t0 = unix_us();
         let r = (|| {
             fdb_add(origin, &mac, &format!("10.95.200.{}", k & 0xff))?;
+            if etcd {
+                std::thread::sleep(Duration::from_millis(500));
+                sh(&[
+                    "ip", "netns", "exec", &victim.ns, "nft", "delete", "table", "inet", "vsbloss",
+                ])?;
+            }
             let mut at = 0;
             wait_for("repair of a lost update", Duration::from_secs(10), || {
                 Ok(match synced(victim)?.get(&mac) {
@@ -473,7 +584,8 @@ pub fn run(o: &Opts) -> Result<(), String> {
         "delete_p50_ms": q(&del, 0.5), "delete_p99_ms": q(&del, 0.99),
         "lost_update_repair_p50_ms": q(&repair, 0.5), "lost_update_repair_max_ms": ms(repair.max()),
         "dead_host_withdrawn_p50_ms": q(&dead, 0.5), "dead_host_withdrawn_max_ms": ms(dead.max()),
-        "idle_bytes_per_host_s": idle_bps, "idle_packets_per_host_s": idle_pps,
+        "backend": o.backend,
+        "idle_tx_bytes_per_host_s": idle_bps, "idle_rx_bytes_per_host_s": idle_rx_bps,
         "churn_bytes_per_host_s": churn_bps, "churn_changes_per_s": churn_rate,
     });
     println!("JSON {summary}");
@@ -482,11 +594,11 @@ pub fn run(o: &Opts) -> Result<(), String> {
         ("cluster_delete_p99_polled", "ms", q(&del, 0.99)),
         ("cluster_lost_update_repair_max", "ms", ms(repair.max())),
         ("cluster_dead_host_withdrawn_max", "ms", ms(dead.max())),
-        ("cluster_ctrl_idle_per_host", "B/s", idle_bps),
-        ("cluster_ctrl_churn_per_host", "B/s", churn_bps),
+        ("cluster_ctrl_idle_tx_per_host", "B/s", idle_bps),
+        ("cluster_ctrl_churn_tx_per_host", "B/s", churn_bps),
     ];
     for (m, u, v) in lines {
-        println!("RESULT {m}_{n}h {u} - {v:.1} lower");
+        println!("RESULT {m}_{n}h_{} {u} - {v:.1} lower", o.backend);
     }
     Ok(())
 }

@@ -51,6 +51,10 @@ enum Cmd {
         /// Prefix of namespace and link names.
         #[arg(long, default_value = "vsbc")]
         prefix: String,
+        /// `gossip`, or `etcd` (Debian's etcd in the underlay namespace;
+        /// needs a vswitch built with `--features etcd`).
+        #[arg(long, default_value = "gossip")]
+        backend: String,
     },
     /// NAT pipeline on memory: established SNAT flows, 1 and 1,000,000.
     Nat {
@@ -138,6 +142,7 @@ fn main() {
             idle_secs,
             vswitch,
             prefix,
+            backend,
         } => cluster::run(&cluster::Opts {
             hosts,
             changes,
@@ -146,6 +151,7 @@ fn main() {
             idle_secs,
             vswitch,
             prefix,
+            backend,
         }),
         Cmd::Vxlan { batches } => {
             vxlan::run(batches);

@@ -31,32 +31,60 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterSection {
-    /// UDP address the agent binds, e.g. `10.0.0.1:7946`.
-    pub listen: String,
+    /// `gossip` (embedded, default) or `etcd`.
+    #[serde(default)]
+    pub backend: ClusterBackend,
+    /// Gossip: UDP address the agent binds, e.g. `10.0.0.1:7946`.
+    #[serde(default)]
+    pub listen: Option<String>,
     /// Address the other hosts reach this one on; default: `listen` (which
     /// must then be a specific address).
     #[serde(default)]
     pub advertise: Option<String>,
-    /// Seed members (`ADDR:PORT`); any one alive is enough to join.
+    /// Gossip: seed members (`ADDR:PORT`); any one alive is enough to join.
     #[serde(default)]
     pub join: Vec<String>,
-    /// File holding the shared key (at least 16 bytes, e.g. 32 random ones).
-    pub key_file: String,
-    /// Host name, unique in the cluster; default: the advertised address.
+    /// Gossip: file holding the shared key (at least 16 bytes, e.g. 32
+    /// random ones).
+    #[serde(default)]
+    pub key_file: Option<String>,
+    /// Host name, unique in the cluster; default: the advertised address
+    /// (gossip) or the host name (etcd).
     #[serde(default)]
     pub name: Option<String>,
-    /// SWIM probe period.
+    /// Gossip: SWIM probe period.
     #[serde(default = "default_probe_ms")]
     pub probe_ms: u64,
-    /// A suspect member is declared down after this.
+    /// Gossip: a suspect member is declared down after this.
     #[serde(default = "default_suspect_ms")]
     pub suspect_ms: u64,
-    /// Anti-entropy period.
+    /// Gossip: anti-entropy period.
     #[serde(default = "default_anti_entropy_ms")]
     pub anti_entropy_ms: u64,
-    /// Tombstones of deleted entries live this long.
+    /// Gossip: tombstones of deleted entries live this long.
     #[serde(default = "default_tombstone_secs")]
     pub tombstone_secs: u64,
+    /// etcd: client URLs (`http://10.0.0.5:2379`).
+    #[serde(default)]
+    pub etcd_endpoints: Vec<String>,
+    /// etcd: key prefix shared by the cluster.
+    #[serde(default = "default_etcd_prefix")]
+    pub etcd_prefix: String,
+    /// etcd: lease TTL; a dead host is withdrawn this long after its last
+    /// keep-alive.
+    #[serde(default = "default_lease_ttl")]
+    pub lease_ttl_secs: u64,
+}
+
+/// Which store the cluster tables live in.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterBackend {
+    /// Embedded SWIM gossip, no external service.
+    #[default]
+    Gossip,
+    /// etcd v3 (cargo feature `etcd`).
+    Etcd,
 }
 
 fn default_probe_ms() -> u64 {
@@ -71,24 +99,35 @@ fn default_anti_entropy_ms() -> u64 {
 fn default_tombstone_secs() -> u64 {
     300
 }
+fn default_etcd_prefix() -> String {
+    "/vswitch".into()
+}
+fn default_lease_ttl() -> u64 {
+    2
+}
 
 impl ClusterSection {
-    /// A section from the `vswitch run --cluster-*` flags.
-    pub fn from_flags(listen: String, join: Vec<String>, key_file: String) -> Self {
+    /// An empty section (gossip defaults) for the `vswitch run --cluster-*`
+    /// flags to fill.
+    pub fn empty() -> Self {
         Self {
-            listen,
+            backend: ClusterBackend::Gossip,
+            listen: None,
             advertise: None,
-            join,
-            key_file,
+            join: Vec::new(),
+            key_file: None,
             name: None,
             probe_ms: default_probe_ms(),
             suspect_ms: default_suspect_ms(),
             anti_entropy_ms: default_anti_entropy_ms(),
             tombstone_secs: default_tombstone_secs(),
+            etcd_endpoints: Vec::new(),
+            etcd_prefix: default_etcd_prefix(),
+            lease_ttl_secs: default_lease_ttl(),
         }
     }
 
-    /// Checks addresses and periods; returns (listen, advertise, join).
+    /// Checks the section; returns the parsed addresses.
     pub fn addrs(&self) -> Result<ClusterAddrs, ConfigError> {
         let parse = |what: &str, s: &str| -> Result<std::net::SocketAddr, ConfigError> {
             s.parse().map_err(|_| {
@@ -97,25 +136,56 @@ impl ClusterSection {
                 ))
             })
         };
-        let listen = parse("listen", &self.listen)?;
-        let advertise = match &self.advertise {
-            Some(a) => parse("advertise", a)?,
-            None if listen.ip().is_unspecified() => {
+        let listen = self
+            .listen
+            .as_deref()
+            .map(|l| parse("listen", l))
+            .transpose()?;
+        let advertise = match (&self.advertise, listen) {
+            (Some(a), _) => Some(parse("advertise", a)?),
+            (None, Some(l)) if l.ip().is_unspecified() => {
                 return Err(ConfigError::Invalid(format!(
-                    "cluster listen {listen} is a wildcard; give `advertise` (the address other hosts reach this one on)"
+                    "cluster listen {l} is a wildcard; give `advertise` (the address other hosts reach this one on)"
                 )))
             }
-            None => listen,
+            (None, l) => l,
         };
         let join = self
             .join
             .iter()
             .map(|j| parse("join", j))
             .collect::<Result<Vec<_>, _>>()?;
-        if self.probe_ms == 0 || self.suspect_ms == 0 || self.anti_entropy_ms == 0 {
-            return Err(ConfigError::Invalid(
-                "cluster probe_ms, suspect_ms and anti_entropy_ms must be above 0".into(),
-            ));
+        match self.backend {
+            ClusterBackend::Gossip => {
+                if listen.is_none() {
+                    return Err(ConfigError::Invalid(
+                        "the gossip cluster needs `listen = \"ADDR:PORT\"` (or --cluster-listen)"
+                            .into(),
+                    ));
+                }
+                if self.key_file.is_none() {
+                    return Err(ConfigError::Invalid(
+                        "the gossip cluster needs `key_file` (or --cluster-key-file): 16+ secret bytes shared by every host".into(),
+                    ));
+                }
+                if self.probe_ms == 0 || self.suspect_ms == 0 || self.anti_entropy_ms == 0 {
+                    return Err(ConfigError::Invalid(
+                        "cluster probe_ms, suspect_ms and anti_entropy_ms must be above 0".into(),
+                    ));
+                }
+            }
+            ClusterBackend::Etcd => {
+                if self.etcd_endpoints.is_empty() {
+                    return Err(ConfigError::Invalid(
+                        "the etcd cluster backend needs `etcd_endpoints = [\"http://ADDR:2379\"]` (or --cluster-etcd)".into(),
+                    ));
+                }
+                if self.lease_ttl_secs == 0 {
+                    return Err(ConfigError::Invalid(
+                        "cluster lease_ttl_secs must be above 0".into(),
+                    ));
+                }
+            }
         }
         Ok(ClusterAddrs {
             listen,
@@ -128,10 +198,10 @@ impl ClusterSection {
 /// Parsed `[cluster]` addresses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterAddrs {
-    /// Bind.
-    pub listen: std::net::SocketAddr,
+    /// Bind (gossip).
+    pub listen: Option<std::net::SocketAddr>,
     /// Advertised.
-    pub advertise: std::net::SocketAddr,
+    pub advertise: Option<std::net::SocketAddr>,
     /// Seeds.
     pub join: Vec<std::net::SocketAddr>,
 }
@@ -581,7 +651,16 @@ mod tests {
         let c = parse("[cluster]\nlisten = \"0.0.0.0:7946\"\nadvertise = \"10.0.0.1:7946\"\nkey_file = \"k\"\n")
             .unwrap();
         let a = c.cluster.unwrap().addrs().unwrap();
-        assert_eq!(a.advertise.to_string(), "10.0.0.1:7946");
+        assert_eq!(
+            a.advertise.map(|a| a.to_string()).as_deref(),
+            Some("10.0.0.1:7946")
+        );
+        let e = parse("[cluster]\nbackend = \"etcd\"\n").unwrap_err();
+        assert!(e.contains("etcd_endpoints"), "{e}");
+        let e = parse("[cluster]\nlisten = \"10.0.0.1:7946\"\n").unwrap_err();
+        assert!(e.contains("key_file"), "{e}");
+        parse("[cluster]\nbackend = \"etcd\"\netcd_endpoints = [\"http://127.0.0.1:2379\"]\nname = \"a\"\n")
+            .unwrap();
     }
 
     #[test]

@@ -46,6 +46,10 @@ enum Cmd {
         /// This host's name in the cluster (default: the listen address).
         #[arg(long)]
         cluster_name: Option<String>,
+        /// Keep the cluster tables in etcd instead of gossiping: client
+        /// URLs, URL[,...] (needs a build with `--features etcd`).
+        #[arg(long, value_delimiter = ',')]
+        cluster_etcd: Vec<String>,
     },
     /// Networks (bridge domains).
     #[command(subcommand)]
@@ -410,6 +414,7 @@ fn run(cli: Cli) -> Result<(), String> {
             cluster_join,
             cluster_key_file,
             cluster_name,
+            cluster_etcd,
         } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -429,6 +434,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 cluster_join.clone(),
                 cluster_key_file.clone(),
                 cluster_name.clone(),
+                cluster_etcd.clone(),
             )?;
             server::run(cfg, &cli.socket)
         }
@@ -925,43 +931,37 @@ fn apply_cluster_flags(
     join: Vec<String>,
     key_file: Option<String>,
     name: Option<String>,
+    etcd: Vec<String>,
 ) -> Result<(), String> {
-    if listen.is_none() && join.is_empty() && key_file.is_none() && name.is_none() {
+    if listen.is_none()
+        && join.is_empty()
+        && key_file.is_none()
+        && name.is_none()
+        && etcd.is_empty()
+    {
         return Ok(());
     }
-    let c = match (cfg.cluster.take(), listen) {
-        (Some(mut c), l) => {
-            if let Some(l) = l {
-                c.listen = l;
-            }
-            c
-        }
-        (None, Some(l)) => {
-            let Some(k) = key_file.clone() else {
-                return Err(
-                    "--cluster-listen needs --cluster-key-file FILE (16+ secret bytes shared by every host)"
-                        .into(),
-                );
-            };
-            vswitch_control::config::ClusterSection::from_flags(l, Vec::new(), k)
-        }
-        (None, None) => {
-            return Err(
-                "--cluster-join/--cluster-key-file/--cluster-name need --cluster-listen ADDR:PORT (or a [cluster] section)"
-                    .into(),
-            )
-        }
-    };
-    let mut c = c;
+    let mut c = cfg
+        .cluster
+        .take()
+        .unwrap_or_else(vswitch_control::config::ClusterSection::empty);
+    if listen.is_some() {
+        c.listen = listen;
+    }
     if !join.is_empty() {
         c.join = join;
     }
-    if let Some(k) = key_file {
-        c.key_file = k;
+    if key_file.is_some() {
+        c.key_file = key_file;
     }
     if name.is_some() {
         c.name = name;
     }
+    if !etcd.is_empty() {
+        c.backend = vswitch_control::config::ClusterBackend::Etcd;
+        c.etcd_endpoints = etcd;
+    }
+    c.addrs().map_err(|e| e.to_string())?;
     cfg.cluster = Some(c);
     Ok(())
 }

@@ -8,15 +8,15 @@
 //! only ever see the result through the published snapshot and the
 //! lock-free FDB.
 use super::{err, CmdError, State};
-use crate::config::{ClusterSection, Driver};
+use crate::config::{ClusterBackend, ClusterSection, Driver};
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use vswitch_engine::fdb::NetId;
 use vswitch_engine::pipeline::vxlan::REMOTE_BASE;
 use vswitch_engine::port::PortId;
 use vswitch_engine::wire::mac::Mac;
-use vswitch_overlay::{Cluster, ClusterConfig, Key, Value, View, Vni};
+use vswitch_overlay::{Cluster, ClusterConfig, EtcdConfig, Key, Value, View, Vni};
 
 /// One endpoint learned from another host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,21 +49,30 @@ pub(super) fn start(
     c: &ClusterSection,
 ) -> Result<(Cluster, crossbeam::channel::Receiver<View>), CmdError> {
     let addrs = c.addrs()?;
-    let key = std::fs::read(&c.key_file).map_err(|e| {
-        CmdError(format!(
-            "cannot read the cluster key file {:?}: {e} (make one with `head -c 32 /dev/urandom > FILE` and give every host the same)",
-            c.key_file
-        ))
-    })?;
+    let key = match (&c.backend, &c.key_file) {
+        (ClusterBackend::Gossip, Some(f)) => std::fs::read(f).map_err(|e| {
+            CmdError(format!(
+                "cannot read the cluster key file {f:?}: {e} (make one with `head -c 32 /dev/urandom > FILE` and give every host the same)"
+            ))
+        })?,
+        _ => Vec::new(),
+    };
+    let unspecified: SocketAddr = ([0, 0, 0, 0], 0).into();
+    let advertise = addrs.advertise.unwrap_or(unspecified);
+    let name = match (&c.name, addrs.advertise) {
+        (Some(n), _) => n.clone(),
+        (None, Some(a)) => a.to_string(),
+        (None, None) => nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .ok_or_else(|| CmdError("cannot read the host name; set `name` in [cluster]".into()))?,
+    };
     let (tx, rx) = crossbeam::channel::unbounded();
     let cfg = ClusterConfig {
-        name: c
-            .name
-            .clone()
-            .unwrap_or_else(|| addrs.advertise.to_string()),
+        name,
         epoch: unix_us(),
-        listen: addrs.listen,
-        advertise: addrs.advertise,
+        listen: addrs.listen.unwrap_or(unspecified),
+        advertise,
         join: addrs.join,
         key,
         probe_period: Duration::from_millis(c.probe_ms),
@@ -71,6 +80,11 @@ pub(super) fn start(
         suspect_to_down: Duration::from_millis(c.suspect_ms),
         anti_entropy: Duration::from_millis(c.anti_entropy_ms),
         tombstone_ttl: Duration::from_secs(c.tombstone_secs),
+        etcd: (c.backend == ClusterBackend::Etcd).then(|| EtcdConfig {
+            endpoints: c.etcd_endpoints.clone(),
+            prefix: c.etcd_prefix.clone(),
+            lease_ttl_secs: c.lease_ttl_secs.min(i64::MAX as u64) as i64,
+        }),
     };
     let cl = Cluster::start(cfg, move |v| {
         let _ = tx.send(v);
@@ -141,6 +155,7 @@ impl State {
         };
         let rows = self.local_rows();
         if self.synced.last_local.as_ref() != Some(&rows) {
+            tracing::debug!(entries = rows.len(), "local cluster rows changed");
             c.set_local(rows.clone());
             self.synced.last_local = Some(rows);
         }

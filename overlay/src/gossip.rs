@@ -5,10 +5,10 @@
 //! thread (through a channel and a `Waker`) or the next timer. Everything it
 //! learns becomes a [`View`] handed to the control thread's callback; it
 //! never touches the data plane itself.
-use crate::table::{Applied, Key, Store, Value};
+use crate::table::{Applied, Store};
 use crate::wire::{self, Kind, SyncMsg};
-use crate::{ClusterConfig, MemberInfo, Stats, Status, View};
-use crossbeam::channel::{Receiver, Sender};
+use crate::{ClusterConfig, Cmd, MemberInfo, Stats, Status, View};
+use crossbeam::channel::Receiver;
 use foca::{AccumulatingRuntime, Foca, Identity, OwnedNotification, PostcardCodec, Timer};
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -16,7 +16,7 @@ use rand::rngs::StdRng;
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::atomic::Ordering::Relaxed;
@@ -76,13 +76,6 @@ impl Node {
             bump: 0,
         }
     }
-}
-
-/// Commands from the control thread.
-pub(crate) enum Cmd {
-    SetLocal(BTreeMap<Key, Value>),
-    Status(Sender<Status>),
-    Stop,
 }
 
 type Swim = Foca<Node, PostcardCodec, StdRng, foca::NoCustomBroadcast>;

@@ -12,6 +12,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "etcd")]
+pub mod etcd;
 pub mod gossip;
 pub mod table;
 pub mod wire;
@@ -51,6 +53,28 @@ pub struct ClusterConfig {
     pub anti_entropy: Duration,
     /// Tombstones are kept this long.
     pub tombstone_ttl: Duration,
+    /// Use etcd instead of gossip (the gossip settings above are then
+    /// unused, but `name`, `epoch` and `advertise`).
+    pub etcd: Option<EtcdConfig>,
+}
+
+/// Settings of the etcd backend (cargo feature `etcd`).
+#[derive(Debug, Clone)]
+pub struct EtcdConfig {
+    /// Client URLs, e.g. `http://10.0.0.5:2379`.
+    pub endpoints: Vec<String>,
+    /// Key prefix shared by the cluster.
+    pub prefix: String,
+    /// Lease TTL: a dead host is withdrawn this long after its last
+    /// keep-alive.
+    pub lease_ttl_secs: i64,
+}
+
+/// Commands from the control thread to an agent.
+pub(crate) enum Cmd {
+    SetLocal(BTreeMap<Key, Value>),
+    Status(channel::Sender<Status>),
+    Stop,
 }
 
 /// What the data plane should have from the other hosts: the alive ones,
@@ -82,8 +106,10 @@ pub struct Stats {
     pub rx_stale: AtomicU64,
     /// Deltas past a gap: refused, repaired by anti-entropy.
     pub rx_gaps: AtomicU64,
-    /// Deltas applied.
+    /// Deltas (gossip) or watch events (etcd) applied.
     pub deltas_applied: AtomicU64,
+    /// Full re-lists after a compacted watch revision (etcd).
+    pub relists: AtomicU64,
 }
 
 /// [`Stats`] read at one moment.
@@ -109,6 +135,8 @@ pub struct StatsSnapshot {
     pub rx_gaps: u64,
     /// See [`Stats`].
     pub deltas_applied: u64,
+    /// See [`Stats`].
+    pub relists: u64,
 }
 
 impl Stats {
@@ -125,6 +153,7 @@ impl Stats {
             rx_stale: self.rx_stale.load(Relaxed),
             rx_gaps: self.rx_gaps.load(Relaxed),
             deltas_applied: self.deltas_applied.load(Relaxed),
+            relists: self.relists.load(Relaxed),
         }
     }
 }
@@ -159,10 +188,15 @@ pub struct Status {
     pub stats: StatsSnapshot,
 }
 
+enum Inbox {
+    Gossip(Sender<Cmd>, Arc<mio::Waker>),
+    #[cfg(feature = "etcd")]
+    Etcd(tokio::sync::mpsc::UnboundedSender<Cmd>),
+}
+
 /// A running cluster agent.
 pub struct Cluster {
-    tx: Sender<gossip::Cmd>,
-    waker: Arc<mio::Waker>,
+    inbox: Inbox,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -173,43 +207,85 @@ impl Cluster {
         cfg: ClusterConfig,
         on_view: impl FnMut(View) + Send + 'static,
     ) -> Result<Self, String> {
-        let (tx, rx) = channel::unbounded();
         let stats = Arc::new(Stats::default());
-        let (agent, waker) = gossip::agent(cfg, rx, Box::new(on_view), stats)?;
+        let on_view: Box<dyn FnMut(View) + Send> = Box::new(on_view);
+        if let Some(e) = cfg.etcd.clone() {
+            return Self::start_etcd(cfg, e, on_view, stats);
+        }
+        let (tx, rx) = channel::unbounded();
+        let (agent, waker) = gossip::agent(cfg, rx, on_view, stats)?;
         let thread = std::thread::Builder::new()
             .name("vswitch-cluster".into())
             .spawn(move || agent.run())
             .map_err(|e| format!("cluster thread: {e}"))?;
         Ok(Self {
-            tx,
-            waker,
+            inbox: Inbox::Gossip(tx, waker),
             thread: Some(thread),
         })
     }
 
-    fn cmd(&self, c: gossip::Cmd) {
-        if self.tx.send(c).is_ok() {
-            let _ = self.waker.wake();
+    #[cfg(feature = "etcd")]
+    fn start_etcd(
+        cfg: ClusterConfig,
+        e: EtcdConfig,
+        on_view: Box<dyn FnMut(View) + Send>,
+        stats: Arc<Stats>,
+    ) -> Result<Self, String> {
+        if e.endpoints.is_empty() {
+            return Err("the etcd backend needs at least one endpoint".into());
+        }
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let thread = std::thread::Builder::new()
+            .name("vswitch-cluster".into())
+            .spawn(move || etcd::run(cfg, e, rx, on_view, stats))
+            .map_err(|e| format!("cluster thread: {e}"))?;
+        Ok(Self {
+            inbox: Inbox::Etcd(tx),
+            thread: Some(thread),
+        })
+    }
+
+    #[cfg(not(feature = "etcd"))]
+    fn start_etcd(
+        _: ClusterConfig,
+        _: EtcdConfig,
+        _: Box<dyn FnMut(View) + Send>,
+        _: Arc<Stats>,
+    ) -> Result<Self, String> {
+        Err("this vswitch was built without the etcd backend; build it with `--features etcd` (needs protobuf-compiler and libprotobuf-dev) or use the gossip backend".into())
+    }
+
+    fn cmd(&self, c: Cmd) {
+        match &self.inbox {
+            Inbox::Gossip(tx, waker) => {
+                if tx.send(c).is_ok() {
+                    let _ = waker.wake();
+                }
+            }
+            #[cfg(feature = "etcd")]
+            Inbox::Etcd(tx) => {
+                let _ = tx.send(c);
+            }
         }
     }
 
     /// This host's rows are now `rows`; changes are pushed at once.
     pub fn set_local(&self, rows: BTreeMap<Key, Value>) {
-        self.cmd(gossip::Cmd::SetLocal(rows));
+        self.cmd(Cmd::SetLocal(rows));
     }
 
     /// Members and counters (`None` if the agent does not answer within a
     /// second).
     pub fn status(&self) -> Option<Status> {
         let (tx, rx) = channel::bounded(1);
-        self.cmd(gossip::Cmd::Status(tx));
+        self.cmd(Cmd::Status(tx));
         rx.recv_timeout(Duration::from_secs(1)).ok()
     }
 
     /// Leaves the cluster (the others withdraw this host's entries at once)
     /// and stops the agent.
     pub fn stop(&mut self) {
-        self.cmd(gossip::Cmd::Stop);
+        self.cmd(Cmd::Stop);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

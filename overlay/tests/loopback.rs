@@ -27,6 +27,7 @@ fn cfg(name: &str, port: u16, join: &[u16], epoch: u64) -> ClusterConfig {
         suspect_to_down: Duration::from_millis(600),
         anti_entropy: Duration::from_millis(300),
         tombstone_ttl: Duration::from_secs(30),
+        etcd: None,
     }
 }
 
