@@ -35,7 +35,7 @@ cleanup() {
     wait 2>/dev/null || true
     for n in bh ba bb vh va vb ta tb ih ia ib nh nc ne sh sc se kA kB kc1 kc2 xA xB xa1 xa2 xb1 xb2; do ip netns del "$P-$n" 2>/dev/null || true; done
     # The cluster bench cleans up after itself; this covers it being killed.
-    ip netns list | awk '{print $1}' | grep "^$P-c" | while read -r n; do ip netns del "$n" 2>/dev/null || true; done
+    { ip netns list | awk '{print $1}' | grep "^$P-c" || true; } | while read -r n; do ip netns del "$n" 2>/dev/null || true; done
     rm -rf "$TMP"
 }
 trap cleanup EXIT INT TERM

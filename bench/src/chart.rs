@@ -38,7 +38,7 @@ pub fn report(input: &Path, commit: &str, out: &Path) -> Result<(), String> {
         });
     }
     println!(
-        "{:<34} {:>14} {:>14} {:>8}  unit",
+        "{:<44} {:>14} {:>14} {:>8}  unit",
         "metric", "kernel", "vswitch", "ratio"
     );
     let mut json = Vec::new();
@@ -47,7 +47,7 @@ pub fn report(input: &Path, commit: &str, out: &Path) -> Result<(), String> {
         let k = r.kernel.map_or("-".to_string(), |k| format!("{k:.2}"));
         let q = ratio.map_or("-".to_string(), |q| format!("{q:.2}x"));
         println!(
-            "{:<34} {:>14} {:>14.2} {:>8}  {}",
+            "{:<44} {:>14} {:>14.2} {:>8}  {}",
             r.metric, k, r.vswitch, q, r.unit
         );
         json.push(serde_json::json!({"metric": r.metric, "unit": r.unit, "kernel": r.kernel, "vswitch": r.vswitch, "ratio_vs_kernel": ratio, "higher_is_better": r.higher_is_better}));
