@@ -404,6 +404,7 @@ pub enum Decap<'a> {
 /// Validates and strips the outer headers of a VXLAN packet (`l4`: offset of
 /// the outer UDP header, `src`: outer source address), learns the inner
 /// source MAC on the remote VTEP.
+#[inline]
 pub fn decap<'a>(
     p: &mut Packet,
     l4: usize,
@@ -414,15 +415,17 @@ pub fn decap<'a>(
     cache: &mut DecapCache,
 ) -> Decap<'a> {
     let f = p.data();
-    if f.len() < l4 + 16 + 14 {
+    // UDP header, VXLAN header, inner Ethernet addresses: one bounds check.
+    let Some(h) = f.get(l4..l4 + 30) else {
         return Decap::Drop(DropReason::VxlanMalformed);
-    }
-    let vx = &f[l4 + 8..l4 + 16];
+    };
+    let vx = u64::from_be_bytes([h[8], h[9], h[10], h[11], h[12], h[13], h[14], h[15]]);
     // The I flag must be set and the reserved bits clear (RFC 7348 5).
-    if vx[0] != 0x08 || vx[1] != 0 || vx[2] != 0 || vx[3] != 0 || vx[7] != 0 {
+    if vx & 0xffff_ffff_0000_00ff != 0x0800_0000_0000_0000 {
         return Decap::Drop(DropReason::VxlanMalformed);
     }
-    let vni = u32::from_be_bytes([0, vx[4], vx[5], vx[6]]);
+    let vni = (vx >> 8) as u32 & 0x00ff_ffff;
+    let inner_src = Mac::from_bytes(&[h[22], h[23], h[24], h[25], h[26], h[27]]);
     // The packets of a batch mostly come from one VTEP for one VNI.
     let (net, from) = match cache.tunnel {
         Some((v, s, n, from)) if v == vni && s == src => match snap.network(n) {
@@ -456,14 +459,6 @@ pub fn decap<'a>(
     let Some(ov) = net.overlay.as_ref() else {
         return Decap::Drop(DropReason::VxlanUnknownVni);
     };
-    let inner_src = Mac::from_bytes(&[
-        f[l4 + 22],
-        f[l4 + 23],
-        f[l4 + 24],
-        f[l4 + 25],
-        f[l4 + 26],
-        f[l4 + 27],
-    ]);
     let strip = l4 + 16;
     if p.pull_front(strip).is_none() {
         return Decap::Drop(DropReason::VxlanMalformed);
