@@ -25,23 +25,33 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use vswitch_control::api::Request;
 use vswitch_control::server::request;
 
-/// Options.
+/// Options (`vswitch-bench cluster --help`).
+#[derive(clap::Args)]
 pub struct Opts {
-    /// Hosts.
+    /// Hosts (namespaces, one switch each).
+    #[arg(long, default_value_t = 16)]
     pub hosts: usize,
-    /// Changes timed.
+    /// Changes timed (each an add and a delete).
+    #[arg(long, default_value_t = 40)]
     pub changes: usize,
     /// Lost-update trials.
+    #[arg(long, default_value_t = 8)]
     pub losses: usize,
     /// Hosts killed.
+    #[arg(long, default_value_t = 3)]
     pub kills: usize,
-    /// Seconds of idle traffic measurement.
+    /// Seconds of idle control traffic measured.
+    #[arg(long, default_value_t = 10)]
     pub idle_secs: u64,
-    /// `vswitch` binary.
+    /// The vswitch binary.
+    #[arg(long, default_value = "target/release/vswitch")]
     pub vswitch: PathBuf,
-    /// Name prefix of namespaces and links.
+    /// Prefix of namespace and link names.
+    #[arg(long, default_value = "vsbc")]
     pub prefix: String,
-    /// `gossip` or `etcd`.
+    /// `gossip`, or `etcd` (Debian's etcd in the underlay namespace; needs
+    /// a vswitch built with `--features etcd`).
+    #[arg(long, default_value = "gossip")]
     pub backend: String,
 }
 

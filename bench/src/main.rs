@@ -29,33 +29,7 @@ enum Cmd {
     },
     /// Peer-table sync across many hosts (namespaces): propagation, repair
     /// of a lost update, withdrawal of a dead host, control traffic. Root.
-    Cluster {
-        /// Hosts (namespaces, one switch each).
-        #[arg(long, default_value_t = 16)]
-        hosts: usize,
-        /// Changes timed (each an add and a delete).
-        #[arg(long, default_value_t = 40)]
-        changes: usize,
-        /// Lost-update trials.
-        #[arg(long, default_value_t = 8)]
-        losses: usize,
-        /// Hosts killed.
-        #[arg(long, default_value_t = 3)]
-        kills: usize,
-        /// Seconds of idle control traffic measured.
-        #[arg(long, default_value_t = 10)]
-        idle_secs: u64,
-        /// The vswitch binary.
-        #[arg(long, default_value = "target/release/vswitch")]
-        vswitch: PathBuf,
-        /// Prefix of namespace and link names.
-        #[arg(long, default_value = "vsbc")]
-        prefix: String,
-        /// `gossip`, or `etcd` (Debian's etcd in the underlay namespace;
-        /// needs a vswitch built with `--features etcd`).
-        #[arg(long, default_value = "gossip")]
-        backend: String,
-    },
+    Cluster(cluster::Opts),
     /// NAT pipeline on memory: established SNAT flows, 1 and 1,000,000.
     Nat {
         /// Batches to run per case.
@@ -134,25 +108,7 @@ fn main() {
             nat::run(batches, only);
             Ok(())
         }
-        Cmd::Cluster {
-            hosts,
-            changes,
-            losses,
-            kills,
-            idle_secs,
-            vswitch,
-            prefix,
-            backend,
-        } => cluster::run(&cluster::Opts {
-            hosts,
-            changes,
-            losses,
-            kills,
-            idle_secs,
-            vswitch,
-            prefix,
-            backend,
-        }),
+        Cmd::Cluster(o) => cluster::run(&o),
         Cmd::Vxlan { batches } => {
             vxlan::run(batches);
             Ok(())

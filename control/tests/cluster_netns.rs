@@ -34,9 +34,13 @@ struct Host {
 /// Three hosts on a bridge in namespace `ul`, each with an uplink veth; for
 /// etcd, Debian's etcd listening on the bridge in `ul`.
 fn underlay(t: &mut Topo, backend: Backend) -> (Vec<Host>, Option<u32>) {
-    t.add_ns("ul");
-    ok(&t.exec("ul", &["ip", "link", "add", "br0", "type", "bridge"]));
-    ok(&t.exec("ul", &["ip", "link", "set", "br0", "up"]));
+    for h in &HOSTS[1..] {
+        t.add_ns(h);
+    }
+    let addrs: Vec<String> = (0..HOSTS.len())
+        .map(|i| format!("{}/24", host_ip(i)))
+        .collect();
+    let ups = t.underlay_bridge(&HOSTS, &addrs);
     let dir = std::env::temp_dir().join(format!("{}-cl", t.prefix));
     let _ = std::fs::create_dir_all(&dir);
     let etcd = (backend == Backend::Etcd).then(|| {
@@ -47,44 +51,10 @@ fn underlay(t: &mut Topo, backend: Backend) -> (Vec<Host>, Option<u32>) {
         start_etcd(t, &dir)
     });
     std::fs::write(dir.join("key"), b"a shared secret of 32 bytes ....").unwrap();
-    let mut hosts = Vec::new();
-    for (i, h) in HOSTS.iter().enumerate() {
-        if i > 0 {
-            t.add_ns(h);
-        }
-        let up = format!("{}u{i}", t.prefix);
-        let br = format!("{}p{i}", t.prefix);
-        ok(&common::sh(
-            "ip",
-            &[
-                "link",
-                "add",
-                &up,
-                "netns",
-                &t.ns(h),
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &br,
-                "netns",
-                &t.ns("ul"),
-            ],
-        ));
-        ok(&t.exec("ul", &["ip", "link", "set", &br, "master", "br0", "up"]));
-        ok(&t.exec(
-            h,
-            &[
-                "ip",
-                "addr",
-                "add",
-                &format!("{}/24", host_ip(i)),
-                "dev",
-                &up,
-            ],
-        ));
-        ok(&t.exec(h, &["ip", "link", "set", &up, "up"]));
-        hosts.push(Host {
+    let hosts = HOSTS
+        .iter()
+        .zip(ups)
+        .map(|(h, up)| Host {
             backend,
             ns: h,
             uplink: up,
@@ -92,8 +62,8 @@ fn underlay(t: &mut Topo, backend: Backend) -> (Vec<Host>, Option<u32>) {
             log: dir.join(format!("{h}.log")),
             cfg: dir.join(format!("{h}.toml")),
             pid: 0,
-        });
-    }
+        })
+        .collect();
     (hosts, etcd)
 }
 

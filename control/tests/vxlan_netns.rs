@@ -376,39 +376,14 @@ fn malformed_and_foreign_vxlan_dropped() {
 fn three_hosts_replication_learning_and_arp_suppression() {
     let mut t = Topo::new("x5");
     // The underlay: a bridge in its own namespace, one veth per host.
-    t.add_ns("ul");
     t.add_ns("hB");
     t.add_ns("hC");
-    ok(&t.exec("ul", &["ip", "link", "add", "br0", "type", "bridge"]));
-    ok(&t.exec("ul", &["ip", "link", "set", "br0", "up"]));
     let ips = ["192.168.61.1", "192.168.61.2", "192.168.61.3"];
+    let addrs: Vec<String> = ips.iter().map(|i| format!("{i}/24")).collect();
+    let ups = t.underlay_bridge(&["host", "hB", "hC"], &addrs);
     let mut sockets = Vec::new();
     for (i, h) in ["host", "hB", "hC"].iter().enumerate() {
-        let up = format!("{}{}", t.prefix, ["a", "b", "c"][i]);
-        let br = format!("{}{}p", t.prefix, ["a", "b", "c"][i]);
-        ok(&common::sh(
-            "ip",
-            &[
-                "link",
-                "add",
-                &up,
-                "netns",
-                &t.ns(h),
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &br,
-                "netns",
-                &t.ns("ul"),
-            ],
-        ));
-        ok(&t.exec("ul", &["ip", "link", "set", &br, "master", "br0", "up"]));
-        ok(&t.exec(
-            h,
-            &["ip", "addr", "add", &format!("{}/24", ips[i]), "dev", &up],
-        ));
-        ok(&t.exec(h, &["ip", "link", "set", &up, "up"]));
+        let up = &ups[i];
         let peers: Vec<String> = ips
             .iter()
             .enumerate()
@@ -416,7 +391,7 @@ fn three_hosts_replication_learning_and_arp_suppression() {
             .map(|(_, p)| format!("\"{p}\""))
             .collect();
         let cfg = switch_cfg(
-            &up,
+            up,
             &format!(
                 "[[networks]]\nname = \"ov\"\ndriver = \"overlay\"\nvni = 100\npeers = [{}]\n",
                 peers.join(", ")
@@ -459,6 +434,15 @@ fn three_hosts_replication_learning_and_arp_suppression() {
     static_neigh(&t, "a1", "10.82.0.12", &b1_mac);
     let a1_mac = t.mac_of("a1", "eth0");
     static_neigh(&t, "b1", "10.82.0.11", &a1_mac);
+    // b1's gratuitous ARP at attach (arp_notify) taught every switch where
+    // it is: forget it everywhere first.
+    for sock in &sockets {
+        let _ = std::process::Command::new(env!("CARGO_BIN_EXE_vswitch"))
+            .arg("--socket")
+            .arg(sock)
+            .args(["fdb", "rm", "ov", "--mac", &b1_mac])
+            .output();
+    }
     let c0 = rx_packets(&t, "c1");
     assert!(t.ping("a1", "10.82.0.12", 1));
     assert!(

@@ -186,28 +186,7 @@ impl Agent {
                 .remotes
                 .iter()
                 .filter(|(_, r)| r.present)
-                .filter_map(|(name, r)| {
-                    let mut vtep = None;
-                    let mut vnis = Vec::new();
-                    let mut endpoints = Vec::new();
-                    for (k, v) in &r.rows {
-                        match (k, v) {
-                            (Key::Vtep, Value::Vtep(ip)) => vtep = Some(*ip),
-                            (Key::Member(vni), _) => vnis.push(*vni),
-                            (Key::Endpoint(vni, mac), Value::Endpoint(ip)) => {
-                                endpoints.push((*vni, *mac, *ip))
-                            }
-                            _ => {}
-                        }
-                    }
-                    Some(HostView {
-                        name: name.clone(),
-                        epoch: r.epoch,
-                        vtep: vtep?,
-                        vnis,
-                        endpoints,
-                    })
-                })
+                .filter_map(|(name, r)| HostView::from_rows(name, r.epoch, r.rows.iter()))
                 .collect(),
         }
     }

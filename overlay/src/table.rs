@@ -217,6 +217,35 @@ pub struct HostView {
     pub endpoints: Vec<(Vni, [u8; 6], Option<Ipv4Addr>)>,
 }
 
+impl HostView {
+    /// A host's live rows as the data plane sees them; `None` while it has
+    /// no VTEP yet.
+    pub fn from_rows<'a>(
+        name: &str,
+        epoch: u64,
+        rows: impl Iterator<Item = (&'a Key, &'a Value)>,
+    ) -> Option<Self> {
+        let mut vtep = None;
+        let mut vnis = Vec::new();
+        let mut endpoints = Vec::new();
+        for (k, val) in rows {
+            match (k, val) {
+                (Key::Vtep, Value::Vtep(ip)) => vtep = Some(*ip),
+                (Key::Member(vni), _) => vnis.push(*vni),
+                (Key::Endpoint(vni, mac), Value::Endpoint(ip)) => endpoints.push((*vni, *mac, *ip)),
+                _ => {}
+            }
+        }
+        Some(Self {
+            name: name.to_string(),
+            epoch,
+            vtep: vtep?,
+            vnis,
+            endpoints,
+        })
+    }
+}
+
 /// The whole table, as held by one host.
 #[derive(Debug)]
 pub struct Store {
@@ -421,28 +450,7 @@ impl Store {
             .hosts
             .iter()
             .filter(|(h, r)| keep(h, r.epoch))
-            .filter_map(|(h, r)| {
-                let mut vtep = None;
-                let mut vnis = Vec::new();
-                let mut endpoints = Vec::new();
-                for (k, val) in r.live() {
-                    match (k, val) {
-                        (Key::Vtep, Value::Vtep(ip)) => vtep = Some(*ip),
-                        (Key::Member(vni), _) => vnis.push(*vni),
-                        (Key::Endpoint(vni, mac), Value::Endpoint(ip)) => {
-                            endpoints.push((*vni, *mac, *ip))
-                        }
-                        _ => {}
-                    }
-                }
-                Some(HostView {
-                    name: h.clone(),
-                    epoch: r.epoch,
-                    vtep: vtep?,
-                    vnis,
-                    endpoints,
-                })
-            })
+            .filter_map(|(h, r)| HostView::from_rows(h, r.epoch, r.live()))
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v

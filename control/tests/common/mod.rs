@@ -177,6 +177,42 @@ impl Topo {
         }
     }
 
+    /// A bridge `br0` in namespace `ul` (made here) and one veth per host
+    /// (namespaces made already, "host" included) with its address (CIDR)
+    /// on the host end; returns the host ends' names (`<prefix>u<i>`).
+    pub fn underlay_bridge(&mut self, hosts: &[&str], addrs: &[String]) -> Vec<String> {
+        self.add_ns("ul");
+        ok(&self.exec("ul", &["ip", "link", "add", "br0", "type", "bridge"]));
+        ok(&self.exec("ul", &["ip", "link", "set", "br0", "up"]));
+        let mut ups = Vec::new();
+        for (i, (h, a)) in hosts.iter().zip(addrs).enumerate() {
+            let up = format!("{}u{i}", self.prefix);
+            let br = format!("{}p{i}", self.prefix);
+            ok(&sh(
+                "ip",
+                &[
+                    "link",
+                    "add",
+                    &up,
+                    "netns",
+                    &self.ns(h),
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    &br,
+                    "netns",
+                    &self.ns("ul"),
+                ],
+            ));
+            ok(&self.exec("ul", &["ip", "link", "set", &br, "master", "br0", "up"]));
+            ok(&self.exec(h, &["ip", "addr", "add", a, "dev", &up]));
+            ok(&self.exec(h, &["ip", "link", "set", &up, "up"]));
+            ups.push(up);
+        }
+        ups
+    }
+
     pub fn write_config(&self, text: &str) -> PathBuf {
         let p = self.dir.join("vswitch.toml");
         std::fs::write(&p, text).expect("write config");
