@@ -37,6 +37,10 @@ pub struct VnetPort {
     packet: bool,
     bursts: u32,
     kernel_drops: u32,
+    /// AF_PACKET: receive buffers kept between `recvmmsg` calls.
+    rx_spare: Vec<Packet>,
+    /// AF_PACKET: frames of the `sendmmsg` in progress, with their lengths.
+    tx_ready: Vec<(Packet, usize)>,
 }
 
 /// A TAP device opened by the switch.
@@ -90,9 +94,14 @@ impl VnetPort {
             packet: false,
             bursts: 0,
             kernel_drops: 0,
+            rx_spare: Vec::new(),
+            tx_ready: Vec::new(),
         })
     }
 }
+
+/// Frames per `recvmmsg`/`sendmmsg` call on an AF_PACKET port.
+const MMSG: usize = 32;
 
 fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
@@ -175,7 +184,153 @@ impl VnetPort {
             packet: true,
             bursts: 0,
             kernel_drops: 0,
+            rx_spare: Vec::new(),
+            tx_ready: Vec::new(),
         })
+    }
+
+    /// AF_PACKET receive: up to `max` frames (at most [`MMSG`]) in one
+    /// `recvmmsg(2)`.
+    fn rx_mmsg(
+        &mut self,
+        pool: &mut PacketPool,
+        out: &mut Vec<Packet>,
+        max: usize,
+    ) -> Result<usize, PortError> {
+        let want = max.min(MMSG);
+        if want == 0 {
+            return Ok(0);
+        }
+        let mut pkts = std::mem::take(&mut self.rx_spare);
+        while pkts.len() < want {
+            pkts.push(pool.get_large());
+        }
+        // SAFETY: iovec and mmsghdr are plain old data; all-zero is valid.
+        let mut iov: [libc::iovec; MMSG] = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let mut msgs: [libc::mmsghdr; MMSG] = unsafe { std::mem::zeroed() };
+        for (i, p) in pkts.iter_mut().take(want).enumerate() {
+            let buf = p.rx_space();
+            iov[i].iov_base = buf.as_mut_ptr().cast();
+            iov[i].iov_len = buf.len();
+            msgs[i].msg_hdr.msg_iov = &mut iov[i];
+            msgs[i].msg_hdr.msg_iovlen = 1;
+        }
+        // SAFETY: `msgs[..want]` point at `iov[..want]`, which point at the
+        // receive space of `pkts`; all of them live, unmoved, across the
+        // call, and the kernel writes at most `iov_len` bytes into each.
+        let r = unsafe {
+            libc::recvmmsg(
+                self.fd.as_raw_fd(),
+                msgs.as_mut_ptr(),
+                want as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if r < 0 {
+            self.rx_spare = pkts;
+            return match errno() {
+                libc::EAGAIN | libc::EINTR | libc::ENETDOWN => Ok(0),
+                libc::EBADFD | libc::ENODEV | libc::ENXIO => {
+                    Err(PortError::Gone(self.name.clone()))
+                }
+                e => Err(PortError::Io(std::io::Error::from_raw_os_error(e))),
+            };
+        }
+        let got = (r as usize).min(want);
+        let mut n = 0;
+        // The unused buffers stay for the next call.
+        for (i, mut p) in pkts.drain(..got).enumerate() {
+            p.set_len(msgs[i].msg_len as usize);
+            match virtio::parse(p.data()) {
+                Ok(o) if p.pull_front(VNET_HDR_LEN).is_some() => {
+                    p.meta.offload = o;
+                    out.push(p);
+                    n += 1;
+                }
+                _ => {
+                    self.bad_hdr += 1;
+                    pool.put(p);
+                }
+            }
+        }
+        self.rx_spare = pkts;
+        Ok(n)
+    }
+
+    /// AF_PACKET send: the whole burst in `sendmmsg(2)` calls of up to
+    /// [`MMSG`] frames; a frame the kernel refuses is counted and skipped.
+    fn tx_mmsg(&mut self, pkts: &mut Vec<Packet>, pool: &mut PacketPool) -> TxResult {
+        let mut r = TxResult::default();
+        let mut ready = std::mem::take(&mut self.tx_ready);
+        let mut drain = pkts.drain(..).peekable();
+        while drain.peek().is_some() {
+            ready.clear();
+            for mut p in drain.by_ref().take(MMSG) {
+                let len = p.len();
+                let o = p.meta.offload;
+                match p.push_front(VNET_HDR_LEN) {
+                    Some(h) => {
+                        virtio::emit(&o, h);
+                        ready.push((p, len));
+                    }
+                    None => {
+                        r.errors += 1;
+                        pool.put(p);
+                    }
+                }
+            }
+            // SAFETY: plain old data; all-zero is valid.
+            let mut iov: [libc::iovec; MMSG] = unsafe { std::mem::zeroed() };
+            // SAFETY: as above.
+            let mut msgs: [libc::mmsghdr; MMSG] = unsafe { std::mem::zeroed() };
+            for (i, (p, _)) in ready.iter().enumerate() {
+                let d = p.data();
+                iov[i].iov_base = d.as_ptr() as *mut libc::c_void;
+                iov[i].iov_len = d.len();
+                msgs[i].msg_hdr.msg_iov = &mut iov[i];
+                msgs[i].msg_hdr.msg_iovlen = 1;
+            }
+            let mut i = 0;
+            while i < ready.len() {
+                // SAFETY: `msgs[i..]` point at `iov[i..]`, which point at the
+                // data of `ready[i..]`; the kernel only reads them, and they
+                // live, unmoved, across the call.
+                let k = unsafe {
+                    libc::sendmmsg(
+                        self.fd.as_raw_fd(),
+                        msgs.as_mut_ptr().add(i),
+                        (ready.len() - i) as libc::c_uint,
+                        libc::MSG_DONTWAIT,
+                    )
+                };
+                if k < 0 {
+                    // The frame at `i` failed; count it and go on.
+                    match errno() {
+                        libc::EAGAIN | libc::ENOBUFS => r.full += 1,
+                        libc::EIO | libc::ENETDOWN | libc::ENXIO => r.down += 1,
+                        _ => r.errors += 1,
+                    }
+                    i += 1;
+                } else {
+                    for (_, len) in &ready[i..i + k as usize] {
+                        r.sent += 1;
+                        r.bytes += *len;
+                    }
+                    i += (k as usize).max(1);
+                    if k == 0 {
+                        r.errors += 1;
+                    }
+                }
+            }
+            for (p, _) in ready.drain(..) {
+                pool.put(p);
+            }
+        }
+        drop(drain);
+        self.tx_ready = ready;
+        r
     }
 
     /// Adds the kernel's drop count since the last read (reading resets it).
@@ -221,6 +376,9 @@ impl Port for VnetPort {
         out: &mut Vec<Packet>,
         max: usize,
     ) -> Result<usize, PortError> {
+        if self.packet {
+            return self.rx_mmsg(pool, out, max);
+        }
         let mut n = 0;
         while n < max {
             let mut p = pool.get_large();
@@ -256,6 +414,9 @@ impl Port for VnetPort {
     }
 
     fn tx_burst(&mut self, pkts: &mut Vec<Packet>, pool: &mut PacketPool) -> TxResult {
+        if self.packet {
+            return self.tx_mmsg(pkts, pool);
+        }
         let mut r = TxResult::default();
         for mut p in pkts.drain(..) {
             let len = p.len();
