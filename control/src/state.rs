@@ -222,6 +222,19 @@ impl State {
 
     /// Answers one request.
     pub fn handle(&mut self, req: Request) -> Response {
+        // Only a change can change what this host announces to the cluster.
+        let query = matches!(
+            req,
+            Request::NetworkLs
+                | Request::NetworkInspect { .. }
+                | Request::PortLs
+                | Request::FdbShow { .. }
+                | Request::Stats
+                | Request::UplinkShow
+                | Request::ConntrackShow
+                | Request::PeerLs
+                | Request::Peers
+        );
         let r = match req {
             Request::NetworkCreate(c) => self.network_create(c).map(|_| json!(null)),
             Request::NetworkLs => Ok(json!(self.network_infos())),
@@ -306,7 +319,9 @@ impl State {
             Request::PeerLs => Ok(self.peer_ls()),
             Request::Peers => self.peers_status(),
         };
-        self.sync_local();
+        if !query {
+            self.sync_local();
+        }
         match r {
             Ok(data) => Response {
                 ok: true,
@@ -1236,8 +1251,9 @@ impl State {
         }
         if changed {
             self.publish();
+            // A port that died takes its endpoints with it.
+            self.sync_local();
         }
-        self.sync_local();
     }
 
     /// Stops the workers and removes every interface `attach` created.

@@ -100,6 +100,16 @@ impl VnetPort {
     }
 }
 
+/// Counts a frame the kernel refused to send.
+fn tx_error(r: &mut TxResult, e: i32) {
+    match e {
+        libc::EAGAIN | libc::ENOBUFS => r.full += 1,
+        // The container has not brought its interface up (yet).
+        libc::EIO | libc::ENETDOWN | libc::ENXIO => r.down += 1,
+        _ => r.errors += 1,
+    }
+}
+
 /// Frames per `recvmmsg`/`sendmmsg` call on an AF_PACKET port.
 const MMSG: usize = 32;
 
@@ -189,6 +199,33 @@ impl VnetPort {
         })
     }
 
+    /// Takes a received frame (virtio-net header first) into `out`; a
+    /// malformed header is counted and the frame dropped. Returns 1 if taken.
+    fn accept(&mut self, mut p: Packet, pool: &mut PacketPool, out: &mut Vec<Packet>) -> usize {
+        match virtio::parse(p.data()) {
+            Ok(o) if p.pull_front(VNET_HDR_LEN).is_some() => {
+                p.meta.offload = o;
+                out.push(p);
+                1
+            }
+            _ => {
+                // Malformed header: nothing sane to forward.
+                self.bad_hdr += 1;
+                pool.put(p);
+                0
+            }
+        }
+    }
+
+    /// What a failed receive means: nothing more for now (`Ok`), or an error.
+    fn rx_error(&self, e: i32) -> Result<(), PortError> {
+        match e {
+            libc::EAGAIN | libc::EINTR | libc::ENETDOWN => Ok(()),
+            libc::EBADFD | libc::ENODEV | libc::ENXIO => Err(PortError::Gone(self.name.clone())),
+            e => Err(PortError::Io(std::io::Error::from_raw_os_error(e))),
+        }
+    }
+
     /// AF_PACKET receive: up to `max` frames (at most [`MMSG`]) in one
     /// `recvmmsg(2)`.
     fn rx_mmsg(
@@ -230,30 +267,14 @@ impl VnetPort {
         };
         if r < 0 {
             self.rx_spare = pkts;
-            return match errno() {
-                libc::EAGAIN | libc::EINTR | libc::ENETDOWN => Ok(0),
-                libc::EBADFD | libc::ENODEV | libc::ENXIO => {
-                    Err(PortError::Gone(self.name.clone()))
-                }
-                e => Err(PortError::Io(std::io::Error::from_raw_os_error(e))),
-            };
+            return self.rx_error(errno()).map(|()| 0);
         }
         let got = (r as usize).min(want);
         let mut n = 0;
         // The unused buffers stay for the next call.
         for (i, mut p) in pkts.drain(..got).enumerate() {
             p.set_len(msgs[i].msg_len as usize);
-            match virtio::parse(p.data()) {
-                Ok(o) if p.pull_front(VNET_HDR_LEN).is_some() => {
-                    p.meta.offload = o;
-                    out.push(p);
-                    n += 1;
-                }
-                _ => {
-                    self.bad_hdr += 1;
-                    pool.put(p);
-                }
-            }
+            n += self.accept(p, pool, out);
         }
         self.rx_spare = pkts;
         Ok(n)
@@ -305,23 +326,16 @@ impl VnetPort {
                         libc::MSG_DONTWAIT,
                     )
                 };
-                if k < 0 {
+                if k <= 0 {
                     // The frame at `i` failed; count it and go on.
-                    match errno() {
-                        libc::EAGAIN | libc::ENOBUFS => r.full += 1,
-                        libc::EIO | libc::ENETDOWN | libc::ENXIO => r.down += 1,
-                        _ => r.errors += 1,
-                    }
+                    tx_error(&mut r, errno());
                     i += 1;
                 } else {
                     for (_, len) in &ready[i..i + k as usize] {
                         r.sent += 1;
                         r.bytes += *len;
                     }
-                    i += (k as usize).max(1);
-                    if k == 0 {
-                        r.errors += 1;
-                    }
+                    i += k as usize;
                 }
             }
             for (p, _) in ready.drain(..) {
@@ -388,27 +402,11 @@ impl Port for VnetPort {
             let r = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
             if r < 0 {
                 pool.put(p);
-                match errno() {
-                    libc::EAGAIN | libc::EINTR | libc::ENETDOWN => break,
-                    libc::EBADFD | libc::ENODEV | libc::ENXIO => {
-                        return Err(PortError::Gone(self.name.clone()))
-                    }
-                    e => return Err(PortError::Io(std::io::Error::from_raw_os_error(e))),
-                }
+                self.rx_error(errno())?;
+                break;
             }
             p.set_len(r as usize);
-            match virtio::parse(p.data()) {
-                Ok(o) if p.pull_front(VNET_HDR_LEN).is_some() => {
-                    p.meta.offload = o;
-                    out.push(p);
-                    n += 1;
-                }
-                _ => {
-                    // Malformed header: nothing sane to forward.
-                    self.bad_hdr += 1;
-                    pool.put(p);
-                }
-            }
+            n += self.accept(p, pool, out);
         }
         Ok(n)
     }
@@ -431,12 +429,7 @@ impl Port for VnetPort {
             // SAFETY: `d` is a valid readable slice for the duration of the call.
             let w = unsafe { libc::write(self.fd.as_raw_fd(), d.as_ptr().cast(), d.len()) };
             if w < 0 {
-                match errno() {
-                    libc::EAGAIN => r.full += 1,
-                    // The container has not brought its interface up (yet).
-                    libc::EIO | libc::ENETDOWN | libc::ENXIO => r.down += 1,
-                    _ => r.errors += 1,
-                }
+                tx_error(&mut r, errno());
             } else {
                 r.sent += 1;
                 r.bytes += len;

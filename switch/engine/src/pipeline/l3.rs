@@ -130,41 +130,9 @@ const ICMP_PARAM_PROBLEM: u8 = 12;
 #[derive(Debug, Default)]
 pub struct Parsed(Vec<Option<V4>>);
 
-/// VXLAN to the local VTEP (`vtep`), recognised from fixed offsets before
-/// the general parse: an option-less, unfragmented IPv4 header, UDP to port
-/// 4789, a total length that fits the frame. Such a frame only ever goes to
-/// decapsulation, never to conntrack, so it gets no conntrack hash (`0`).
-/// `None`: not that; parse it the general way.
-#[inline]
-fn vxlan_v4(f: &[u8], vtep: u32) -> Option<V4> {
-    const L4: usize = ETH_LEN + 20;
-    let h = f.get(ETH_LEN..L4 + 8)?;
-    let frag = u16::from_be_bytes([h[6], h[7]]) & 0x3fff;
-    let total = u16::from_be_bytes([h[2], h[3]]) as usize;
-    if h[0] != 0x45 || h[9] != PROTO_UDP || frag != 0 || total < 28 || total > f.len() - ETH_LEN {
-        return None;
-    }
-    let dst = u32::from_be_bytes([h[16], h[17], h[18], h[19]]);
-    let dport = u16::from_be_bytes([h[22], h[23]]);
-    if dst != vtep || dport != super::vxlan::VXLAN_PORT {
-        return None;
-    }
-    Some(V4 {
-        l4: L4 as u16,
-        tuple: Tuple {
-            src: u32::from_be_bytes([h[12], h[13], h[14], h[15]]),
-            dst,
-            sport: u16::from_be_bytes([h[20], h[21]]),
-            dport,
-            proto: PROTO_UDP,
-        },
-        hash: 0,
-        flags: 0,
-        icmp_type: 0,
-    })
-}
-
-/// Parses IPv4 and the L4 ports. `None`: drop as `bad_l3`.
+/// Parses IPv4 and the L4 ports. `None`: drop as `bad_l3`. The conntrack
+/// hash is left 0: [`Ctx::prefetch`] fills it in for the frames that will be
+/// looked up (VXLAN to the local VTEP never is).
 fn parse_v4(f: &[u8]) -> Option<V4> {
     let h = f.get(ETH_LEN..ETH_LEN + 20)?;
     let (l4, src, dst, proto) = if h[0] == 0x45 {
@@ -232,7 +200,7 @@ fn parse_v4(f: &[u8]) -> Option<V4> {
     }
     Some(V4 {
         l4: l4 as u16,
-        hash: crate::conntrack::hash(&t),
+        hash: 0,
         tuple: t,
         flags,
         icmp_type,
@@ -358,12 +326,18 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    /// Starts the memory loads of a batch's conntrack lookups, so that their
-    /// cache misses overlap instead of being paid one after another: first
-    /// every index bucket, then every flow those buckets point at.
-    fn prefetch(&mut self, pre: &[Option<V4>], skip: impl Fn(&V4) -> bool + Copy) {
-        let mut todo = pre.iter().flatten().filter(|v| !skip(v)).peekable();
-        if todo.peek().is_none() {
+    /// Hashes the tuples of a batch's frames that will be looked up in
+    /// conntrack (all but those `skip` names), and starts the memory loads of
+    /// those lookups, so that their cache misses overlap instead of being
+    /// paid one after another: first every index bucket, then every flow
+    /// those buckets point at.
+    fn prefetch(&mut self, pre: &mut [Option<V4>], skip: impl Fn(&V4) -> bool + Copy) {
+        let mut any = false;
+        for v in pre.iter_mut().flatten().filter(|v| !skip(v)) {
+            v.hash = crate::conntrack::hash(&v.tuple);
+            any = true;
+        }
+        if !any {
             return;
         }
         let ct = self.ct();
@@ -560,7 +534,8 @@ fn from_container(
         ETH_P_IPV4 => {}
         _ => return host_port_or_drop(l3),
     }
-    let Some(v) = pre.or_else(|| parse_v4(p.data())) else {
+    // Parsed (and hashed) with the batch.
+    let Some(v) = pre else {
         return Action::Drop(DropReason::BadL3);
     };
     let t = v.tuple;
@@ -697,22 +672,24 @@ pub fn from_uplink(
     pre.extend(batch.iter().map(|p| {
         let f = p.data();
         if ethertype(f) == ETH_P_IPV4 {
-            vxlan_v4(f, vtep).or_else(|| parse_v4(f))
+            parse_v4(f)
         } else {
             None
         }
     }));
     // VXLAN for the local VTEP is not tracked: no conntrack work for it.
-    ctx.prefetch(pre, |v| {
-        v.tuple.proto == PROTO_UDP
-            && v.tuple.dport == super::vxlan::VXLAN_PORT
-            && v.tuple.dst == vtep
-    });
+    ctx.prefetch(pre, |v| to_vtep(v, vtep));
     for (i, p) in batch.iter_mut().enumerate() {
         let v = pre.get(i).copied().flatten();
         let a = uplink_one(ctx, u, p, v);
         out.push(a);
     }
+}
+
+/// VXLAN to the local VTEP: decapsulated, never tracked.
+#[inline]
+fn to_vtep(v: &V4, vtep: u32) -> bool {
+    v.tuple.proto == PROTO_UDP && v.tuple.dport == super::vxlan::VXLAN_PORT && v.tuple.dst == vtep
 }
 
 fn uplink_one(ctx: &mut Ctx<'_>, u: &UplinkView, p: &mut Packet, pre: Option<V4>) -> Action {
@@ -737,11 +714,13 @@ fn uplink_one(ctx: &mut Ctx<'_>, u: &UplinkView, p: &mut Packet, pre: Option<V4>
         ETH_P_IPV4 => {}
         _ => return Action::Drop(DropReason::ToKernel),
     }
-    let Some(v) = pre.or_else(|| parse_v4(f)) else {
+    // Parsed (and hashed) with the batch; a frame that did not parse then
+    // does not parse now.
+    let Some(v) = pre else {
         return Action::Drop(DropReason::ToKernel);
     };
     let t = v.tuple;
-    if t.proto == PROTO_UDP && t.dport == super::vxlan::VXLAN_PORT && t.dst == u.vtep_ip {
+    if to_vtep(&v, u.vtep_ip) {
         return from_tunnel(ctx, p, &v);
     }
     if !u.is_local(t.dst) {
