@@ -16,7 +16,8 @@
 //! * control traffic per host per second, idle and during the changes.
 //!
 //! Everything it makes is named with `--prefix` and removed at the end, also
-//! on error; it never panics (the release profile aborts), errors return.
+//! on error (with `VSB_KEEP` set in the environment, the switches' logs and
+//! configs stay in `$TMPDIR/<prefix>-dir` for a look afterwards); it never panics (the release profile aborts), errors return.
 use hdrhistogram::Histogram;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -108,7 +109,9 @@ impl Drop for Topo {
         for ns in self.namespaces.iter().rev() {
             let _ = sh(&["ip", "netns", "del", ns]);
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if std::env::var_os("VSB_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
