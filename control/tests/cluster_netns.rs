@@ -362,6 +362,14 @@ fn three_hosts_sync_endpoints(backend: Backend, tag: &str) {
         );
         eprintln!("{}: h2's entries withdrawn {took:?} after the kill", h.ns);
     }
+    if backend == Backend::Gossip {
+        // The first survivor whose suspicion ran out told the other at once.
+        let notices: u64 = hosts[..2]
+            .iter()
+            .map(|h| json(h, &["peers", "--json"])["stats"]["down_notices"].as_u64().unwrap_or(0))
+            .sum();
+        assert!(notices >= 1, "no failure notice between the survivors");
+    }
     assert!(!t.ping("c0", &ips[2], 1));
     // Restarted: a new run, with another container; the old MAC does not
     // come back.

@@ -102,6 +102,9 @@ pub(crate) struct Agent {
     next_expire: Instant,
     gap_asked: HashMap<SocketAddr, Instant>,
     rng: StdRng,
+    /// Set while foca handles one of our own suspicion timers: a member it
+    /// declares down then is our own finding, which we tell everyone.
+    own_suspicion: bool,
     dirty: bool,
     buf: Vec<u8>,
     out: Vec<u8>,
@@ -167,6 +170,7 @@ pub(crate) fn agent(
             next_expire: now + Duration::from_secs(1),
             gap_asked: HashMap::new(),
             rng: rand::make_rng(),
+            own_suspicion: false,
             dirty: false,
             buf: vec![0; 65_536],
             out: Vec::with_capacity(2048),
@@ -313,6 +317,19 @@ impl Agent {
                     Applied::Own => {}
                 }
             }
+            SyncMsg::Down(node) => {
+                self.stats.down_notices.fetch_add(1, Relaxed);
+                // The same statement foca would piggyback, from a member
+                // that holds the key; about ourselves, foca rejoins.
+                let update = foca::Member::down(node);
+                if let Err(e) = self
+                    .foca
+                    .apply_many(std::iter::once(update), true, &mut self.rt)
+                {
+                    tracing::debug!(%src, error = %e, "failure notice refused");
+                }
+                self.after_foca();
+            }
         }
     }
 
@@ -392,10 +409,12 @@ impl Agent {
             }
             self.timers.pop();
             if let Some(ev) = self.timer_events.remove(&id) {
+                self.own_suspicion = matches!(ev, Timer::ChangeSuspectToDown { .. });
                 if let Err(e) = self.foca.handle_timer(ev, &mut self.rt) {
                     tracing::debug!(error = %e, "SWIM timer");
                 }
                 self.after_foca();
+                self.own_suspicion = false;
             }
         }
     }
@@ -470,6 +489,13 @@ impl Agent {
                     if self.alive.get(&m.name) == Some(&m) {
                         self.alive.remove(&m.name);
                         self.dirty = true;
+                    }
+                    if self.own_suspicion {
+                        let msg = SyncMsg::Down(m);
+                        let to: Vec<SocketAddr> = self.alive.values().map(|n| n.addr).collect();
+                        for a in to {
+                            self.send_sync(a, &msg);
+                        }
                     }
                 }
                 OwnedNotification::Rename(old, new) => {

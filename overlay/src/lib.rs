@@ -110,6 +110,9 @@ pub struct Stats {
     pub deltas_applied: AtomicU64,
     /// Full re-lists after a compacted watch revision (etcd).
     pub relists: AtomicU64,
+    /// Failure notices received: a member that declared a host down told
+    /// every other member at once (gossip).
+    pub down_notices: AtomicU64,
 }
 
 /// [`Stats`] read at one moment.
@@ -137,6 +140,8 @@ pub struct StatsSnapshot {
     pub deltas_applied: u64,
     /// See [`Stats`].
     pub relists: u64,
+    /// See [`Stats`].
+    pub down_notices: u64,
 }
 
 impl Stats {
@@ -154,6 +159,7 @@ impl Stats {
             rx_gaps: self.rx_gaps.load(Relaxed),
             deltas_applied: self.deltas_applied.load(Relaxed),
             relists: self.relists.load(Relaxed),
+            down_notices: self.down_notices.load(Relaxed),
         }
     }
 }

@@ -41,6 +41,10 @@ pub enum SyncMsg {
     },
     /// A piece of one host's changes.
     Delta(Delta),
+    /// The sender's own probes found this member dead and its suspicion
+    /// ran out: sent to every member at once, so that no host waits for
+    /// the SWIM piggyback to reach it (which can miss a host for seconds).
+    Down(crate::gossip::Node),
 }
 
 /// Why a datagram was refused.
