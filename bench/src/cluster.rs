@@ -586,7 +586,10 @@ pub fn run(o: &Opts) -> Result<(), String> {
             )?;
             eprintln!(
                 "killed {name} at unix {:.3}; withdrawn everywhere after {} ms",
-                SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()) - t0.elapsed().as_secs_f64(),
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64())
+                    - t0.elapsed().as_secs_f64(),
                 t0.elapsed().as_millis()
             );
             dead.record((t0.elapsed().as_micros() as u64).max(1))

@@ -1,5 +1,8 @@
 //! The L2 stages (classify, learn, forward, queue) on a batch of 32 64-byte
-//! frames, with 1 and with 100,000 learned MACs. No ports: this is the
+//! frames, with 1 and with 100,000 learned MACs (the FDB at its default
+//! size, 2^18 slots; 100,000 entries: 50,000 sources on the ingress port
+//! talking to 50,000 destinations on the other, in random order; the 1-MAC
+//! case is one source and one destination). No ports: this is the
 //! per-packet work of the engine alone. The MAC rewrite that makes every
 //! batch new traffic is included in the figure (12 byte stores per frame).
 use std::sync::Arc;
@@ -15,7 +18,7 @@ use vswitch_engine::wire::mac::Mac;
 const NET: NetId = 0;
 
 fn tables() -> (Arc<Tables>, Arc<Snapshot>) {
-    let t = Arc::new(Tables::new(1 << 19));
+    let t = Arc::new(Tables::new(1 << 18));
     t.fdb.set_limit(NET, 1_000_000);
     let port = |id| {
         Some(PortView {
@@ -55,7 +58,8 @@ fn case(macs: u64, batches: usize) -> (f64, u64) {
     let (t, snap) = tables();
     let src = |i: u64| Mac(0x0200_0000_0000 | i);
     let dst = |i: u64| Mac(0x0600_0000_0000 | i);
-    for i in 0..macs {
+    let pairs = (macs / 2).max(1);
+    for i in 0..pairs {
         t.fdb.learn(NET, dst(i), 2, 0);
         t.fdb.learn(NET, src(i), 1, 0);
     }
@@ -71,7 +75,7 @@ fn case(macs: u64, batches: usize) -> (f64, u64) {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            x % macs
+            x % pairs
         })
         .collect();
     let mut k = 0usize;

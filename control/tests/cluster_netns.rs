@@ -366,7 +366,11 @@ fn three_hosts_sync_endpoints(backend: Backend, tag: &str) {
         // The first survivor whose suspicion ran out told the other at once.
         let notices: u64 = hosts[..2]
             .iter()
-            .map(|h| json(h, &["peers", "--json"])["stats"]["down_notices"].as_u64().unwrap_or(0))
+            .map(|h| {
+                json(h, &["peers", "--json"])["stats"]["down_notices"]
+                    .as_u64()
+                    .unwrap_or(0)
+            })
             .sum();
         assert!(notices >= 1, "no failure notice between the survivors");
     }

@@ -2,8 +2,9 @@
 //! without locks.
 //!
 //! A fixed-size table of 4-way buckets (one cache line of key/value pairs
-//! each) with two candidate buckets per key
-//! (two-choice hashing). Keys and values are 64-bit atomics, so workers learn
+//! each) with two candidate buckets per key: a key goes to its first bucket
+//! while that has room and to the second only when it is full, so nearly
+//! every lookup reads one line, the one the batch pre-pass fetched. Keys and values are 64-bit atomics, so workers learn
 //! and look up concurrently and the control thread adds static entries, ages
 //! and flushes, and nobody ever waits on anybody. Memory is allocated once:
 //! a flood of random source MACs fills at most the network's limit, and is
@@ -12,6 +13,9 @@
 //! Ordering: a writer publishes the key (CAS, AcqRel) before the value
 //! (Release); a remover clears the value before the key. A reader that sees
 //! a key with no valid value treats it as a miss (the frame is flooded).
+//! A displacement (both buckets full) copies an entry to its other bucket,
+//! clears the old copy's value, then swaps its key: readers see the entry,
+//! a miss, or the new key with no value; never a wrong port.
 use crate::port::PortId;
 use crate::wire::mac::Mac;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -124,7 +128,7 @@ fn port_of(v: u64) -> PortId {
 
 impl Fdb {
     /// A table with room for about `slots` entries (rounded up to a power of
-    /// two, at least 64). Two-choice hashing keeps bucket overflow negligible
+    /// two, at least 64). The second bucket keeps overflow negligible
     /// up to ~50% load; size it at about twice the sum of network limits.
     pub fn new(slots: usize) -> Self {
         let buckets = (slots.max(64) / WAYS).next_power_of_two();
@@ -160,7 +164,11 @@ impl Fdb {
     /// Hashes (net, mac) to its key and candidate buckets.
     #[inline]
     pub fn key(&self, net: NetId, mac: Mac) -> FdbKey {
-        let k = ((net as u64 + 1) << 48) | (mac.0 & 0xffff_ffff_ffff);
+        self.key_raw(((net as u64 + 1) << 48) | (mac.0 & 0xffff_ffff_ffff))
+    }
+
+    #[inline]
+    fn key_raw(&self, k: u64) -> FdbKey {
         // murmur3's 64-bit finalizer: every key bit reaches every index bit.
         let mut h = k;
         h ^= h >> 33;
@@ -180,29 +188,32 @@ impl Fdb {
         }
     }
 
-    /// Starts fetching both candidate buckets of `key` (batch pre-pass).
-    /// Returns the first word of each, to be folded into one value the
-    /// caller consumes once per batch: the loads stay independent of each
-    /// other, so many cache misses are in flight at once (stable Rust has no
-    /// safe prefetch instruction).
+    /// Starts fetching the first candidate bucket of `key` (batch
+    /// pre-pass), where [`Fdb::claim`] puts nearly every key. Returns its
+    /// first word, to be folded into one value the caller consumes once per
+    /// batch: the loads stay independent of each other, so many cache
+    /// misses are in flight at once (stable Rust has no safe prefetch
+    /// instruction).
     #[inline]
     pub fn touch(&self, key: &FdbKey) -> u64 {
         self.buckets[key.b1 as usize].slots[0]
             .key
             .load(Ordering::Relaxed)
-            ^ self.buckets[key.b2 as usize].slots[0]
-                .key
-                .load(Ordering::Relaxed)
     }
 
+    /// The slot holding `key`. The four keys of a bucket are compared
+    /// without a branch per slot: where a key sits in its bucket is random,
+    /// and a mispredicted branch per lookup costs more than the compares.
     #[inline]
     fn find(&self, key: &FdbKey) -> Option<&Slot> {
         for b in [key.b1, key.b2] {
             let bucket = &self.buckets[b as usize];
-            for slot in &bucket.slots {
-                if slot.key.load(Ordering::Acquire) == key.k {
-                    return Some(slot);
-                }
+            let mut hits = 0u32;
+            for (i, slot) in bucket.slots.iter().enumerate() {
+                hits |= ((slot.key.load(Ordering::Acquire) == key.k) as u32) << i;
+            }
+            if hits != 0 {
+                return bucket.slots.get(hits.trailing_zeros() as usize);
             }
         }
         None
@@ -221,30 +232,58 @@ impl Fdb {
         self.lookup_key(&self.key(net, mac))
     }
 
+    /// Takes a free slot of bucket `b` for (k, v).
+    fn take_free(&self, b: u32, k: u64, v: u64) -> Option<&Slot> {
+        let slot = self.buckets[b as usize].slots.iter().find(|slot| {
+            slot.key
+                .compare_exchange(0, k, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        })?;
+        slot.val.store(v, Ordering::Release);
+        Some(slot)
+    }
+
     fn claim(&self, key: &FdbKey, v: u64) -> bool {
-        // Power of two choices: fill the emptier bucket first.
-        let used = |b: u32| {
-            self.buckets[b as usize]
-                .slots
-                .iter()
-                .filter(|s| s.key.load(Ordering::Relaxed) != 0)
-                .count()
-        };
-        let order = if used(key.b2) < used(key.b1) {
-            [key.b2, key.b1]
-        } else {
-            [key.b1, key.b2]
-        };
-        for b in order {
+        // The first bucket while it has room, the second only when it is
+        // full: nearly every key then sits in its first bucket, the only
+        // line the batch pre-pass fetches.
+        if self.take_free(key.b1, key.k, v).is_some() || self.take_free(key.b2, key.k, v).is_some()
+        {
+            return true;
+        }
+        // Both full: move one of their entries to its other bucket (one
+        // level of cuckoo displacement) and take its slot, which keeps
+        // overflow as rare as balanced placement does.
+        for b in [key.b1, key.b2] {
             for slot in &self.buckets[b as usize].slots {
+                let k2 = slot.key.load(Ordering::Acquire);
+                let v2 = slot.val.load(Ordering::Acquire);
+                if k2 == 0 || v2 & VALID == 0 {
+                    continue;
+                }
+                let other = self.key_raw(k2);
+                let alt = if other.b1 == b { other.b2 } else { other.b1 };
+                if alt == b {
+                    continue;
+                }
+                let Some(copy) = self.take_free(alt, k2, v2) else {
+                    continue;
+                };
+                // The entry is in both buckets now. Invalidate this copy
+                // first: a reader meanwhile misses (floods one frame) rather
+                // than reading another MAC's port.
+                slot.val.store(0, Ordering::Release);
                 if slot
                     .key
-                    .compare_exchange(0, key.k, Ordering::AcqRel, Ordering::Relaxed)
+                    .compare_exchange(k2, key.k, Ordering::AcqRel, Ordering::Relaxed)
                     .is_ok()
                 {
                     slot.val.store(v, Ordering::Release);
                     return true;
                 }
+                // Removed or moved by someone else meanwhile: undo the copy.
+                copy.val.store(0, Ordering::Release);
+                copy.key.store(0, Ordering::Release);
             }
         }
         false

@@ -4,19 +4,30 @@ use crate::fdb::Fdb;
 use crate::port::PortId;
 use crate::stats::{BatchDrops, DropReason};
 use crate::tables::L3View;
+use crate::wire::mac::Mac;
 
 /// Sets each frame's action: known unicast, flood (broadcast, multicast,
 /// unknown unicast), or drop when the destination sits on the ingress port.
+/// A destination equal to the previous frame's (one flow's burst) reuses
+/// its answer: the table does not change within a batch's pass.
 #[inline]
 pub fn run(fdb: &Fdb, in_port: PortId, hdrs: &mut [Hdr]) {
+    let mut last: Option<(Mac, Action)> = None;
     for h in hdrs.iter_mut() {
         if !matches!(h.action, Action::Flood) || h.dst.is_multicast() {
             continue;
         }
-        h.action = match fdb.lookup_key(&h.dst_key) {
-            Some(p) if p == in_port => Action::Drop(DropReason::SamePort),
-            Some(p) => Action::Unicast(p),
-            None => Action::Flood,
+        h.action = match last {
+            Some((m, a)) if m == h.dst => a,
+            _ => {
+                let a = match fdb.lookup_key(&h.dst_key) {
+                    Some(p) if p == in_port => Action::Drop(DropReason::SamePort),
+                    Some(p) => Action::Unicast(p),
+                    None => Action::Flood,
+                };
+                last = Some((h.dst, a));
+                a
+            }
         };
     }
 }
