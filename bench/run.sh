@@ -6,8 +6,11 @@
 # Prints a table and writes bench/results/<commit>.{json,svg} and appends
 # to bench/results/HISTORY.md.
 #
-#   sudo bash bench/run.sh            # full run (~2 minutes)
-#   DURATION=3 bash bench/run.sh      # shorter
+#   sudo bash bench/run.sh            # full run (~5 minutes)
+#   DURATION=3 TRIALS=1 bash bench/run.sh   # shorter
+#
+# The L2 figures (bridge against vswitch) are medians of $TRIALS trials that
+# alternate the two datapaths.
 #
 # Cores are configuration: the switch worker runs on $WORKER_CORE; traffic
 # generators and the containers' processes (iperf3, servers, clients) run on
@@ -19,6 +22,7 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-5}
 WORKER_CORE=${WORKER_CORE:-1}
 GEN_CORE=${GEN_CORE:-0}
+TRIALS=${TRIALS:-3}
 CLUSTER_HOSTS=${CLUSTER_HOSTS:-16}
 APP="taskset -c $GEN_CORE"
 bash scripts/install-deps.sh >/dev/null
@@ -60,6 +64,9 @@ CFG
     t1=$(date +%s.%N); sleep 0.2; after=$(rxp "$dst")
     python3 -c "print(round(($after-$before)/($t1-$t0)))"
 }
+
+# Median of the arguments.
+med() { printf '%s\n' "$@" | python3 -c "import sys,statistics;print(round(statistics.median(float(x) for x in sys.stdin.read().split()),3))"; }
 
 # iperf3 TCP, one stream, $1 -> $2 ($3 server IP); prints Gbit/s.
 tcp() {
@@ -111,7 +118,11 @@ print(round(q(0.5), 1), round(q(0.99), 1), round(d[-1], 1))
 PY
 }
 
-echo "== Linux bridge"
+echo "== L2: Linux bridge and vswitch (worker on core $WORKER_CORE, busy polling) side by side, $TRIALS interleaved trials, medians"
+# Both topologies stay up; the trials alternate kernel and vswitch, so a slow
+# phase of this shared machine hits both. The switch is stopped (SIGSTOP)
+# during the kernel's trials: its busy worker must not take the execution
+# resources a sibling vCPU shares.
 mkns bh; mkns ba; mkns bb
 NS bh ip link add br0 type bridge; NS bh ip link set br0 up
 i=1
@@ -121,12 +132,6 @@ for c in ba bb; do
     NS "$c" ip addr add "10.99.0.$i/24" dev eth0; NS "$c" ip link set eth0 up; i=$((i+1))
 done
 NS ba ping -c 2 -i 0.2 10.99.0.2 >/dev/null
-K_PPS=$(pps ba bb 10.99.0.2 10.99.0.1); echo "64B frames delivered: $K_PPS/s"
-K_TCP=$(tcp ba bb 10.99.0.2); echo "iperf3 TCP: $K_TCP Gbit/s"
-rtt ba bb 10.99.0.2; read -r K_P50 K_P99 <"$TMP/rtt"; echo "UDP RTT p50/p99: $K_P50 / $K_P99 us"
-oneway ba bb 10.99.0.2; read -r K_OW50 K_OW99 K_OWMAX <"$TMP/oneway"; echo "one-way latency of packets after 300 ms idle, p50/p99/max: $K_OW50 / $K_OW99 / $K_OWMAX us"
-
-echo "== vswitch (worker on core $WORKER_CORE, busy polling)"
 mkns vh; mkns va; mkns vb; mkns ta; mkns tb
 cat >"$TMP/vs.toml" <<CFG
 [[workers]]
@@ -144,14 +149,29 @@ V attach bench --netns "$P-vb" --kind veth --ip 10.98.0.12/24
 V attach bench --netns "$P-ta" --kind tap --ip 10.98.0.13/24
 V attach bench --netns "$P-tb" --kind tap --ip 10.98.0.14/24
 NS va ping -c 2 -i 0.2 10.98.0.12 >/dev/null; NS ta ping -c 2 -i 0.2 10.98.0.14 >/dev/null
-V_PPS=$(pps va vb 10.98.0.12 10.98.0.11); echo "64B frames delivered (veth/AF_XDP): $V_PPS/s"
-V_TCP=$(tcp ta tb 10.98.0.14); echo "iperf3 TCP (TAP): $V_TCP Gbit/s"
-V_TCPV=$(tcp va vb 10.98.0.12); echo "iperf3 TCP (veth/AF_XDP): $V_TCPV Gbit/s"
-rtt ta tb 10.98.0.14; read -r V_P50 V_P99 <"$TMP/rtt"; echo "UDP RTT p50/p99 (TAP): $V_P50 / $V_P99 us"
-rtt va vb 10.98.0.12; read -r VV_P50 VV_P99 <"$TMP/rtt"; echo "UDP RTT p50/p99 (veth): $VV_P50 / $VV_P99 us"
+KP=(); KT=(); K5=(); K9=(); VP=(); VT=(); VTV=(); V5=(); V9=(); VV5=()
+for t in $(seq "$TRIALS"); do
+    kill -STOP "$VPID"
+    KP+=("$(pps ba bb 10.99.0.2 10.99.0.1)")
+    KT+=("$(tcp ba bb 10.99.0.2)")
+    rtt ba bb 10.99.0.2; read -r a b <"$TMP/rtt"; K5+=("$a"); K9+=("$b")
+    kill -CONT "$VPID"; sleep 0.2
+    VP+=("$(pps va vb 10.98.0.12 10.98.0.11)")
+    VT+=("$(tcp ta tb 10.98.0.14)")
+    VTV+=("$(tcp va vb 10.98.0.12)")
+    rtt ta tb 10.98.0.14; read -r a b <"$TMP/rtt"; V5+=("$a"); V9+=("$b")
+    rtt va vb 10.98.0.12; read -r a b <"$TMP/rtt"; VV5+=("$a")
+    echo "trial $t: 64B frames delivered bridge/vswitch ${KP[-1]}/${VP[-1]} per s; iperf3 TCP bridge ${KT[-1]}, vswitch TAP ${VT[-1]}, veth ${VTV[-1]} Gbit/s; RTT p50 bridge ${K5[-1]}, vswitch TAP ${V5[-1]}, veth ${VV5[-1]} us"
+done
+K_PPS=$(med "${KP[@]}"); K_TCP=$(med "${KT[@]}"); K_P50=$(med "${K5[@]}"); K_P99=$(med "${K9[@]}")
+V_PPS=$(med "${VP[@]}"); V_TCP=$(med "${VT[@]}"); V_TCPV=$(med "${VTV[@]}")
+V_P50=$(med "${V5[@]}"); V_P99=$(med "${V9[@]}"); VV_P50=$(med "${VV5[@]}")
+echo "Linux bridge, medians: 64B frames delivered $K_PPS/s; iperf3 TCP $K_TCP Gbit/s; UDP RTT p50/p99 $K_P50 / $K_P99 us"
+echo "vswitch, medians: 64B frames delivered (veth/AF_XDP) $V_PPS/s; iperf3 TCP (TAP) $V_TCP, (veth/AF_XDP) $V_TCPV Gbit/s; UDP RTT p50/p99 (TAP) $V_P50 / $V_P99 us, p50 (veth) $VV_P50 us"
 "$BIN" --socket "$SOCK" stats
-
 kill "$VPID"; wait "$VPID" 2>/dev/null || true
+oneway ba bb 10.99.0.2; read -r K_OW50 K_OW99 K_OWMAX <"$TMP/oneway"; echo "Linux bridge: one-way latency of packets after 300 ms idle, p50/p99/max: $K_OW50 / $K_OW99 / $K_OWMAX us"
+
 
 echo "== vswitch, adaptive idle mode (edge gateway): CPU while idle, first packet after idle"
 mkns ih; mkns ia; mkns ib
