@@ -9,8 +9,8 @@
 #   sudo bash bench/run.sh            # full run (~5 minutes)
 #   DURATION=3 TRIALS=1 bash bench/run.sh   # shorter
 #
-# The L2 figures (bridge against vswitch) are medians of $TRIALS trials that
-# alternate the two datapaths.
+# The L2 and NAT figures (bridge or iptables against vswitch) are medians of
+# $TRIALS trials that alternate the two datapaths.
 #
 # Cores are configuration: the switch worker runs on $WORKER_CORE; traffic
 # generators and the containers' processes (iperf3, servers, clients) run on
@@ -220,7 +220,7 @@ uplink_pair() {
     NS "$2" ip addr add "$4.2/24" dev "$P$3x"; NS "$2" ip link set "$P$3x" up
 }
 
-echo "== NAT: docker0-style bridge with iptables MASQUERADE/DNAT"
+echo "== NAT: docker0-style bridge with iptables MASQUERADE/DNAT and vswitch's gateway (worker on core $WORKER_CORE, busy polling; TAP container, AF_PACKET uplink) side by side, $TRIALS interleaved trials, medians"
 mkns nh; mkns nc; mkns ne
 uplink_pair nh ne n 192.168.95
 NS nh ip link add br0 type bridge; NS nh ip addr add 10.96.0.1/24 dev br0; NS nh ip link set br0 up
@@ -232,12 +232,7 @@ NS nh iptables -t nat -A POSTROUTING -s 10.96.0.0/24 ! -o br0 -j MASQUERADE
 NS nh iptables -t nat -A PREROUTING -d 192.168.95.1 -p tcp --dport 15201 -j DNAT --to-destination 10.96.0.2:5201
 NS nh iptables -t nat -A PREROUTING -d 192.168.95.1 -p tcp --dport 18080 -j DNAT --to-destination 10.96.0.2:8080
 NS nc ping -c 2 -i 0.2 192.168.95.2 >/dev/null
-K_SNAT=$(tcp_to ne 5201 nc 192.168.95.2 5201); echo "iperf3 TCP container -> external (MASQUERADE): $K_SNAT Gbit/s"
-K_DNAT=$(tcp_to nc 5201 ne 192.168.95.1 15201); echo "iperf3 TCP external -> published port (DNAT): $K_DNAT Gbit/s"
-ip netns exec "$P-nc" $APP "$BENCH" accept-server --bind 0.0.0.0:8080 & PIDS+=("$!"); sleep 0.3
-K_CPS=$(cps ne 192.168.95.1 18080); echo "new TCP connections/s to a published port: $K_CPS"
-
-echo "== NAT: vswitch gateway (worker on core $WORKER_CORE, busy polling; TAP container, AF_PACKET uplink)"
+ip netns exec "$P-nc" $APP "$BENCH" accept-server --bind 0.0.0.0:8080 & PIDS+=("$!")
 mkns sh; mkns sc; mkns se
 uplink_pair sh se s 192.168.94
 cat >"$TMP/nat.toml" <<CFG
@@ -256,10 +251,23 @@ start_switch sh "$TMP/nat.toml" "$SOCK3"; NPID=$SWPID
 "$BIN" --socket "$SOCK3" publish nat 10.95.0.2:5201 --host-port 15201 >/dev/null
 "$BIN" --socket "$SOCK3" publish nat 10.95.0.2:8080 --host-port 18080 >/dev/null
 NS sc ping -c 2 -i 0.2 192.168.94.2 >/dev/null
-V_SNAT=$(tcp_to se 5201 sc 192.168.94.2 5201); echo "iperf3 TCP container -> external (SNAT): $V_SNAT Gbit/s"
-V_DNAT=$(tcp_to sc 5201 se 192.168.94.1 15201); echo "iperf3 TCP external -> published port (DNAT): $V_DNAT Gbit/s"
 ip netns exec "$P-sc" $APP "$BENCH" accept-server --bind 0.0.0.0:8080 & PIDS+=("$!"); sleep 0.3
-V_CPS=$(cps se 192.168.94.1 18080); echo "new TCP connections/s to a published port: $V_CPS"
+KS=(); KD=(); KC=(); VS=(); VD=(); VC=()
+for t in $(seq "$TRIALS"); do
+    kill -STOP "$NPID"
+    KS+=("$(tcp_to ne 5201 nc 192.168.95.2 5201)")
+    KD+=("$(tcp_to nc 5201 ne 192.168.95.1 15201)")
+    KC+=("$(cps ne 192.168.95.1 18080)")
+    kill -CONT "$NPID"; sleep 0.2
+    VS+=("$(tcp_to se 5201 sc 192.168.94.2 5201)")
+    VD+=("$(tcp_to sc 5201 se 192.168.94.1 15201)")
+    VC+=("$(cps se 192.168.94.1 18080)")
+    echo "trial $t: iperf3 TCP SNAT iptables/vswitch ${KS[-1]}/${VS[-1]}, DNAT ${KD[-1]}/${VD[-1]} Gbit/s; new TCP connections/s ${KC[-1]}/${VC[-1]}"
+done
+K_SNAT=$(med "${KS[@]}"); K_DNAT=$(med "${KD[@]}"); K_CPS=$(med "${KC[@]}")
+V_SNAT=$(med "${VS[@]}"); V_DNAT=$(med "${VD[@]}"); V_CPS=$(med "${VC[@]}")
+echo "iptables, medians: iperf3 TCP container -> external (MASQUERADE) $K_SNAT, external -> published port (DNAT) $K_DNAT Gbit/s; new TCP connections/s to a published port $K_CPS"
+echo "vswitch, medians: iperf3 TCP container -> external (SNAT) $V_SNAT, external -> published port (DNAT) $V_DNAT Gbit/s; new TCP connections/s to a published port $V_CPS"
 "$BIN" --socket "$SOCK3" stats
 "$BIN" --socket "$SOCK3" conntrack show | tail -1
 kill "$NPID"; wait "$NPID" 2>/dev/null || true
