@@ -44,11 +44,19 @@ struct Bucket {
 
 /// A key and its two candidate buckets, hashed once per frame and reused by
 /// every stage that touches the same MAC.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Eq)]
 pub struct FdbKey {
     k: u64,
     b1: u32,
     b2: u32,
+}
+
+/// The buckets follow from the key, so one word decides equality.
+impl PartialEq for FdbKey {
+    #[inline]
+    fn eq(&self, other: &Self) -> bool {
+        self.k == other.k
+    }
 }
 
 /// Result of a learning attempt.
@@ -104,6 +112,8 @@ pub enum FdbError {
 pub struct Fdb {
     buckets: Box<[Bucket]>,
     mask: usize,
+    /// 64 − log2(buckets): a hash's top bits index the table.
+    shift: u32,
     learned: Box<[AtomicU32]>,
     limits: Box<[AtomicU32]>,
 }
@@ -135,6 +145,7 @@ impl Fdb {
         Self {
             buckets: (0..buckets).map(|_| Bucket::default()).collect(),
             mask: buckets - 1,
+            shift: 64 - buckets.trailing_zeros(),
             learned: (0..MAX_NETWORKS).map(|_| AtomicU32::new(0)).collect(),
             limits: (0..MAX_NETWORKS)
                 .map(|_| AtomicU32::new(u32::MAX))
@@ -169,18 +180,12 @@ impl Fdb {
 
     #[inline]
     fn key_raw(&self, k: u64) -> FdbKey {
-        // murmur3's 64-bit finalizer: every key bit reaches every index bit.
-        let mut h = k;
-        h ^= h >> 33;
-        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-        h ^= h >> 33;
-        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-        h ^= h >> 33;
-        let b1 = h as usize & self.mask;
-        let mut b2 = (h >> 32) as usize & self.mask;
-        if b2 == b1 {
-            b2 = (b1 ^ 1) & self.mask;
-        }
+        // Multiplicative (Fibonacci) hashing, one multiply per bucket: the
+        // high bits of k·C depend on every bit of k, so sequential MACs
+        // (as container runtimes hand them out) spread over the table.
+        let b1 = (k.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> self.shift) as usize;
+        let b2 = (k.wrapping_mul(0xc2b2_ae3d_27d4_eb4f) >> self.shift) as usize;
+        let b2 = if b2 == b1 { (b1 ^ 1) & self.mask } else { b2 };
         FdbKey {
             k,
             b1: b1 as u32,
@@ -499,6 +504,32 @@ mod tests {
             f.add_static(0, Mac::BROADCAST, 1),
             Err(FdbError::NotUnicast(Mac::BROADCAST))
         );
+    }
+
+    #[test]
+    fn random_macs_fill_to_design_load_too() {
+        let f = Fdb::new(1 << 18);
+        let half = (f.capacity() as u64) / 2;
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let macs: Vec<Mac> = (0..half)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                Mac(x & 0xfeff_ffff_ffff)
+            })
+            .collect();
+        let full = macs
+            .iter()
+            .filter(|m| f.learn(3, **m, 1, 0) == Learn::Full)
+            .count();
+        assert!(
+            full * 10_000 < half as usize,
+            "at 50% load, {full} of {half} overflowed"
+        );
+        assert!(macs
+            .iter()
+            .all(|m| f.lookup(3, *m) == Some(1) || f.learn(3, *m, 1, 0) == Learn::Full));
     }
 
     #[test]
