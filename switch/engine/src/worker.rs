@@ -442,7 +442,10 @@ impl Worker {
         let now = self.clock.now_ns();
         let since = *self.idle_since.get_or_insert(now);
         if now.saturating_sub(since) < idle_after_us * 1000 {
-            std::hint::spin_loop();
+            // Polling on before sleeping; yield as busy mode does, so that
+            // another worker or the softirqs sharing this core run at once
+            // instead of after the scheduler preempts us.
+            std::thread::yield_now();
             return;
         }
         self.sleep(Duration::from_millis(max_sleep_ms.max(1)));
