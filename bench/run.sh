@@ -9,7 +9,7 @@
 #   sudo bash bench/run.sh            # full run (~5 minutes)
 #   DURATION=3 TRIALS=1 bash bench/run.sh   # shorter
 #
-# The L2 and NAT figures (bridge or iptables against vswitch) are medians of
+# The L2, NAT and VXLAN figures (kernel against vswitch) are medians of
 # $TRIALS trials that alternate the two datapaths.
 #
 # Cores are configuration: the switch worker runs on $WORKER_CORE; traffic
@@ -290,10 +290,9 @@ for h in A B; do
     NS "$c" ip link set eth0 mtu 1450 up
 done
 NS kc1 ping -c 2 -i 0.2 10.94.0.12 >/dev/null
-K_VX_TCP=$(tcp kc1 kc2 10.94.0.12); echo "iperf3 TCP across hosts: $K_VX_TCP Gbit/s"
-K_VX_PPS=$(pps kc1 kc2 10.94.0.12 10.94.0.11); echo "64B frames delivered across hosts: $K_VX_PPS/s"
 
-echo "== VXLAN: two hosts, vswitch on each (both workers adaptive on core $WORKER_CORE)"
+echo "== VXLAN: two hosts, vswitch on each (both workers adaptive on core $WORKER_CORE), beside the kernel's; $TRIALS interleaved trials, medians"
+XPIDS=()
 mkns xA; mkns xB; mkns xa1; mkns xa2; mkns xb1; mkns xb2
 uplink_pair xA xB x 192.168.92
 for h in A B; do
@@ -311,15 +310,26 @@ peers = ["$peer"]
 [uplink]
 iface = "$dev"
 CFG
-    start_switch "x$h" "$TMP/x$h.toml" "$TMP/x$h.sock"
+    start_switch "x$h" "$TMP/x$h.toml" "$TMP/x$h.sock"; XPIDS+=("$SWPID")
 done
 "$BIN" --socket "$TMP/xA.sock" attach ov --netns "$P-xa1" --kind tap --ip 10.94.0.11/24 >/dev/null
 "$BIN" --socket "$TMP/xA.sock" attach ov --netns "$P-xa2" --kind veth --ip 10.94.0.21/24 >/dev/null
 "$BIN" --socket "$TMP/xB.sock" attach ov --netns "$P-xb1" --kind tap --ip 10.94.0.12/24 >/dev/null
 "$BIN" --socket "$TMP/xB.sock" attach ov --netns "$P-xb2" --kind veth --ip 10.94.0.22/24 >/dev/null
 NS xa1 ping -c 2 -i 0.2 10.94.0.12 >/dev/null; NS xa2 ping -c 2 -i 0.2 10.94.0.22 >/dev/null
-V_VX_TCP=$(tcp xa1 xb1 10.94.0.12); echo "iperf3 TCP across hosts (TAP containers): $V_VX_TCP Gbit/s"
-V_VX_PPS=$(pps xa2 xb2 10.94.0.22 10.94.0.21); echo "64B frames delivered across hosts (veth containers): $V_VX_PPS/s"
+KXT=(); KXP=(); VXT=(); VXP=()
+for t in $(seq "$TRIALS"); do
+    kill -STOP "${XPIDS[@]}"
+    KXT+=("$(tcp kc1 kc2 10.94.0.12)")
+    KXP+=("$(pps kc1 kc2 10.94.0.12 10.94.0.11)")
+    kill -CONT "${XPIDS[@]}"; sleep 0.2
+    VXT+=("$(tcp xa1 xb1 10.94.0.12)")
+    VXP+=("$(pps xa2 xb2 10.94.0.22 10.94.0.21)")
+    echo "trial $t: iperf3 TCP across hosts kernel/vswitch ${KXT[-1]}/${VXT[-1]} Gbit/s; 64B frames delivered across hosts ${KXP[-1]}/${VXP[-1]} per s"
+done
+K_VX_TCP=$(med "${KXT[@]}"); K_VX_PPS=$(med "${KXP[@]}"); V_VX_TCP=$(med "${VXT[@]}"); V_VX_PPS=$(med "${VXP[@]}")
+echo "kernel VXLAN, medians: iperf3 TCP across hosts $K_VX_TCP Gbit/s; 64B frames delivered across hosts $K_VX_PPS/s"
+echo "vswitch, medians: iperf3 TCP across hosts (TAP containers) $V_VX_TCP Gbit/s; 64B frames delivered across hosts (veth containers) $V_VX_PPS/s"
 "$BIN" --socket "$TMP/xA.sock" stats
 "$BIN" --socket "$TMP/xB.sock" stats
 
