@@ -810,14 +810,15 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             let st = &v["stats"];
             out!(
-                "sent {} datagrams ({} B), received {} ({} B); refused: {} bad key, {} malformed, {} stale",
+                "sent {} datagrams ({} B), received {} ({} B); refused: {} bad key, {} malformed, {} stale; {} failure notices",
                 st["tx_packets"],
                 st["tx_bytes"],
                 st["rx_packets"],
                 st["rx_bytes"],
                 st["rx_bad_auth"],
                 st["rx_malformed"],
-                st["rx_stale"]
+                st["rx_stale"],
+                st["down_notices"]
             );
             Ok(())
         }
