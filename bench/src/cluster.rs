@@ -274,21 +274,13 @@ fn start_etcd(ul: &str, dir: &std::path::Path) -> Result<Child, String> {
     ])?;
     let client = format!("http://{ETCD_IP}:2379");
     let log = std::fs::File::create(dir.join("etcd.log")).map_err(|e| e.to_string())?;
+    let data = dir.join("etcd");
     let mut c = Command::new("ip")
-        .args(["netns", "exec", ul, "etcd", "--name", "n1", "--data-dir"])
-        .arg(dir.join("etcd"))
-        .args([
-            "--listen-client-urls",
+        .args(["netns", "exec", ul])
+        .args(vswitch_overlay::etcd_single_node_cmd(
             &client,
-            "--advertise-client-urls",
-            &client,
-            "--listen-peer-urls",
-            "http://127.0.0.1:2380",
-            "--initial-advertise-peer-urls",
-            "http://127.0.0.1:2380",
-            "--initial-cluster",
-            "n1=http://127.0.0.1:2380",
-        ])
+            &data.to_string_lossy(),
+        ))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)

@@ -72,23 +72,8 @@ fn underlay(t: &mut Topo, backend: Backend) -> (Vec<Host>, Option<u32>) {
 fn start_etcd(t: &mut Topo, dir: &Path) -> u32 {
     let data = dir.join("etcd");
     let client = format!("http://{ETCD_IP}:2379");
-    let args = [
-        "etcd",
-        "--name",
-        "n1",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--listen-client-urls",
-        &client,
-        "--advertise-client-urls",
-        &client,
-        "--listen-peer-urls",
-        "http://127.0.0.1:2380",
-        "--initial-advertise-peer-urls",
-        "http://127.0.0.1:2380",
-        "--initial-cluster",
-        "n1=http://127.0.0.1:2380",
-    ];
+    let cmd = vswitch_overlay::etcd_single_node_cmd(&client, data.to_str().unwrap());
+    let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
     let pid = t.bg_log("ul", &args, &dir.join("etcd.log"));
     until("etcd answers", Duration::from_secs(20), || {
         t.exec("ul", &["curl", "-sf", &format!("{client}/health")])

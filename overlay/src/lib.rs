@@ -28,6 +28,32 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 pub use table::{HostView, Key, Value, Vni};
 
+/// The command line of a one-member etcd cluster (Debian's `etcd`) that
+/// serves clients at `client_url` and keeps its data in `data_dir`: what the
+/// namespace tests and the cluster benchmark run as the fleet's etcd.
+pub fn etcd_single_node_cmd(client_url: &str, data_dir: &str) -> Vec<String> {
+    let peer = "http://127.0.0.1:2380";
+    [
+        "etcd",
+        "--name",
+        "n1",
+        "--data-dir",
+        data_dir,
+        "--listen-client-urls",
+        client_url,
+        "--advertise-client-urls",
+        client_url,
+        "--listen-peer-urls",
+        peer,
+        "--initial-advertise-peer-urls",
+        peer,
+        "--initial-cluster",
+        &format!("n1={peer}"),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 /// Settings of the embedded backend.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {

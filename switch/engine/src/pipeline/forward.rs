@@ -9,7 +9,7 @@ use crate::wire::mac::Mac;
 /// Sets each frame's action: known unicast, flood (broadcast, multicast,
 /// unknown unicast), or drop when the destination sits on the ingress port.
 /// A destination equal to the previous frame's (one flow's burst) reuses
-/// its answer: the table does not change within a batch's pass.
+/// its answer: one lookup per run of equal destinations.
 #[inline]
 pub fn run(fdb: &Fdb, in_port: PortId, hdrs: &mut [Hdr]) {
     let mut last: Option<(Mac, Action)> = None;

@@ -11,32 +11,26 @@
 /// words.
 #[inline]
 pub fn sum(acc: u32, data: &[u8]) -> u32 {
-    let (mut a, mut b) = (0u64, 0u64);
-    let (mut ca, mut cb) = (0u64, 0u64);
-    let mut pairs = data.chunks_exact(16);
-    for c in &mut pairs {
-        let (lo, hi) = c.split_at(8);
-        let (s, o) = a.overflowing_add(u64::from_le_bytes(lo.try_into().unwrap_or([0; 8])));
-        a = s;
-        ca += o as u64;
-        let (s, o) = b.overflowing_add(u64::from_le_bytes(hi.try_into().unwrap_or([0; 8])));
-        b = s;
-        cb += o as u64;
+    // Two 64-bit sums and their carry counts; 16 bytes a step.
+    let mut s = [0u64; 2];
+    let mut c = [0u64; 2];
+    let mut add = |block: &[u8]| {
+        for (k, w) in block.chunks_exact(8).enumerate() {
+            let (v, o) = s[k].overflowing_add(u64::from_le_bytes(w.try_into().unwrap_or([0; 8])));
+            s[k] = v;
+            c[k] += o as u64;
+        }
+    };
+    let mut blocks = data.chunks_exact(16);
+    for b in &mut blocks {
+        add(b);
     }
-    let rest = pairs.remainder();
     let mut tail = [0u8; 16];
-    tail[..rest.len()].copy_from_slice(rest);
-    let (lo, hi) = tail.split_at(8);
-    let (s, o) = a.overflowing_add(u64::from_le_bytes(lo.try_into().unwrap_or([0; 8])));
-    a = s;
-    ca += o as u64;
-    let (s, o) = b.overflowing_add(u64::from_le_bytes(hi.try_into().unwrap_or([0; 8])));
-    b = s;
-    cb += o as u64;
-    // Each carry out of bit 63 is worth 2^64 ≡ 1: add the counts back in.
-    let (s, o) = a.overflowing_add(b);
-    let mut x = s as u128 + o as u128 + ca as u128 + cb as u128;
-    // Fold 128 -> 16 bits with end-around carries.
+    tail[..blocks.remainder().len()].copy_from_slice(blocks.remainder());
+    add(&tail);
+    // Each carry out of bit 63 is worth 2^64 ≡ 1: add the counts back in,
+    // then fold 128 -> 16 bits with end-around carries.
+    let mut x = s[0] as u128 + s[1] as u128 + c[0] as u128 + c[1] as u128;
     x = (x & 0xffff_ffff_ffff_ffff) + (x >> 64);
     let mut y = (x & 0xffff_ffff_ffff_ffff) as u64 + (x >> 64) as u64;
     y = (y & 0xffff_ffff) + (y >> 32);
