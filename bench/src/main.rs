@@ -26,6 +26,9 @@ enum Cmd {
         /// Batches to run per case.
         #[arg(long, default_value_t = 700_000)]
         batches: usize,
+        /// Run only the case with this many learned MACs (1 or 100000).
+        #[arg(long)]
+        only: Option<u64>,
     },
     /// Peer-table sync across many hosts (namespaces): propagation, repair
     /// of a lost update, withdrawal of a dead host, control traffic. Root.
@@ -100,8 +103,8 @@ enum Cmd {
 fn main() {
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Cmd::Pipeline { batches } => {
-            pipeline::run(batches);
+        Cmd::Pipeline { batches, only } => {
+            pipeline::run(batches, only);
             Ok(())
         }
         Cmd::Nat { batches, only } => {

@@ -104,7 +104,7 @@ fn case(macs: u64, batches: usize) -> (f64, u64) {
 
 /// Prints the table and one JSON line per case. Each case runs `TRIALS`
 /// times; the median trial is reported (this machine is noisy), with the best.
-pub fn run(batches: usize) {
+pub fn run(batches: usize, only: Option<u64>) {
     const TRIALS: usize = 7;
     let mhz = crate::cpu_mhz();
     println!("pipeline on memory: 64-byte frames, batches of {BATCH}, one core, {mhz:.0} MHz, median of {TRIALS} trials");
@@ -113,6 +113,9 @@ pub fn run(batches: usize) {
         "learned MACs", "Mpps", "ns/packet", "cycles/pkt", "best cycles/pkt"
     );
     for macs in [1u64, 100_000] {
+        if only.is_some_and(|o| o != macs) {
+            continue;
+        }
         let mut trials: Vec<f64> = (0..TRIALS)
             .map(|_| {
                 let (ns, fwd) = case(macs, batches / TRIALS);

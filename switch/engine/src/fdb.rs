@@ -42,22 +42,12 @@ struct Bucket {
     slots: [Slot; WAYS],
 }
 
-/// A key and its two candidate buckets, hashed once per frame and reused by
-/// every stage that touches the same MAC.
-#[derive(Debug, Clone, Copy, Default, Eq)]
-pub struct FdbKey {
-    k: u64,
-    b1: u32,
-    b2: u32,
-}
-
-/// The buckets follow from the key, so one word decides equality.
-impl PartialEq for FdbKey {
-    #[inline]
-    fn eq(&self, other: &Self) -> bool {
-        self.k == other.k
-    }
-}
+/// A (network, MAC) pair packed into one word: the network id plus one in
+/// the top 16 bits, the MAC in the low 48 (never 0 for a real entry). Its
+/// candidate buckets are computed from it where they are needed, one
+/// multiply each, so the stages pass one word per MAC along.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FdbKey(u64);
 
 /// Result of a learning attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,24 +162,30 @@ impl Fdb {
             .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
-    /// Hashes (net, mac) to its key and candidate buckets.
+    /// The key of (net, mac).
     #[inline]
     pub fn key(&self, net: NetId, mac: Mac) -> FdbKey {
-        self.key_raw(((net as u64 + 1) << 48) | (mac.0 & 0xffff_ffff_ffff))
+        FdbKey(((net as u64 + 1) << 48) | (mac.0 & 0xffff_ffff_ffff))
     }
 
+    // Multiplicative (Fibonacci) hashing, one multiply per bucket: the high
+    // bits of k·C depend on every bit of k, so sequential MACs (as
+    // container runtimes hand them out) spread over the table.
+
+    /// The first candidate bucket of key word `k`.
     #[inline]
-    fn key_raw(&self, k: u64) -> FdbKey {
-        // Multiplicative (Fibonacci) hashing, one multiply per bucket: the
-        // high bits of k·C depend on every bit of k, so sequential MACs
-        // (as container runtimes hand them out) spread over the table.
-        let b1 = (k.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> self.shift) as usize;
+    fn b1(&self, k: u64) -> usize {
+        (k.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> self.shift) as usize
+    }
+
+    /// The second candidate bucket of `k`, whose first is `b1`.
+    #[inline]
+    fn b2(&self, k: u64, b1: usize) -> usize {
         let b2 = (k.wrapping_mul(0xc2b2_ae3d_27d4_eb4f) >> self.shift) as usize;
-        let b2 = if b2 == b1 { (b1 ^ 1) & self.mask } else { b2 };
-        FdbKey {
-            k,
-            b1: b1 as u32,
-            b2: b2 as u32,
+        if b2 == b1 {
+            (b1 ^ 1) & self.mask
+        } else {
+            b2
         }
     }
 
@@ -200,33 +196,37 @@ impl Fdb {
     /// misses are in flight at once (stable Rust has no safe prefetch
     /// instruction).
     #[inline]
-    pub fn touch(&self, key: &FdbKey) -> u64 {
-        self.buckets[key.b1 as usize].slots[0]
-            .key
-            .load(Ordering::Relaxed)
+    pub fn touch(&self, key: FdbKey) -> u64 {
+        self.buckets
+            .get(self.b1(key.0))
+            .map_or(0, |b| b.slots[0].key.load(Ordering::Relaxed))
     }
 
-    /// The slot holding `key`. The four keys of a bucket are compared
+    /// The slot of `k` in bucket `b`. The four keys of a bucket are compared
     /// without a branch per slot: where a key sits in its bucket is random,
     /// and a mispredicted branch per lookup costs more than the compares.
     #[inline]
-    fn find(&self, key: &FdbKey) -> Option<&Slot> {
-        for b in [key.b1, key.b2] {
-            let bucket = &self.buckets[b as usize];
-            let mut hits = 0u32;
-            for (i, slot) in bucket.slots.iter().enumerate() {
-                hits |= ((slot.key.load(Ordering::Acquire) == key.k) as u32) << i;
-            }
-            if hits != 0 {
-                return bucket.slots.get(hits.trailing_zeros() as usize);
-            }
+    fn find_in(&self, b: usize, k: u64) -> Option<&Slot> {
+        let bucket = self.buckets.get(b)?;
+        let mut hits = 0u32;
+        for (i, slot) in bucket.slots.iter().enumerate() {
+            hits |= ((slot.key.load(Ordering::Acquire) == k) as u32) << i;
         }
-        None
+        bucket.slots.get(hits.trailing_zeros() as usize)
     }
 
-    /// Port of a hashed key, if known.
+    /// The slot holding `key`: in its first bucket, or else its second (the
+    /// second bucket's index is only computed on a miss in the first).
     #[inline]
-    pub fn lookup_key(&self, key: &FdbKey) -> Option<PortId> {
+    fn find(&self, key: FdbKey) -> Option<&Slot> {
+        let b1 = self.b1(key.0);
+        self.find_in(b1, key.0)
+            .or_else(|| self.find_in(self.b2(key.0, b1), key.0))
+    }
+
+    /// Port of a key, if known.
+    #[inline]
+    pub fn lookup_key(&self, key: FdbKey) -> Option<PortId> {
         let v = self.find(key)?.val.load(Ordering::Acquire);
         (v & VALID != 0).then(|| port_of(v))
     }
@@ -234,12 +234,12 @@ impl Fdb {
     /// Port of (net, mac), if known.
     #[inline]
     pub fn lookup(&self, net: NetId, mac: Mac) -> Option<PortId> {
-        self.lookup_key(&self.key(net, mac))
+        self.lookup_key(self.key(net, mac))
     }
 
     /// Takes a free slot of bucket `b` for (k, v).
-    fn take_free(&self, b: u32, k: u64, v: u64) -> Option<&Slot> {
-        let slot = self.buckets[b as usize].slots.iter().find(|slot| {
+    fn take_free(&self, b: usize, k: u64, v: u64) -> Option<&Slot> {
+        let slot = self.buckets.get(b)?.slots.iter().find(|slot| {
             slot.key
                 .compare_exchange(0, k, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
@@ -248,26 +248,32 @@ impl Fdb {
         Some(slot)
     }
 
-    fn claim(&self, key: &FdbKey, v: u64) -> bool {
+    fn claim(&self, key: FdbKey, v: u64) -> bool {
         // The first bucket while it has room, the second only when it is
         // full: nearly every key then sits in its first bucket, the only
         // line the batch pre-pass fetches.
-        if self.take_free(key.b1, key.k, v).is_some() || self.take_free(key.b2, key.k, v).is_some()
-        {
+        let k = key.0;
+        let b1 = self.b1(k);
+        let b2 = self.b2(k, b1);
+        if self.take_free(b1, k, v).is_some() || self.take_free(b2, k, v).is_some() {
             return true;
         }
         // Both full: move one of their entries to its other bucket (one
         // level of cuckoo displacement) and take its slot, which keeps
         // overflow as rare as balanced placement does.
-        for b in [key.b1, key.b2] {
-            for slot in &self.buckets[b as usize].slots {
+        for b in [b1, b2] {
+            let Some(bucket) = self.buckets.get(b) else {
+                continue;
+            };
+            for slot in &bucket.slots {
                 let k2 = slot.key.load(Ordering::Acquire);
                 let v2 = slot.val.load(Ordering::Acquire);
                 if k2 == 0 || v2 & VALID == 0 {
                     continue;
                 }
-                let other = self.key_raw(k2);
-                let alt = if other.b1 == b { other.b2 } else { other.b1 };
+                let o1 = self.b1(k2);
+                let o2 = self.b2(k2, o1);
+                let alt = if o1 == b { o2 } else { o1 };
                 if alt == b {
                     continue;
                 }
@@ -280,7 +286,7 @@ impl Fdb {
                 slot.val.store(0, Ordering::Release);
                 if slot
                     .key
-                    .compare_exchange(k2, key.k, Ordering::AcqRel, Ordering::Relaxed)
+                    .compare_exchange(k2, k, Ordering::AcqRel, Ordering::Relaxed)
                     .is_ok()
                 {
                     slot.val.store(v, Ordering::Release);
@@ -295,13 +301,13 @@ impl Fdb {
     }
 
     #[inline]
-    fn net_of(key: &FdbKey) -> NetId {
-        ((key.k >> 48) - 1) as NetId
+    fn net_of(key: FdbKey) -> NetId {
+        ((key.0 >> 48).wrapping_sub(1)) as NetId
     }
 
     /// Learns that the MAC of `key` was seen on `port` at `now` (seconds).
     #[inline]
-    pub fn learn_key(&self, key: &FdbKey, port: PortId, now: u32) -> Learn {
+    pub fn learn_key(&self, key: FdbKey, port: PortId, now: u32) -> Learn {
         if let Some(slot) = self.find(key) {
             let v = slot.val.load(Ordering::Acquire);
             if v & STATIC != 0 {
@@ -321,6 +327,14 @@ impl Fdb {
             }
             return Learn::Moved { from: port_of(v) };
         }
+        self.learn_new(key, port, now)
+    }
+
+    /// [`Fdb::learn_key`] for a key not in the table: out of line, so the
+    /// hit path stays small enough to inline into the learn stage.
+    #[cold]
+    #[inline(never)]
+    fn learn_new(&self, key: FdbKey, port: PortId, now: u32) -> Learn {
         let net = Self::net_of(key) as usize;
         let Some(count) = self.learned.get(net) else {
             return Learn::Full;
@@ -341,7 +355,7 @@ impl Fdb {
     /// Learns that `mac` was seen on `port` at `now` (seconds).
     #[inline]
     pub fn learn(&self, net: NetId, mac: Mac, port: PortId, now: u32) -> Learn {
-        self.learn_key(&self.key(net, mac), port, now)
+        self.learn_key(self.key(net, mac), port, now)
     }
 
     /// Adds or replaces a static entry (never aged, never moved by learning).
@@ -354,14 +368,14 @@ impl Fdb {
         }
         let key = self.key(net, mac);
         let v = pack(port, 0, true);
-        if let Some(slot) = self.find(&key) {
+        if let Some(slot) = self.find(key) {
             let old = slot.val.swap(v, Ordering::AcqRel);
             if old & VALID != 0 && old & STATIC == 0 {
                 self.learned[net as usize].fetch_sub(1, Ordering::AcqRel);
             }
             return Ok(());
         }
-        if self.claim(&key, v) {
+        if self.claim(key, v) {
             Ok(())
         } else {
             Err(FdbError::Full)
@@ -378,7 +392,7 @@ impl Fdb {
 
     /// Removes (net, mac); `true` if it was there.
     pub fn remove(&self, net: NetId, mac: Mac) -> bool {
-        match self.find(&self.key(net, mac)) {
+        match self.find(self.key(net, mac)) {
             Some(slot) => {
                 self.clear_slot(slot, net);
                 true

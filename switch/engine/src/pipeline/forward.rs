@@ -1,6 +1,6 @@
 //! Stage 3: decide unicast or flood from the destination MAC.
 use super::{Action, Hdr};
-use crate::fdb::Fdb;
+use crate::fdb::{Fdb, NetId};
 use crate::port::PortId;
 use crate::stats::{BatchDrops, DropReason};
 use crate::tables::L3View;
@@ -11,7 +11,7 @@ use crate::wire::mac::Mac;
 /// A destination equal to the previous frame's (one flow's burst) reuses
 /// its answer: one lookup per run of equal destinations.
 #[inline]
-pub fn run(fdb: &Fdb, in_port: PortId, hdrs: &mut [Hdr]) {
+pub fn run(fdb: &Fdb, net: NetId, in_port: PortId, hdrs: &mut [Hdr]) {
     let mut last: Option<(Mac, Action)> = None;
     for h in hdrs.iter_mut() {
         if !matches!(h.action, Action::Flood) || h.dst.is_multicast() {
@@ -20,7 +20,7 @@ pub fn run(fdb: &Fdb, in_port: PortId, hdrs: &mut [Hdr]) {
         h.action = match last {
             Some((m, a)) if m == h.dst => a,
             _ => {
-                let a = match fdb.lookup_key(&h.dst_key) {
+                let a = match fdb.lookup_key(fdb.key(net, h.dst)) {
                     Some(p) if p == in_port => Action::Drop(DropReason::SamePort),
                     Some(p) => Action::Unicast(p),
                     None => Action::Flood,

@@ -76,9 +76,10 @@ impl std::str::FromStr for Mac {
 #[inline]
 pub fn dst_src(frame: &[u8]) -> Option<(Mac, Mac)> {
     let h: &[u8; 14] = frame.get(..14)?.try_into().ok()?;
-    let d = [h[0], h[1], h[2], h[3], h[4], h[5]];
-    let s = [h[6], h[7], h[8], h[9], h[10], h[11]];
-    Some((Mac::from_bytes(&d), Mac::from_bytes(&s)))
+    // Two overlapping 8-byte big-endian reads (one load and a byte swap each).
+    let a = u64::from_be_bytes(*h.first_chunk::<8>()?);
+    let b = u64::from_be_bytes(*h[4..].first_chunk::<8>()?);
+    Some((Mac(a >> 16), Mac(b & 0xffff_ffff_ffff)))
 }
 
 #[cfg(test)]
