@@ -343,7 +343,8 @@ done
 echo "== pipeline on memory"
 "$BENCH" pipeline | tee "$TMP/pipe.txt" | grep -v '^JSON'
 P1=$(grep 'pipeline_l2_1_macs' "$TMP/pipe.txt" | sed 's/^JSON //' | python3 -c "import json,sys;print(round(json.load(sys.stdin)['cycles_per_packet'],1))")
-P100K=$(grep 'pipeline_l2_100000_macs' "$TMP/pipe.txt" | sed 's/^JSON //' | python3 -c "import json,sys;print(round(json.load(sys.stdin)['cycles_per_packet'],1))")
+P100K=$(grep 'pipeline_l2_100000_macs"' "$TMP/pipe.txt" | sed 's/^JSON //' | python3 -c "import json,sys;print(round(json.load(sys.stdin)['cycles_per_packet'],1))")
+P100KM=$(grep 'pipeline_l2_100000_macs_3_out_ports' "$TMP/pipe.txt" | sed 's/^JSON //' | python3 -c "import json,sys;print(round(json.load(sys.stdin)['cycles_per_packet'],1))")
 "$BENCH" nat | tee "$TMP/nat.txt" | grep -v '^JSON'
 jf() { grep "$1" "$TMP/nat.txt" | sed 's/^JSON //' | python3 -c "import json,sys;print(round(json.load(sys.stdin)['$2'],2))"; }
 N1=$(jf pipeline_nat_1_flows cycles_per_packet); N1M=$(jf pipeline_nat_1000000_flows cycles_per_packet)
@@ -373,7 +374,7 @@ cat "$TMP/cl.res" >>"$RES"
 echo
 echo "== summary (kernel = Linux bridge for the L2 rows, docker0-style bridge + iptables NAT for the NAT rows, bridge + kernel VXLAN on two hosts for the VXLAN rows; same topology, same run)"
 "$BENCH" report --input "$RES" --commit "$COMMIT" --out bench/results
-echo "pipeline cycles/packet: $P1 (1 MAC), $P100K (100,000 MACs)"
+echo "pipeline cycles/packet: $P1 (1 MAC), $P100K (100,000 MACs), $P100KM (100,000 MACs, destinations on 3 ports)"
 echo "NAT pipeline cycles/packet: $N1 (1 flow), $N1M (1,000,000 flows: ${NRATIO}x the 1-flow rate); $NBYTES bytes per tracked flow"
 echo "VXLAN pipeline cycles/packet: encap $VENC, decap $VDEC"
 echo "adaptive idle: $IDLE_CPU % of one core while idle; first packet after idle one-way p50/p99/max $I_OW50 / $I_OW99 / $I_OWMAX us"
@@ -382,7 +383,7 @@ echo "adaptive idle: $IDLE_CPU % of one core while idle; first packet after idle
     echo "## $COMMIT — $(date -u +%Y-%m-%dT%H:%MZ), DURATION=${DURATION}s, worker core $WORKER_CORE, generator core $GEN_CORE"
     echo '```'
     "$BENCH" report --input "$RES" --commit "$COMMIT" --out bench/results | grep -v '^wrote'
-    echo "pipeline cycles/packet: $P1 (1 MAC), $P100K (100,000 MACs)"
+    echo "pipeline cycles/packet: $P1 (1 MAC), $P100K (100,000 MACs), $P100KM (100,000 MACs, destinations on 3 ports)"
     echo "NAT pipeline cycles/packet: $N1 (1 flow), $N1M (1,000,000 flows: ${NRATIO}x the 1-flow rate); $NBYTES bytes per tracked flow"
     echo "VXLAN pipeline cycles/packet: encap $VENC, decap $VDEC"
     echo "adaptive idle: $IDLE_CPU % of one core while idle; first packet after idle one-way p50/p99/max $I_OW50 / $I_OW99 / $I_OWMAX us"

