@@ -22,8 +22,9 @@ pub struct Meta {
     pub offload: Offload,
 }
 
-/// One frame in a buffer with headroom.
-#[derive(Debug)]
+/// One frame in a buffer with headroom. The default is an empty packet with
+/// no buffer (no allocation): what a moved-out slot is left holding.
+#[derive(Debug, Default)]
 pub struct Packet {
     buf: Vec<u8>,
     head: usize,
