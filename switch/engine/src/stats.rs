@@ -9,7 +9,7 @@ macro_rules! drop_reasons {
     ($($variant:ident => $name:literal: $doc:literal,)*) => {
         /// Why a frame (or a learning event) was dropped.
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-        #[repr(usize)]
+        #[repr(u8)]
         pub enum DropReason { $(#[doc = $doc] $variant,)* }
 
         impl DropReason {
