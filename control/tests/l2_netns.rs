@@ -112,8 +112,29 @@ fn aging_and_mac_move() {
     attach(&t, "blue", "c1", "tap", "10.62.0.11/24");
     attach(&t, "blue", "c2", "tap", "10.62.0.2/24");
     attach(&t, "blue", "c3", "veth", "10.62.0.3/24");
-    assert!(t.ping("c1", "10.62.0.2", 1));
     let mac1 = t.mac_of("c1", "eth0");
+    let mac2 = t.mac_of("c2", "eth0");
+    // Permanent neighbour entries both ways: no ARP before the ping, and no
+    // unicast probe from c2 five seconds after it (delay_first_probe_time),
+    // whose answer from c1 would relearn c1's MAC during the silence.
+    for (c, ip, mac) in [("c1", "10.62.0.2", &mac2), ("c2", "10.62.0.11", &mac1)] {
+        ok(&t.exec(
+            c,
+            &[
+                "ip",
+                "neigh",
+                "replace",
+                ip,
+                "lladdr",
+                mac,
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
+            ],
+        ));
+    }
+    assert!(t.ping("c1", "10.62.0.2", 1));
     let learned = |t: &Topo| -> Option<String> {
         let v = t.json(&["fdb", "show", "--json"]);
         v.as_array()
@@ -123,7 +144,7 @@ fn aging_and_mac_move() {
             .map(|e| e["port"].as_str().unwrap().to_string())
     };
     let first = learned(&t).expect("c1 learned after ping");
-    // Keep c1 silent (static neighbour entries stop ARP refreshes).
+    // c1 stays silent (the permanent neighbour entries above).
     std::thread::sleep(Duration::from_secs(5));
     assert_eq!(
         learned(&t),
