@@ -341,17 +341,27 @@ for backend in gossip etcd; do
 done
 
 echo "== pipeline on memory"
+# Field $3 of the case named $2 among the JSON lines of file $1.
+jv() {
+    python3 - "$@" <<'PY'
+import json, sys
+for line in open(sys.argv[1]):
+    if line.startswith("JSON "):
+        d = json.loads(line[5:])
+        if d.get("case") == sys.argv[2]:
+            print(round(d[sys.argv[3]], 2))
+PY
+}
 "$BENCH" pipeline | tee "$TMP/pipe.txt" | grep -v '^JSON'
-P1=$(grep 'pipeline_l2_1_macs' "$TMP/pipe.txt" | sed 's/^JSON //' | python3 -c "import json,sys;print(round(json.load(sys.stdin)['cycles_per_packet'],1))")
-P100K=$(grep 'pipeline_l2_100000_macs"' "$TMP/pipe.txt" | sed 's/^JSON //' | python3 -c "import json,sys;print(round(json.load(sys.stdin)['cycles_per_packet'],1))")
-P100KM=$(grep 'pipeline_l2_100000_macs_3_out_ports' "$TMP/pipe.txt" | sed 's/^JSON //' | python3 -c "import json,sys;print(round(json.load(sys.stdin)['cycles_per_packet'],1))")
+P1=$(jv "$TMP/pipe.txt" pipeline_l2_1_macs cycles_per_packet)
+P100K=$(jv "$TMP/pipe.txt" pipeline_l2_100000_macs cycles_per_packet)
+P100KM=$(jv "$TMP/pipe.txt" pipeline_l2_100000_macs_3_out_ports cycles_per_packet)
 "$BENCH" nat | tee "$TMP/nat.txt" | grep -v '^JSON'
-jf() { grep "$1" "$TMP/nat.txt" | sed 's/^JSON //' | python3 -c "import json,sys;print(round(json.load(sys.stdin)['$2'],2))"; }
-N1=$(jf pipeline_nat_1_flows cycles_per_packet); N1M=$(jf pipeline_nat_1000000_flows cycles_per_packet)
-NRATIO=$(jf pipeline_nat_1000000_flows ratio_vs_1_flow); NBYTES=$(jf pipeline_nat_1000000_flows bytes_per_flow)
+N1=$(jv "$TMP/nat.txt" pipeline_nat_1_flows cycles_per_packet); N1M=$(jv "$TMP/nat.txt" pipeline_nat_1000000_flows cycles_per_packet)
+NRATIO=$(jv "$TMP/nat.txt" pipeline_nat_1000000_flows ratio_vs_1_flow); NBYTES=$(jv "$TMP/nat.txt" pipeline_nat_1000000_flows bytes_per_flow)
 "$BENCH" vxlan | tee "$TMP/vx.txt" | grep -v '^JSON'
-VENC=$(grep pipeline_vxlan_encap "$TMP/vx.txt" | sed 's/^JSON //' | python3 -c "import json,sys;print(round(json.load(sys.stdin)['cycles_per_packet'],1))")
-VDEC=$(grep pipeline_vxlan_decap "$TMP/vx.txt" | sed 's/^JSON //' | python3 -c "import json,sys;print(round(json.load(sys.stdin)['cycles_per_packet'],1))")
+VENC=$(jv "$TMP/vx.txt" pipeline_vxlan_encap cycles_per_packet)
+VDEC=$(jv "$TMP/vx.txt" pipeline_vxlan_decap cycles_per_packet)
 
 cat >"$RES" <<R
 # metric unit kernel vswitch [lower]

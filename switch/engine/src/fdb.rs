@@ -5,8 +5,9 @@
 //! each) with two candidate buckets per key: a key goes to its first bucket
 //! while that has room and to the second only when it is full, so nearly
 //! every lookup reads one line, the one the batch pre-pass fetched. Keys and
-//! values are 64-bit atomics, so workers learn and look up concurrently and the control thread adds static entries, ages
-//! and flushes, and nobody ever waits on anybody. Memory is allocated once:
+//! values are 64-bit atomics, so workers learn and look up concurrently, the
+//! control thread adds static entries, ages and flushes, and nobody ever
+//! waits on anybody. Memory is allocated once:
 //! a flood of random source MACs fills at most the network's limit, and is
 //! counted when it hits it; it never evicts a static entry.
 //!

@@ -35,7 +35,8 @@ pub struct VnetPort {
     bad_hdr: u32,
     /// AF_PACKET: the kernel counts what it dropped for a full socket buffer.
     packet: bool,
-    bursts: u32,
+    /// AF_PACKET: calls of `take_drops` and `idle` so far (see `tick_stats`).
+    calls: u32,
     kernel_drops: u32,
     /// AF_PACKET: receive buffers kept between `recvmmsg` calls.
     rx_spare: Vec<Packet>,
@@ -92,7 +93,7 @@ impl VnetPort {
             fd,
             bad_hdr: 0,
             packet: false,
-            bursts: 0,
+            calls: 0,
             kernel_drops: 0,
             rx_spare: Vec::new(),
             tx_ready: Vec::new(),
@@ -192,7 +193,7 @@ impl VnetPort {
             fd,
             bad_hdr: 0,
             packet: true,
-            bursts: 0,
+            calls: 0,
             kernel_drops: 0,
             rx_spare: Vec::new(),
             tx_ready: Vec::new(),
@@ -348,6 +349,15 @@ impl VnetPort {
     }
 
     /// Adds the kernel's drop count since the last read (reading resets it).
+    /// Counts a call; reads the kernel's drop counter every `every` calls
+    /// (a system call each time).
+    fn tick_stats(&mut self, every: u32) {
+        self.calls = self.calls.wrapping_add(1);
+        if self.calls.is_multiple_of(every) {
+            self.read_packet_stats();
+        }
+    }
+
     fn read_packet_stats(&mut self) {
         let mut st = libc::tpacket_stats {
             tp_packets: 0,
@@ -446,10 +456,7 @@ impl Port for VnetPort {
     fn take_drops(&mut self, drops: &mut BatchDrops) {
         drops.add_n(DropReason::RxError, std::mem::take(&mut self.bad_hdr));
         if self.packet {
-            self.bursts = self.bursts.wrapping_add(1);
-            if self.bursts.is_multiple_of(1024) {
-                self.read_packet_stats();
-            }
+            self.tick_stats(1024);
             drops.add_n(
                 DropReason::RxRingFull,
                 std::mem::take(&mut self.kernel_drops),
@@ -461,10 +468,7 @@ impl Port for VnetPort {
         // An idle worker calls this on every empty poll: one system call in
         // 256 of them keeps the counter fresh without taxing the loop.
         if self.packet {
-            self.bursts = self.bursts.wrapping_add(1);
-            if self.bursts.is_multiple_of(256) {
-                self.read_packet_stats();
-            }
+            self.tick_stats(256);
         }
         Ok(())
     }
