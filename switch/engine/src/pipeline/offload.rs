@@ -200,7 +200,7 @@ pub fn segment(p: &Packet, pool: &mut PacketPool, out: &mut Vec<Packet>) -> Opti
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::wire::virtio::{CsumPartial, Gso};
     use smoltcp::wire::{
@@ -211,6 +211,11 @@ mod tests {
     /// A TCP/IPv4 frame with `payload` bytes, its TCP checksum left partial
     /// (pseudo-header only), as a TAP hands it over.
     fn tso_frame(payload: usize, fin: bool) -> Packet {
+        tso_frame_mss(payload, fin, 1000)
+    }
+
+    /// [`tso_frame`] with an MSS of `mss`.
+    pub(crate) fn tso_frame_mss(payload: usize, fin: bool, mss: u16) -> Packet {
         let src = Ipv4Address::new(10, 0, 0, 1);
         let dst = Ipv4Address::new(10, 0, 0, 2);
         let tcp_len = 20 + payload;
@@ -251,7 +256,7 @@ mod tests {
             }),
             gso: Some(Gso {
                 kind: GsoKind::Tcp4,
-                size: 1000,
+                size: mss,
                 hdr_len: 54,
                 ecn: false,
             }),
@@ -260,7 +265,9 @@ mod tests {
         p
     }
 
-    fn tcp_ok(f: &[u8]) -> (u32, u8, usize) {
+    /// Checks the IPv4 and TCP checksums of a frame; its sequence number,
+    /// TCP flags and payload length.
+    pub(crate) fn tcp_ok(f: &[u8]) -> (u32, u8, usize) {
         let ip = Ipv4Packet::new_checked(&f[14..]).unwrap();
         assert!(ip.verify_checksum());
         let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
