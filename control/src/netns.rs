@@ -174,32 +174,32 @@ pub fn move_to_ns(name: &str, ns: &str) -> Result<(), NetnsError> {
 }
 
 /// Inside `ns` (`None`: the switch's own): renames `from` to `to`, sets MAC,
-/// MTU, addresses, brings it up.
+/// MTU, GSO size (when given), addresses, brings it up.
 pub fn configure(
     ns: Option<&str>,
     from: &str,
     to: &str,
     mac: [u8; 6],
     mtu: u32,
+    gso_max_size: Option<u32>,
     addrs: Vec<(IpAddr, u8)>,
 ) -> Result<(), NetnsError> {
     let (from, to) = (from.to_string(), to.to_string());
     run_in(ns, move |h| {
         Box::pin(async move {
             let i = index_of(&h, &from).await?;
-            h.link()
-                .set(
-                    LinkUnspec::new_with_index(i)
-                        .name(to.clone())
-                        .address(mac.to_vec())
-                        .mtu(mtu)
-                        .build(),
-                )
-                .execute()
-                .await
-                .map_err(|e| {
-                    NetnsError::Netlink(format!("configure {to}: {e} (is the name already taken?)"))
-                })?;
+            let mut link = LinkUnspec::new_with_index(i)
+                .name(to.clone())
+                .address(mac.to_vec())
+                .mtu(mtu);
+            if let Some(g) = gso_max_size {
+                link = link.append_extra_attribute(
+                    netlink_packet_route::link::LinkAttribute::GsoMaxSize(g),
+                );
+            }
+            h.link().set(link.build()).execute().await.map_err(|e| {
+                NetnsError::Netlink(format!("configure {to}: {e} (is the name already taken?)"))
+            })?;
             for (ip, prefix) in addrs {
                 h.address().add(i, ip, prefix).execute().await.map_err(nl)?;
             }

@@ -558,9 +558,15 @@ impl State {
     /// Gives the host an interface on an L3 network (a TAP with the gateway
     /// address, as docker0 has), so host processes reach containers.
     fn make_host_interface(&mut self, name: &str, id: NetId, mtu: u32) -> Result<(), CmdError> {
-        let Some(l3) = self.networks.get(name).and_then(|n| n.l3.clone()) else {
+        let Some(net) = self.networks.get(name) else {
             return Ok(());
         };
+        let Some(l3) = net.l3.clone() else {
+            return Ok(());
+        };
+        let gso = (net.cfg.driver == Driver::Overlay)
+            .then(|| vswitch_engine::pipeline::vxlan::overlay_gso_max_size(mtu))
+            .flatten();
         let ifname = format!("vsgw{id}");
         if netns::link_exists(&ifname) {
             return err(format!(
@@ -578,6 +584,7 @@ impl State {
             &ifname,
             l3.gw_mac.bytes(),
             mtu,
+            gso,
             vec![(std::net::IpAddr::V4(l3.gw), l3.subnet.prefix())],
         )?;
         if let Some(n) = self.networks.get_mut(name).and_then(|n| n.l3.as_mut()) {
@@ -941,11 +948,15 @@ impl State {
         });
         let gw = net.l3.as_ref().map(|l| l.gw);
         let mtu = net.cfg.mtu;
+        // On an overlay, segments sized to leave as one UDP GSO datagram.
+        let gso = (net.cfg.driver == Driver::Overlay)
+            .then(|| vswitch_engine::pipeline::vxlan::overlay_gso_max_size(mtu))
+            .flatten();
         let result = match kind {
             AttachKind::Veth => (|| {
                 netns::create_veth(&host, &tmp, ns, mtu)?;
                 netns::quiet_host_end(&host);
-                netns::configure(Some(ns), &tmp, ifname, mac.bytes(), mtu, addrs)?;
+                netns::configure(Some(ns), &tmp, ifname, mac.bytes(), mtu, gso, addrs)?;
                 if let Some(g) = gw {
                     netns::add_default_route(ns, g)?;
                 }
@@ -959,7 +970,7 @@ impl State {
             AttachKind::Tap => (|| {
                 let id = self.port_add(network, &tmp, PortKind::Tap, None, attach)?;
                 netns::move_to_ns(&tmp, ns)?;
-                netns::configure(Some(ns), &tmp, ifname, mac.bytes(), mtu, addrs)?;
+                netns::configure(Some(ns), &tmp, ifname, mac.bytes(), mtu, gso, addrs)?;
                 if let Some(g) = gw {
                     netns::add_default_route(ns, g)?;
                 }

@@ -154,9 +154,12 @@ fn two_vswitch_hosts() {
             "10.80.0.13/24",
         ],
     );
-    // Overlay MTU: underlay 1500 minus 50.
-    let l = ok(&t.exec("a1", &["ip", "link", "show", "eth0"]));
+    // Overlay MTU: underlay 1500 minus 50; a GSO size whose segments leave
+    // as one UDP GSO datagram each.
+    let l = ok(&t.exec("a1", &["ip", "-d", "link", "show", "eth0"]));
     assert!(l.contains("mtu 1450"), "{l}");
+    let gso = vswitch_engine::pipeline::vxlan::overlay_gso_max_size(1450).unwrap();
+    assert!(l.contains(&format!("gso_max_size {gso} ")), "{l}");
 
     assert!(t.ping("a1", "10.80.0.12", 3), "a1 -> b1\n{}", t.log());
     assert!(t.ping("b1", "10.80.0.11", 2), "b1 -> a1");
