@@ -114,6 +114,9 @@ struct V4 {
     tuple: Tuple,
     /// The tuple's conntrack hash.
     hash: u64,
+    /// Where the flow's entry sits in its index bucket, when the prefetch
+    /// pass found it.
+    ct_hint: u8,
     flags: u8,
     /// ICMP type, for ICMP.
     icmp_type: u8,
@@ -201,6 +204,7 @@ fn parse_v4(f: &[u8]) -> Option<V4> {
     Some(V4 {
         l4: l4 as u16,
         hash: 0,
+        ct_hint: crate::conntrack::NO_HINT,
         tuple: t,
         flags,
         icmp_type,
@@ -343,10 +347,12 @@ impl<'a> Ctx<'a> {
         let ct = self.ct();
         let mut acc = 0u64;
         for v in pre.iter().flatten().filter(|v| !skip(v)) {
-            acc ^= ct.prefetch(v.hash, false);
+            acc ^= ct.prefetch(v.hash);
         }
-        for v in pre.iter().flatten().filter(|v| !skip(v)) {
-            acc ^= ct.prefetch(v.hash, true);
+        for v in pre.iter_mut().flatten().filter(|v| !skip(v)) {
+            let (touched, hint) = ct.prefetch_flow(v.hash);
+            acc ^= touched;
+            v.ct_hint = hint;
         }
         std::hint::black_box(acc);
     }
@@ -409,7 +415,7 @@ impl<'a> Ctx<'a> {
     /// Looks `v` up and, on a hit, advances the flow's state.
     fn track(&mut self, v: &V4) -> Option<FlowHit> {
         let now = self.now;
-        let (flow, dir) = self.ct().lookup_hashed(&v.tuple, v.hash)?;
+        let (flow, dir) = self.ct().lookup_hinted(&v.tuple, v.hash, v.ct_hint)?;
         flow.see(dir, v.flags, now);
         Some(FlowHit {
             new: flow.translated(dir),
