@@ -145,6 +145,15 @@ pub struct State {
     synced: sync::Synced,
 }
 
+/// The GSO size for an interface vswitch makes on network `cfg`: on an
+/// overlay, segments sized to leave as one UDP GSO datagram each
+/// (`overlay_gso_max_size`); elsewhere the kernel's default.
+fn interface_gso(cfg: &NetworkConfig) -> Option<u32> {
+    (cfg.driver == Driver::Overlay)
+        .then(|| vswitch_engine::pipeline::vxlan::overlay_gso_max_size(cfg.mtu))
+        .flatten()
+}
+
 impl State {
     /// Starts the workers and applies the configuration.
     pub fn start(cfg: &Config) -> Result<Self, CmdError> {
@@ -564,9 +573,7 @@ impl State {
         let Some(l3) = net.l3.clone() else {
             return Ok(());
         };
-        let gso = (net.cfg.driver == Driver::Overlay)
-            .then(|| vswitch_engine::pipeline::vxlan::overlay_gso_max_size(mtu))
-            .flatten();
+        let gso = interface_gso(&net.cfg);
         let ifname = format!("vsgw{id}");
         if netns::link_exists(&ifname) {
             return err(format!(
@@ -948,10 +955,7 @@ impl State {
         });
         let gw = net.l3.as_ref().map(|l| l.gw);
         let mtu = net.cfg.mtu;
-        // On an overlay, segments sized to leave as one UDP GSO datagram.
-        let gso = (net.cfg.driver == Driver::Overlay)
-            .then(|| vswitch_engine::pipeline::vxlan::overlay_gso_max_size(mtu))
-            .flatten();
+        let gso = interface_gso(&net.cfg);
         let result = match kind {
             AttachKind::Veth => (|| {
                 netns::create_veth(&host, &tmp, ns, mtu)?;
