@@ -313,6 +313,30 @@ impl CtTable {
         ((h >> 32) | 2) << 32
     }
 
+    /// The tag of index entry `e`.
+    #[inline]
+    fn tag_of(e: u64) -> u64 {
+        e & !0xffff_ffff
+    }
+
+    /// Whether entry value `v` (`slot << 1 | dir`) names a flow whose tuple
+    /// in that direction is `t`.
+    #[inline]
+    fn holds(&self, v: u32, t: &Tuple) -> bool {
+        self.slots
+            .get((v >> 1) as usize)
+            .and_then(Option::as_ref)
+            .is_some_and(|f| if v & 1 == 0 { &f.orig } else { &f.reply } == t)
+    }
+
+    /// The flow and direction entry value `v` names.
+    #[inline]
+    fn flow_at(&mut self, v: u32) -> Option<(&mut Flow, Dir)> {
+        let dir = if v & 1 == 0 { Dir::Orig } else { Dir::Reply };
+        let f = self.slots.get_mut((v >> 1) as usize)?.as_mut()?;
+        Some((f, dir))
+    }
+
     /// The index entry and position for `t`, if present.
     #[inline]
     fn find(&self, t: &Tuple, h: u64) -> Option<(usize, usize, u32)> {
@@ -324,19 +348,8 @@ impl CtTable {
             for (w, &e) in bucket.iter().enumerate() {
                 if e == EMPTY {
                     has_empty = true;
-                } else if e & !0xffff_ffff == tag {
-                    let v = e as u32;
-                    let hit = self
-                        .slots
-                        .get((v >> 1) as usize)
-                        .and_then(Option::as_ref)
-                        .is_some_and(|f| {
-                            let k = if v & 1 == 0 { &f.orig } else { &f.reply };
-                            k == t
-                        });
-                    if hit {
-                        return Some((b, w, v));
-                    }
+                } else if Self::tag_of(e) == tag && self.holds(e as u32, t) {
+                    return Some((b, w, e as u32));
                 }
             }
             if has_empty {
@@ -422,7 +435,7 @@ impl CtTable {
             return (0, NO_HINT);
         };
         let tag = Self::tag(h);
-        let Some(w) = b.0.iter().position(|e| *e & !0xffff_ffff == tag) else {
+        let Some(w) = b.0.iter().position(|e| Self::tag_of(*e) == tag) else {
             return (0, NO_HINT);
         };
         let touched = self
@@ -433,46 +446,30 @@ impl CtTable {
         (touched, w as u8)
     }
 
-    /// [`CtTable::lookup_hashed`], trying first the bucket entry `hint`
-    /// named by [`CtTable::prefetch_flow`] (checked: tag and tuple); any
-    /// other case takes the full lookup.
+    /// [`CtTable::lookup`] with the tuple's [`hash`] already computed,
+    /// trying first the bucket entry `hint` named by
+    /// [`CtTable::prefetch_flow`] (checked: tag and tuple); any other case
+    /// takes the full lookup.
     #[inline]
     pub fn lookup_hinted(&mut self, t: &Tuple, h: u64, hint: u8) -> Option<(&mut Flow, Dir)> {
         let hinted = self
             .buckets
             .get(h as usize & self.mask)
             .and_then(|b| b.0.get(hint as usize))
-            .copied()
-            .filter(|e| *e & !0xffff_ffff == Self::tag(h))
-            .map(|e| e as u32)
-            .filter(|v| {
-                self.slots
-                    .get((v >> 1) as usize)
-                    .and_then(Option::as_ref)
-                    .is_some_and(|f| if v & 1 == 0 { &f.orig } else { &f.reply } == t)
-            });
+            .filter(|e| Self::tag_of(**e) == Self::tag(h) && self.holds(**e as u32, t))
+            .map(|e| *e as u32);
         let v = match hinted {
             Some(v) => v,
             None => self.find(t, h)?.2,
         };
-        let dir = if v & 1 == 0 { Dir::Orig } else { Dir::Reply };
-        let f = self.slots.get_mut((v >> 1) as usize)?.as_mut()?;
-        Some((f, dir))
+        self.flow_at(v)
     }
 
     /// Finds the flow of a packet with tuple `t`.
     #[inline]
     pub fn lookup(&mut self, t: &Tuple) -> Option<(&mut Flow, Dir)> {
-        self.lookup_hashed(t, hash_key(t.key()))
-    }
-
-    /// [`CtTable::lookup`] with the tuple's [`hash`] already computed.
-    #[inline]
-    pub fn lookup_hashed(&mut self, t: &Tuple, h: u64) -> Option<(&mut Flow, Dir)> {
-        let (_, _, v) = self.find(t, h)?;
-        let dir = if v & 1 == 0 { Dir::Orig } else { Dir::Reply };
-        let f = self.slots.get_mut((v >> 1) as usize)?.as_mut()?;
-        Some((f, dir))
+        let (_, _, v) = self.find(t, hash_key(t.key()))?;
+        self.flow_at(v)
     }
 
     /// Whether a tuple is in use (either direction of any flow).
