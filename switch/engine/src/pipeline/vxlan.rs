@@ -24,6 +24,9 @@ use crate::wire::mac::Mac;
 
 /// The IANA VXLAN port.
 pub const VXLAN_PORT: u16 = 4789;
+/// Most UDP payload one GSO super-datagram carries: what the 16-bit IPv4
+/// total length leaves after the IPv4 and UDP headers.
+const MAX_SUPER_PAYLOAD: usize = 65535 - 20 - 8;
 /// Outer Ethernet + IPv4 + UDP + VXLAN.
 pub const ENCAP_LEN: usize = 14 + 20 + 8 + 8;
 /// Port numbers from here on name remote VTEPs.
@@ -106,6 +109,13 @@ impl EncapCache {
             return Err(DropReason::NoRoute);
         };
         let nh_mac = tables.next_hop_mac(u, remote_ip)?;
+        self.build(ov, u, remote_ip, nh_mac);
+        self.key = Some(key);
+        Ok(self)
+    }
+
+    /// Builds the template for `remote_ip`, reached through `nh_mac`.
+    fn build(&mut self, ov: &OverlayView, u: &UplinkView, remote_ip: u32, nh_mac: Mac) {
         let mut t = [0u8; ENCAP_LEN];
         outer_headers(&mut t[..42], ov, u, remote_ip, nh_mac, 0, 0);
         // The checksum as if the total length were 0: patched per packet.
@@ -118,8 +128,6 @@ impl EncapCache {
         self.ip_csum = c;
         self.uplink = u.port;
         self.max_inner = (u.mtu as usize).saturating_sub(36);
-        self.key = Some(key);
-        Ok(self)
     }
 
     /// Writes the outer Ethernet/IPv4/UDP headers (42 bytes) for a UDP
@@ -227,7 +235,7 @@ fn encap_gso(
         return None;
     }
     let seg_len = 8 + t.hdrs + mss;
-    let per = (65535 - 28 - 8) / seg_len;
+    let per = (MAX_SUPER_PAYLOAD - 8) / seg_len;
     if per < 2 {
         return None;
     }
@@ -298,10 +306,10 @@ fn encap_gso(
 /// when a super-datagram holds fewer than two segments (jumbo MTUs: the
 /// kernel's default is then as good).
 pub fn overlay_gso_max_size(mtu: u32) -> Option<u32> {
-    let mss = mtu.checked_sub(40)?;
+    let mss = mtu.checked_sub(40)? as usize;
     let seg = 8 + 14 + 20 + 60 + mss;
-    let per = (65535 - 28 - 8) / seg;
-    (per >= 2).then_some(per * mss)
+    let per = (MAX_SUPER_PAYLOAD - 8) / seg;
+    (per >= 2).then(|| (per * mss) as u32)
 }
 
 /// Queues `p` (a frame of overlay network `nv`) to remote VTEP `remote`
@@ -636,29 +644,31 @@ mod tests {
     const UPLINK: PortId = 1;
     const VNI: u32 = 42;
 
-    /// An encapsulation template as [`EncapCache::get`] builds it.
+    /// An encapsulation template, built as [`EncapCache::get`] builds it.
     fn cache() -> EncapCache {
-        let mut t = [0u8; ENCAP_LEN];
-        t[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 0xbb]);
-        t[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 0xaa]);
-        t[12..14].copy_from_slice(&[0x08, 0x00]);
-        t[14] = 0x45;
-        t[20] = 0x40;
-        t[22] = 64;
-        t[23] = 17;
-        t[26..30].copy_from_slice(&[192, 168, 1, 1]);
-        t[30..34].copy_from_slice(&[192, 168, 1, 2]);
-        t[36..38].copy_from_slice(&VXLAN_PORT.to_be_bytes());
-        let ip_csum = checksum::finish(0, &t[14..34]);
-        t[42] = 0x08;
-        t[46..49].copy_from_slice(&VNI.to_be_bytes()[1..4]);
-        EncapCache {
-            key: Some((1, REMOTE_BASE, 0)),
-            tmpl: t,
-            ip_csum,
-            uplink: UPLINK,
-            max_inner: 1464,
-        }
+        let ov = OverlayView {
+            vni: VNI,
+            peers: vec![REMOTE_BASE],
+            learning: true,
+            ttl: 64,
+            df: true,
+            arp: Default::default(),
+        };
+        let u = UplinkView {
+            port: UPLINK,
+            mac: Mac(0x0200_0000_00aa),
+            snat_ip: 0xc0a8_0101,
+            snat_ip_is_local: true,
+            local_ips: vec![0xc0a8_0101],
+            routes: Vec::new(),
+            neigh: Default::default(),
+            snat_ports: (10000, 59999),
+            vtep_ip: 0xc0a8_0101,
+            mtu: 1500,
+        };
+        let mut c = EncapCache::default();
+        c.build(&ov, &u, 0xc0a8_0102, Mac(0x0200_0000_00bb));
+        c
     }
 
     /// What the kernel's UDP GSO makes of a super-datagram: its UDP
