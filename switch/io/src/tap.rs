@@ -348,7 +348,6 @@ impl VnetPort {
         r
     }
 
-    /// Adds the kernel's drop count since the last read (reading resets it).
     /// Counts a call; reads the kernel's drop counter every `every` calls
     /// (a system call each time).
     fn tick_stats(&mut self, every: u32) {
@@ -358,6 +357,7 @@ impl VnetPort {
         }
     }
 
+    /// Adds the kernel's drop count since the last read (reading resets it).
     fn read_packet_stats(&mut self) {
         let mut st = libc::tpacket_stats {
             tp_packets: 0,
