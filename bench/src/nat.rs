@@ -117,6 +117,8 @@ fn frame(t: &Tuple) -> [u8; 64] {
 /// Returns (ns per packet, packets sent to the uplink, bytes per flow).
 fn case(flows: u32, batches: usize) -> (f64, u64, usize) {
     let (t, snap) = tables(flows as usize);
+    // As the switch does at start (control::State::start).
+    vswitch_io::hugepage::advise(&t.ct.lock().regions());
     {
         let mut g = t.ct.lock();
         for i in 0..flows {

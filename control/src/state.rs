@@ -162,6 +162,8 @@ impl State {
             cfg.switch.fdb_capacity,
             cfg.switch.max_flows,
         ));
+        let advice = vswitch_io::hugepage::advise(&tables.ct.lock().regions());
+        tracing::debug!(?advice, "conntrack table: huge page advice");
         let clock: Arc<dyn Clock> = Arc::new(MonotonicClock::default());
         let (ev_tx, ev_rx) = crossbeam::channel::unbounded();
         let shared =

@@ -2,6 +2,7 @@
 //! each with a `SAFETY:` comment: ring and UMEM memory, ioctls, `bpf(2)`.
 pub mod afxdp;
 pub mod ethtool;
+pub mod hugepage;
 pub mod tap;
 
 /// Setup errors, with what to do about them.
