@@ -438,6 +438,14 @@ impl Config {
                 "at least one [[workers]] entry is needed".into(),
             ));
         }
+        let max_flows = self.switch.max_flows;
+        if !(1..=vswitch_engine::conntrack::MAX_FLOWS).contains(&max_flows) {
+            return Err(ConfigError::Invalid(format!(
+                "switch.max_flows = {max_flows}: give a number from 1 to {} (the conntrack index \
+                 keeps a flow's slot in 23 bits)",
+                vswitch_engine::conntrack::MAX_FLOWS
+            )));
+        }
         let ncores = std::thread::available_parallelism().map_or(1, |n| n.get());
         for (i, w) in self.workers.iter().enumerate() {
             if let Some(c) = w.core {
@@ -681,5 +689,10 @@ mod tests {
         assert!(e.contains("bogus"), "{e}");
         let e = parse("[[workers]]\ncore = 999\n").unwrap_err();
         assert!(e.contains("core"), "{e}");
+        for bad in [0, 100_000_000] {
+            let e = parse(&format!("[switch]\nmax_flows = {bad}\n")).unwrap_err();
+            assert!(e.contains("max_flows") && e.contains("8388608"), "{e}");
+        }
+        parse("[switch]\nmax_flows = 8388608\n").unwrap();
     }
 }

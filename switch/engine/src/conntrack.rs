@@ -95,19 +95,20 @@ pub enum Dir {
 /// TCP connection states (a simplified RFC 793 / nf_conntrack machine).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[repr(u8)]
 pub enum TcpState {
     /// SYN seen from the originator.
-    SynSent,
+    SynSent = 0,
     /// SYN+ACK seen from the responder.
-    SynRecv,
+    SynRecv = 1,
     /// Handshake done (or picked up mid-stream).
-    Established,
+    Established = 2,
     /// One side sent FIN.
-    FinWait,
+    FinWait = 3,
     /// Both sides sent FIN.
-    TimeWait,
+    TimeWait = 4,
     /// RST seen.
-    Close,
+    Close = 5,
 }
 
 /// Flow state.
@@ -123,6 +124,50 @@ pub enum State {
     },
     /// ICMP echo.
     Icmp,
+}
+
+/// A [`State`] as the one byte a [`FlowEntry`] keeps: the TCP states are
+/// their discriminants, then UDP before and after a reply, then ICMP.
+const ST_UDP_NEW: u8 = 6;
+const ST_UDP_REPLIED: u8 = 7;
+const ST_ICMP: u8 = 8;
+
+impl State {
+    #[inline]
+    fn code(self) -> u8 {
+        match self {
+            State::Tcp(t) => t as u8,
+            State::Udp { replied: false } => ST_UDP_NEW,
+            State::Udp { replied: true } => ST_UDP_REPLIED,
+            State::Icmp => ST_ICMP,
+        }
+    }
+
+    #[inline]
+    fn from_code(c: u8) -> State {
+        match TcpState::from_code(c) {
+            Some(t) => State::Tcp(t),
+            None if c == ST_UDP_NEW => State::Udp { replied: false },
+            None if c == ST_UDP_REPLIED => State::Udp { replied: true },
+            None => State::Icmp,
+        }
+    }
+}
+
+impl TcpState {
+    #[inline]
+    fn from_code(c: u8) -> Option<TcpState> {
+        use TcpState::*;
+        Some(match c {
+            0 => SynSent,
+            1 => SynRecv,
+            2 => Established,
+            3 => FinWait,
+            4 => TimeWait,
+            5 => Close,
+            _ => return None,
+        })
+    }
 }
 
 /// Idle timeouts in seconds (the Linux nf_conntrack defaults).
@@ -152,8 +197,34 @@ pub mod tcp_flags {
     pub const ACK: u8 = 0x10;
 }
 
-/// One tracked flow.
-#[derive(Debug, Clone, Serialize)]
+/// The next TCP state after a packet of direction `d` with `flags`; `fins`
+/// records the FINs seen from orig (bit 0) and reply (bit 1).
+fn tcp_next(s: TcpState, fins: &mut u8, d: Dir, flags: u8) -> TcpState {
+    use tcp_flags::*;
+    use TcpState::*;
+    if flags & RST != 0 {
+        return Close;
+    }
+    if flags & FIN != 0 {
+        *fins |= 1 << (d as u8);
+    }
+    match s {
+        // A new SYN on a closed or closing flow reopens it.
+        Close | TimeWait if flags & SYN != 0 && flags & ACK == 0 && d == Dir::Orig => {
+            *fins = 0;
+            SynSent
+        }
+        SynSent if d == Dir::Reply && flags & SYN != 0 && flags & ACK != 0 => SynRecv,
+        SynRecv if d == Dir::Orig && flags & ACK != 0 && flags & SYN == 0 => Established,
+        _ if *fins == 3 => TimeWait,
+        Established if *fins != 0 => FinWait,
+        other => other,
+    }
+}
+
+/// One tracked flow, as the control plane reads it (an owned copy of a
+/// [`FlowEntry`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Flow {
     /// First packet's tuple, before translation.
     pub orig: Tuple,
@@ -167,29 +238,111 @@ pub struct Flow {
     pub state: State,
     /// Last packet, seconds on the switch clock.
     pub last_seen: u32,
-    /// FIN seen from orig (bit 0) and reply (bit 1).
-    fins: u8,
     /// Packets in each direction.
     pub packets: [u64; 2],
 }
 
-impl Flow {
-    /// The tuple a packet of direction `d` leaves with.
+/// [`FlowEntry::flags`]: the entry holds a flow.
+const F_LIVE: u8 = 1;
+/// [`FlowEntry::flags`]: side `i` (0 orig, 1 reply) is the uplink.
+const F_UPLINK: [u8; 2] = [2, 4];
+
+/// One tracked flow as the table stores it: everything a packet of either
+/// direction reads and writes in one aligned 64-byte cache line, so that a
+/// lookup costs one index bucket (small enough to stay in cache) and one
+/// line of flow memory. Tuples are kept field by field (no padding), a
+/// side as `net << 48 | mac`.
+#[derive(Clone, Copy, Default)]
+#[repr(C, align(64))]
+pub struct FlowEntry {
+    /// orig.src, orig.dst, reply.src, reply.dst.
+    addrs: [u32; 4],
+    /// orig.sport, orig.dport, reply.sport, reply.dport.
+    ports: [u16; 4],
+    /// Orig side, reply side (when not the uplink).
+    sides: [u64; 2],
+    packets: [u64; 2],
+    last_seen: u32,
+    proto: u8,
+    /// A [`State`] code.
+    state: u8,
+    /// FINs seen from orig (bit 0) and reply (bit 1).
+    fins: u8,
+    /// [`F_LIVE`], [`F_UPLINK`].
+    flags: u8,
+}
+
+const _: () = assert!(std::mem::size_of::<FlowEntry>() == 64);
+
+impl FlowEntry {
+    fn new(orig: Tuple, reply: Tuple, sides: [Side; 2], state: State, now: u32) -> Self {
+        let mut e = FlowEntry {
+            addrs: [orig.src, orig.dst, reply.src, reply.dst],
+            ports: [orig.sport, orig.dport, reply.sport, reply.dport],
+            proto: orig.proto,
+            state: state.code(),
+            last_seen: now,
+            flags: F_LIVE,
+            ..Default::default()
+        };
+        for (i, s) in sides.into_iter().enumerate() {
+            match s {
+                Side::Uplink => e.flags |= F_UPLINK[i],
+                Side::Container { net, mac } => {
+                    e.sides[i] = (net as u64) << 48 | (mac.0 & 0xffff_ffff_ffff)
+                }
+            }
+        }
+        e
+    }
+
     #[inline]
-    pub fn translated(&self, d: Dir) -> Tuple {
-        match d {
-            Dir::Orig => self.reply.reversed(),
-            Dir::Reply => self.orig.reversed(),
+    fn live(&self) -> bool {
+        self.flags & F_LIVE != 0
+    }
+
+    /// The tuple packets of direction `d` arrive with.
+    #[inline]
+    pub fn tuple(&self, d: Dir) -> Tuple {
+        let i = d as usize * 2;
+        Tuple {
+            src: self.addrs[i],
+            dst: self.addrs[i + 1],
+            sport: self.ports[i],
+            dport: self.ports[i + 1],
+            proto: self.proto,
         }
     }
 
-    /// Where a packet of direction `d` goes.
+    /// The tuple a packet of direction `d` leaves with: the reverse of the
+    /// other direction's.
+    #[inline]
+    pub fn translated(&self, d: Dir) -> Tuple {
+        self.tuple(d.other()).reversed()
+    }
+
+    #[inline]
+    fn side(&self, i: usize) -> Side {
+        if self.flags & F_UPLINK[i] != 0 {
+            return Side::Uplink;
+        }
+        let w = self.sides[i];
+        Side::Container {
+            net: (w >> 48) as NetId,
+            mac: Mac(w & 0xffff_ffff_ffff),
+        }
+    }
+
+    /// Where a packet of direction `d` goes: the other end's side.
     #[inline]
     pub fn out_side(&self, d: Dir) -> Side {
-        match d {
-            Dir::Orig => self.reply_side,
-            Dir::Reply => self.orig_side,
-        }
+        self.side(d.other() as usize)
+    }
+
+    /// Connection state.
+    #[inline]
+    pub fn state(&self) -> State {
+        State::from_code(self.state)
     }
 
     /// Advances the state for a packet of direction `d` with TCP `flags`
@@ -197,36 +350,40 @@ impl Flow {
     #[inline]
     pub fn see(&mut self, d: Dir, flags: u8, now: u32) {
         self.last_seen = now;
-        self.packets[d as usize] += 1;
-        self.state = match self.state {
-            State::Udp { replied } => State::Udp {
-                replied: replied || d == Dir::Reply,
-            },
-            State::Icmp => State::Icmp,
-            State::Tcp(s) => State::Tcp(self.tcp_next(s, d, flags)),
+        let n = &mut self.packets[d as usize];
+        *n = n.wrapping_add(1);
+        self.state = match TcpState::from_code(self.state) {
+            Some(s) => tcp_next(s, &mut self.fins, d, flags) as u8,
+            None if self.state == ST_UDP_NEW && d == Dir::Reply => ST_UDP_REPLIED,
+            None => self.state,
         };
     }
 
-    fn tcp_next(&mut self, s: TcpState, d: Dir, flags: u8) -> TcpState {
-        use tcp_flags::*;
-        use TcpState::*;
-        if flags & RST != 0 {
-            return Close;
+    /// An owned copy, for the control plane.
+    pub fn flow(&self) -> Flow {
+        Flow {
+            orig: self.tuple(Dir::Orig),
+            reply: self.tuple(Dir::Reply),
+            orig_side: self.side(0),
+            reply_side: self.side(1),
+            state: self.state(),
+            last_seen: self.last_seen,
+            packets: self.packets,
         }
-        if flags & FIN != 0 {
-            self.fins |= 1 << (d as u8);
-        }
-        match s {
-            // A new SYN on a closed or closing flow reopens it.
-            Close | TimeWait if flags & SYN != 0 && flags & ACK == 0 && d == Dir::Orig => {
-                self.fins = 0;
-                SynSent
-            }
-            SynSent if d == Dir::Reply && flags & SYN != 0 && flags & ACK != 0 => SynRecv,
-            SynRecv if d == Dir::Orig && flags & ACK != 0 && flags & SYN == 0 => Established,
-            _ if self.fins == 3 => TimeWait,
-            Established if self.fins != 0 => FinWait,
-            other => other,
+    }
+
+    fn idle_too_long(&self, now: u32) -> bool {
+        self.live() && now.saturating_sub(self.last_seen) > timeout(self.state())
+    }
+}
+
+impl Dir {
+    /// The other direction.
+    #[inline]
+    pub fn other(self) -> Dir {
+        match self {
+            Dir::Orig => Dir::Reply,
+            Dir::Reply => Dir::Orig,
         }
     }
 }
@@ -258,31 +415,76 @@ fn hash_key(k: u128) -> u64 {
     x ^ (x >> 33)
 }
 
-/// Entries per index bucket: one 64-byte cache line.
-const WAYS: usize = 8;
+/// The most flows a table can be sized for: an index entry keeps a flow's
+/// slot and direction in at most 24 bits, leaving at least 8 for the tag.
+pub const MAX_FLOWS: usize = 1 << 23;
+/// Entries per index bucket: one 64-byte cache line of `u32`s.
+const WAYS: usize = 16;
 /// No bucket position known (see [`CtTable::prefetch_flow`]).
 pub const NO_HINT: u8 = WAYS as u8;
-const EMPTY: u64 = 0;
-const TOMB: u64 = 1;
+const EMPTY: u32 = 0;
+const TOMB: u32 = 1;
 
-/// One cache line of index entries: `tag << 32 | slot << 1 | dir`, where the
-/// tag is the hash's high half with its low bit set (never 0 or 1).
+/// A bit for each way of `ways` whose tag (the bits `keep` selects) is
+/// `want`: no branch, and on x86-64 four SSE2 compares and a byte mask.
+#[inline(always)]
+fn tag_matches(ways: &[u32; WAYS], keep: u32, want: u32) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use safe_arch::*;
+        let (k, w) = (
+            set_splat_i32_m128i(keep as i32),
+            set_splat_i32_m128i(want as i32),
+        );
+        let q = |i: usize| {
+            let v = m128i::from([ways[i], ways[i + 1], ways[i + 2], ways[i + 3]]);
+            cmp_eq_mask_i32_m128i(bitand_m128i(v, k), w)
+        };
+        let lo = pack_i32_to_i16_m128i(q(0), q(4));
+        let hi = pack_i32_to_i16_m128i(q(8), q(12));
+        move_mask_i8_m128i(pack_i16_to_i8_m128i(lo, hi)) as u32
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    tag_matches_scalar(ways, keep, want)
+}
+
+/// [`tag_matches`] one way at a time (elsewhere than x86-64, and the
+/// reference its test checks it against).
+#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
+fn tag_matches_scalar(ways: &[u32; WAYS], keep: u32, want: u32) -> u32 {
+    ways.iter()
+        .enumerate()
+        .fold(0, |m, (i, &e)| m | ((e & keep == want) as u32) << i)
+}
+
+/// One cache line of index entries: `tag | slot << 1 | dir`, where the tag
+/// takes the bits above the entry's reference (see [`CtTable::tag`]) and
+/// has its lowest bit set, so an entry is never 0 (empty) or 1 (tombstone).
 #[derive(Clone, Copy, Default)]
 #[repr(C, align(64))]
-struct Bucket([u64; WAYS]);
+struct Bucket([u32; WAYS]);
 
 /// The table itself; reach it through [`Conntrack::lock`].
 ///
 /// The index is a flat array of cache-line buckets with linear probing from
-/// bucket `hash & mask`; an entry holds a 32-bit tag of the hash and the
-/// flow's slot, and the slot's tuple confirms the match. A lookup touches one
-/// bucket and one flow, both of which [`CtTable::prefetch`] can start
-/// loading for a whole batch before the first lookup. Memory is sized from
-/// `max_flows` up front and never grows or moves.
+/// the bucket the hash's low half picks (multiply-shift, so any number of
+/// buckets); an entry holds a tag of the hash's high half and the flow's
+/// slot and direction, and the slot's tuple confirms the match. The index
+/// is at most 62.5 % full at `max_flows` (12.8 bytes a flow: 13 MiB for a
+/// million flows, small enough to stay in a server's last-level cache), so
+/// a lookup's one miss to memory is the flow's own line, which
+/// [`CtTable::prefetch`] and [`CtTable::prefetch_flow`] start loading for a
+/// whole batch before the first lookup. Memory is sized from `max_flows`
+/// up front and never grows or moves.
 pub struct CtTable {
     buckets: Vec<Bucket>,
-    mask: usize,
-    slots: Vec<Option<Flow>>,
+    /// `buckets.len()`, for the multiply-shift.
+    n: u64,
+    /// Bits of an index entry that name the slot and direction.
+    ref_bits: u32,
+    /// `(1 << ref_bits) - 1`.
+    ref_mask: u32,
+    slots: Vec<FlowEntry>,
     free: Vec<u32>,
     entries: usize,
     tombs: usize,
@@ -293,11 +495,16 @@ pub struct CtTable {
 
 impl CtTable {
     fn with_max(max: usize) -> Self {
-        // Two entries per flow at most half full.
-        let n = (max.max(8) * 2 * 2 / WAYS).next_power_of_two();
+        let max = max.min(MAX_FLOWS);
+        // Two entries per flow, at most 5/8 of the index's entries.
+        let sized = max.max(8);
+        let n = (2 * sized * 8 / 5).div_ceil(WAYS).max(2);
+        let ref_bits = u32::BITS - (2 * sized as u32 - 1).leading_zeros();
         Self {
             buckets: vec![Bucket::default(); n],
-            mask: n - 1,
+            n: n as u64,
+            ref_bits,
+            ref_mask: (1 << ref_bits) - 1,
             slots: Vec::with_capacity(max),
             free: Vec::new(),
             entries: 0,
@@ -308,62 +515,97 @@ impl CtTable {
         }
     }
 
+    /// The bucket a probe for hash `h` starts at.
     #[inline]
-    fn tag(h: u64) -> u64 {
-        ((h >> 32) | 2) << 32
+    fn home(&self, h: u64) -> usize {
+        (((h & 0xffff_ffff) * self.n) >> 32) as usize
     }
 
-    /// The tag of index entry `e`.
+    /// The tag bits of hash `h`: the high half's top bits above the
+    /// reference, lowest of them set.
     #[inline]
-    fn tag_of(e: u64) -> u64 {
-        e & !0xffff_ffff
+    fn tag(&self, h: u64) -> u32 {
+        ((h >> 32) as u32 >> self.ref_bits << self.ref_bits) | 1 << self.ref_bits
     }
 
-    /// Whether entry value `v` (`slot << 1 | dir`) names a flow whose tuple
-    /// in that direction is `t`.
+    #[inline]
+    fn tag_of(&self, e: u32) -> u32 {
+        e & !self.ref_mask
+    }
+
+    #[inline]
+    fn ref_of(&self, e: u32) -> u32 {
+        e & self.ref_mask
+    }
+
+    #[inline]
+    fn next(&self, b: usize) -> usize {
+        if b + 1 == self.buckets.len() {
+            0
+        } else {
+            b + 1
+        }
+    }
+
+    /// The flow entry value `v` (`slot << 1 | dir`) names, if live.
+    #[inline]
+    fn entry(&self, v: u32) -> Option<&FlowEntry> {
+        self.slots.get((v >> 1) as usize).filter(|f| f.live())
+    }
+
+    #[inline]
+    fn dir_of(v: u32) -> Dir {
+        if v & 1 == 0 {
+            Dir::Orig
+        } else {
+            Dir::Reply
+        }
+    }
+
+    /// Whether entry value `v` names a flow whose tuple in that direction
+    /// is `t`.
     #[inline]
     fn holds(&self, v: u32, t: &Tuple) -> bool {
-        self.slots
-            .get((v >> 1) as usize)
-            .and_then(Option::as_ref)
-            .is_some_and(|f| if v & 1 == 0 { &f.orig } else { &f.reply } == t)
+        self.entry(v)
+            .is_some_and(|f| f.tuple(Self::dir_of(v)) == *t)
     }
 
     /// The flow and direction entry value `v` names.
     #[inline]
-    fn flow_at(&mut self, v: u32) -> Option<(&mut Flow, Dir)> {
-        let dir = if v & 1 == 0 { Dir::Orig } else { Dir::Reply };
-        let f = self.slots.get_mut((v >> 1) as usize)?.as_mut()?;
-        Some((f, dir))
+    fn flow_at(&mut self, v: u32) -> Option<(&mut FlowEntry, Dir)> {
+        let f = self.slots.get_mut((v >> 1) as usize).filter(|f| f.live())?;
+        Some((f, Self::dir_of(v)))
     }
 
     /// The index entry and position for `t`, if present.
     #[inline]
     fn find(&self, t: &Tuple, h: u64) -> Option<(usize, usize, u32)> {
-        let tag = Self::tag(h);
-        let mut b = h as usize & self.mask;
-        for _ in 0..=self.mask {
-            let bucket = &self.buckets[b].0;
+        let tag = self.tag(h);
+        let mut b = self.home(h);
+        for _ in 0..self.buckets.len() {
+            let bucket = &self.buckets.get(b)?.0;
             let mut has_empty = false;
             for (w, &e) in bucket.iter().enumerate() {
                 if e == EMPTY {
                     has_empty = true;
-                } else if Self::tag_of(e) == tag && self.holds(e as u32, t) {
-                    return Some((b, w, e as u32));
+                } else if self.tag_of(e) == tag && self.holds(self.ref_of(e), t) {
+                    return Some((b, w, self.ref_of(e)));
                 }
             }
             if has_empty {
                 return None;
             }
-            b = (b + 1) & self.mask;
+            b = self.next(b);
         }
         None
     }
 
+    /// Files reference `v` under hash `h`. The index never fills (see
+    /// [`CtTable::maybe_rebuild`]), so a free place is always found.
     fn insert_entry(&mut self, h: u64, v: u32) {
-        let e = Self::tag(h) | v as u64;
-        let mut b = h as usize & self.mask;
-        loop {
+        let e = self.tag(h) | v;
+        let mut b = self.home(h);
+        for _ in 0..self.buckets.len() {
             for slot in self.buckets[b].0.iter_mut() {
                 if *slot == EMPTY || *slot == TOMB {
                     if *slot == TOMB {
@@ -374,7 +616,7 @@ impl CtTable {
                     return;
                 }
             }
-            b = (b + 1) & self.mask;
+            b = self.next(b);
         }
     }
 
@@ -386,9 +628,11 @@ impl CtTable {
         }
     }
 
-    /// Rebuilds the index when deletions have left too many tombstones.
+    /// Rebuilds the index when deletions have left too many tombstones: at
+    /// most 1/8 of the entries are tombstones, so with the live entries
+    /// (at most 5/8) the index is never more than 3/4 taken.
     fn maybe_rebuild(&mut self) {
-        if self.tombs < self.buckets.len() * WAYS / 4 {
+        if self.tombs < self.buckets.len() * WAYS / 8 {
             return;
         }
         self.buckets.iter_mut().for_each(|b| *b = Bucket::default());
@@ -398,11 +642,15 @@ impl CtTable {
             .slots
             .iter()
             .enumerate()
-            .filter_map(|(i, f)| {
-                f.as_ref().map(|f| {
-                    let s = (i as u32) << 1;
-                    (hash_key(f.orig.key()), s, hash_key(f.reply.key()), s | 1)
-                })
+            .filter(|(_, f)| f.live())
+            .map(|(i, f)| {
+                let s = (i as u32) << 1;
+                (
+                    hash(&f.tuple(Dir::Orig)),
+                    s,
+                    hash(&f.tuple(Dir::Reply)),
+                    s | 1,
+                )
             })
             .collect();
         for (h1, v1, h2, v2) in keys {
@@ -413,37 +661,41 @@ impl CtTable {
 
     /// Starts loading the index bucket a lookup of a tuple with hash `h`
     /// will read (call it over a whole batch first, so that the misses of
-    /// all its packets overlap). Returns a value to feed
-    /// [`std::hint::black_box`].
+    /// all its packets overlap).
     #[inline]
-    pub fn prefetch(&self, h: u64) -> u64 {
-        self.buckets
-            .get(h as usize & self.mask)
-            .map_or(0, |b| b.0[0])
+    pub fn prefetch(&self, h: u64) {
+        if let Some(b) = self.buckets.get(self.home(h)) {
+            crate::prefetch::line(b);
+        }
     }
 
-    /// After [`CtTable::prefetch`]: starts loading the flow the bucket of
-    /// hash `h` points at, and returns a value to feed
-    /// [`std::hint::black_box`] and where in the bucket the entry sits (a
-    /// hint for [`CtTable::lookup_hinted`]; [`NO_HINT`] if none matched).
-    /// Where an entry sits is random, so this scan mispredicts about once
-    /// per packet; the hint spares the lookup a second scan and a second
-    /// mispredict (callgrind's branch simulation: ~1 each).
-    #[inline]
-    pub fn prefetch_flow(&self, h: u64) -> (u64, u8) {
-        let Some(b) = self.buckets.get(h as usize & self.mask) else {
-            return (0, NO_HINT);
+    /// After [`CtTable::prefetch`]: starts loading every flow whose entry in
+    /// the bucket of hash `h` carries its tag (one, but for the rare false
+    /// match of a short tag: the true flow is loaded too), and returns where
+    /// in the bucket the first such entry sits (a hint for
+    /// [`CtTable::lookup_hinted`]; [`NO_HINT`] if none matched). Where an
+    /// entry sits is random, so this scan mispredicts about once per packet;
+    /// the hint spares the lookup a second scan and a second mispredict.
+    #[inline(always)]
+    pub fn prefetch_flow(&self, h: u64) -> u8 {
+        let Some(b) = self.buckets.get(self.home(h)) else {
+            return NO_HINT;
         };
-        let tag = Self::tag(h);
-        let Some(w) = b.0.iter().position(|e| Self::tag_of(*e) == tag) else {
-            return (0, NO_HINT);
+        let mut hits = tag_matches(&b.0, !self.ref_mask, self.tag(h));
+        let hint = if hits == 0 {
+            NO_HINT
+        } else {
+            hits.trailing_zeros() as u8
         };
-        let touched = self
-            .slots
-            .get((b.0[w] as u32 >> 1) as usize)
-            .and_then(Option::as_ref)
-            .map_or(0, |f| f.last_seen as u64);
-        (touched, w as u8)
+        while hits != 0 {
+            let w = hits.trailing_zeros() as usize;
+            hits &= hits - 1;
+            let v = b.0.get(w).map_or(0, |&e| self.ref_of(e));
+            if let Some(f) = self.slots.get((v >> 1) as usize) {
+                crate::prefetch::line(f);
+            }
+        }
+        hint
     }
 
     /// [`CtTable::lookup`] with the tuple's [`hash`] already computed,
@@ -451,13 +703,13 @@ impl CtTable {
     /// [`CtTable::prefetch_flow`] (checked: tag and tuple); any other case
     /// takes the full lookup.
     #[inline]
-    pub fn lookup_hinted(&mut self, t: &Tuple, h: u64, hint: u8) -> Option<(&mut Flow, Dir)> {
+    pub fn lookup_hinted(&mut self, t: &Tuple, h: u64, hint: u8) -> Option<(&mut FlowEntry, Dir)> {
         let hinted = self
             .buckets
-            .get(h as usize & self.mask)
+            .get(self.home(h))
             .and_then(|b| b.0.get(hint as usize))
-            .filter(|e| Self::tag_of(**e) == Self::tag(h) && self.holds(**e as u32, t))
-            .map(|e| *e as u32);
+            .filter(|e| self.tag_of(**e) == self.tag(h) && self.holds(self.ref_of(**e), t))
+            .map(|e| self.ref_of(*e));
         let v = match hinted {
             Some(v) => v,
             None => self.find(t, h)?.2,
@@ -467,7 +719,7 @@ impl CtTable {
 
     /// Finds the flow of a packet with tuple `t`.
     #[inline]
-    pub fn lookup(&mut self, t: &Tuple) -> Option<(&mut Flow, Dir)> {
+    pub fn lookup(&mut self, t: &Tuple) -> Option<(&mut FlowEntry, Dir)> {
         let (_, _, v) = self.find(t, hash_key(t.key()))?;
         self.flow_at(v)
     }
@@ -539,44 +791,36 @@ impl CtTable {
         reply_side: Side,
         state: State,
         now: u32,
-    ) -> Result<&mut Flow, CreateError> {
+    ) -> Result<&mut FlowEntry, CreateError> {
         if self.len() >= self.max || self.slots.len() >= self.max && self.free.is_empty() {
             return Err(CreateError::Full);
         }
         if self.contains(&orig) || self.contains(&reply) {
             return Err(CreateError::PortsExhausted);
         }
+        let entry = FlowEntry::new(orig, reply, [orig_side, reply_side], state, now);
         let slot = match self.free.pop() {
             Some(s) => s,
             None => {
-                self.slots.push(None);
+                self.slots.push(FlowEntry::default());
                 (self.slots.len() - 1) as u32
             }
         };
         self.insert_entry(hash_key(orig.key()), slot << 1);
         self.insert_entry(hash_key(reply.key()), (slot << 1) | 1);
-        let f = &mut self.slots[slot as usize];
-        *f = Some(Flow {
-            orig,
-            reply,
-            orig_side,
-            reply_side,
-            state,
-            last_seen: now,
-            fins: 0,
-            packets: [0, 0],
-        });
-        f.as_mut().ok_or(CreateError::Full)
+        let f = self.slots.get_mut(slot as usize).ok_or(CreateError::Full)?;
+        *f = entry;
+        Ok(f)
     }
 
     fn remove_slot(&mut self, slot: usize) {
-        let Some(f) = self.slots.get(slot).and_then(Option::as_ref) else {
+        let Some(f) = self.slots.get(slot).filter(|f| f.live()) else {
             return;
         };
-        let (o, r) = (f.orig, f.reply);
+        let (o, r) = (f.tuple(Dir::Orig), f.tuple(Dir::Reply));
         self.remove_entry(&o);
         self.remove_entry(&r);
-        self.slots[slot] = None;
+        self.slots[slot] = FlowEntry::default();
         self.free.push(slot as u32);
     }
 
@@ -586,7 +830,7 @@ impl CtTable {
             .slots
             .iter()
             .enumerate()
-            .filter(|(_, f)| f.as_ref().is_some_and(&mut pred))
+            .filter(|(_, f)| f.live() && pred(&f.flow()))
             .map(|(i, _)| i)
             .collect();
         for &i in &doomed {
@@ -606,10 +850,7 @@ impl CtTable {
         for _ in 0..budget.min(n) {
             let i = self.expire_cursor % n;
             self.expire_cursor = (i + 1) % n;
-            let dead = self.slots[i]
-                .as_ref()
-                .is_some_and(|f| now.saturating_sub(f.last_seen) > timeout(f.state));
-            if dead {
+            if self.slots[i].idle_too_long(now) {
                 self.remove_slot(i);
                 removed += 1;
             }
@@ -620,14 +861,18 @@ impl CtTable {
 
     /// A copy of every flow.
     pub fn flows(&self) -> Vec<Flow> {
-        self.slots.iter().flatten().cloned().collect()
+        self.slots
+            .iter()
+            .filter(|f| f.live())
+            .map(FlowEntry::flow)
+            .collect()
     }
 
     /// Bytes of memory per flow at the configured bound: the index (two
-    /// entries per flow, half full) and the flow slot.
+    /// entries per flow, at most 5/8 full) and the flow's line.
     pub fn bytes_per_flow(&self) -> usize {
         let index = self.buckets.len() * std::mem::size_of::<Bucket>();
-        let slots = self.slots.capacity() * std::mem::size_of::<Option<Flow>>();
+        let slots = self.slots.capacity() * std::mem::size_of::<FlowEntry>();
         (index + slots) / self.max.max(1)
     }
 
@@ -640,7 +885,7 @@ impl CtTable {
             ),
             (
                 self.slots.as_ptr().cast(),
-                self.slots.capacity() * std::mem::size_of::<Option<Flow>>(),
+                self.slots.capacity() * std::mem::size_of::<FlowEntry>(),
             ),
         ]
     }
@@ -765,12 +1010,12 @@ mod tests {
         for (o, r) in &flows {
             for (k, dir) in [(o, Dir::Orig), (r, Dir::Reply)] {
                 let h = hash(k);
-                let (_, good) = g.prefetch_flow(h);
+                let good = g.prefetch_flow(h);
                 assert_ne!(good, NO_HINT);
                 for hint in [good, NO_HINT, (good + 1) % NO_HINT, 200] {
                     let (f, d) = g.lookup_hinted(k, h, hint).unwrap();
                     assert_eq!(d, dir);
-                    assert_eq!(if d == Dir::Orig { f.orig } else { f.reply }, *k);
+                    assert_eq!(f.tuple(d), *k);
                 }
             }
         }
@@ -778,8 +1023,117 @@ mod tests {
         // a known one's cannot match through the hint: the tuple is compared.
         let stranger = t(2, 2, 2, 2);
         let h = hash(&flows[0].0);
-        let (_, hint) = g.prefetch_flow(h);
+        let hint = g.prefetch_flow(h);
         assert!(g.lookup_hinted(&stranger, h, hint).is_none());
+    }
+
+    /// Churn against a model: random creates, removals and expiries on a
+    /// small table, through many tombstone rebuilds; every tracked tuple is
+    /// found in its direction, every removed one is gone, and the bound
+    /// holds.
+    #[test]
+    fn churn_matches_a_model() {
+        use std::collections::HashMap;
+        let max = 300;
+        let ct = Conntrack::new(max);
+        let mut g = ct.lock();
+        // orig tuple -> (reply tuple, created at)
+        let mut model: HashMap<Tuple, (Tuple, u32)> = HashMap::new();
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rnd = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let (mut fulls, mut rebuilds) = (0, 0);
+        for op in 0..40_000u32 {
+            // Slow enough a clock that the table fills between expiries.
+            let now = op / 64;
+            let tombs_before = g.tombs;
+            let r = rnd();
+            let o = t(1 + (r % 7) as u32, (r >> 8) as u16 % 500, 9, 80);
+            let rep = t(9, 80, 5, 1000 + (r >> 24) as u16 % 2000);
+            match r >> 60 {
+                0..=9 => {
+                    let res = g.create(o, rep, Side::Uplink, Side::Uplink, State::Icmp, now);
+                    let clash = model.contains_key(&o)
+                        || model.values().any(|(rr, _)| *rr == rep)
+                        || model.contains_key(&rep)
+                        || model.values().any(|(rr, _)| *rr == o);
+                    match res {
+                        Ok(_) => {
+                            assert!(!clash && model.len() < max);
+                            model.insert(o, (rep, now));
+                        }
+                        Err(CreateError::Full) => {
+                            assert_eq!(model.len(), max);
+                            fulls += 1;
+                        }
+                        Err(CreateError::PortsExhausted) => assert!(clash),
+                    }
+                }
+                10..=13 => {
+                    let n = g.remove_if(|f| f.orig == o);
+                    assert_eq!(n, model.remove(&o).is_some() as usize);
+                }
+                _ => {
+                    // Expiry visits a slice of the slots: whatever it
+                    // removed must have been idle past ICMP's timeout.
+                    let removed = g.expire(now, 64);
+                    let gone: Vec<Tuple> =
+                        model.keys().filter(|o| !g.contains(o)).copied().collect();
+                    assert_eq!(gone.len(), removed);
+                    for o in gone {
+                        let (_, at) = model.remove(&o).unwrap_or_default();
+                        assert!(now - at > timeout(State::Icmp), "expired too early");
+                    }
+                }
+            }
+            assert_eq!(g.len(), model.len());
+            rebuilds += (g.tombs < tombs_before && g.tombs == 0) as u32;
+        }
+        assert!(
+            fulls > 100 && rebuilds > 5,
+            "fulls {fulls}, rebuilds {rebuilds}"
+        );
+        for (o, (rep, _)) in &model {
+            let (f, d) = g.lookup(o).expect("orig tuple tracked");
+            assert_eq!((d, f.tuple(Dir::Reply)), (Dir::Orig, *rep));
+            let (_, d) = g.lookup(rep).expect("reply tuple tracked");
+            assert_eq!(d, Dir::Reply);
+        }
+        assert!(g.flows().len() == model.len());
+    }
+
+    /// The vector tag compare agrees with the one-way-at-a-time one, for
+    /// matches in every way and in several at once.
+    #[test]
+    fn tag_matches_agrees_with_scalar() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for keep in [!0xfu32, !0x3f_ffff, !0xff_ffff] {
+            for _ in 0..2000 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let want = (x as u32) & keep;
+                let mut ways = [0u32; WAYS];
+                for (i, w) in ways.iter_mut().enumerate() {
+                    // About one way in three carries the wanted tag.
+                    let r = (x >> (i * 4)) as u32;
+                    *w = if r.is_multiple_of(3) {
+                        want | (r & !keep)
+                    } else {
+                        r
+                    };
+                }
+                assert_eq!(
+                    tag_matches(&ways, keep, want),
+                    tag_matches_scalar(&ways, keep, want),
+                    "ways {ways:x?} keep {keep:x} want {want:x}"
+                );
+            }
+        }
     }
 
     #[test]
@@ -856,13 +1210,13 @@ mod tests {
                 .unwrap();
             use tcp_flags::*;
             f.see(Dir::Reply, SYN | ACK, 1);
-            assert_eq!(f.state, State::Tcp(TcpState::SynRecv));
+            assert_eq!(f.state(), State::Tcp(TcpState::SynRecv));
             f.see(Dir::Orig, ACK, 1);
-            assert_eq!(f.state, State::Tcp(TcpState::Established));
+            assert_eq!(f.state(), State::Tcp(TcpState::Established));
             f.see(Dir::Orig, FIN | ACK, 2);
-            assert_eq!(f.state, State::Tcp(TcpState::FinWait));
+            assert_eq!(f.state(), State::Tcp(TcpState::FinWait));
             f.see(Dir::Reply, FIN | ACK, 2);
-            assert_eq!(f.state, State::Tcp(TcpState::TimeWait));
+            assert_eq!(f.state(), State::Tcp(TcpState::TimeWait));
         }
         assert_eq!(ct.expire(100, 4), 0);
         assert_eq!(ct.expire(200, 4), 1);

@@ -13,6 +13,7 @@ pub mod memport;
 pub mod packet;
 pub mod pipeline;
 pub mod port;
+pub mod prefetch;
 pub mod stats;
 pub mod tables;
 pub mod wire;
