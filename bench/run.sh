@@ -206,9 +206,12 @@ tcp_to() {
     python3 -c "import json;print(round(json.load(open('$TMP/i.json'))['end']['sum_received']['bits_per_second']/1e9,3))"
 }
 
-# New TCP connections per second from $1 to $2:$3 (server already running).
+# New TCP connections per second from $1 to $2:$3 (server already running:
+# accept-server, as many SO_REUSEPORT threads as clients); prints the rate and
+# leaves the failed connects (timeouts: a SYN lost) in $TMP/cfail.
 cps() {
     NS "$1" $APP "$BENCH" connrate --to "$2:$3" --secs "$DURATION" --threads 4 >"$TMP/c.json" || true
+    python3 -c "import json;print(json.load(open('$TMP/c.json'))['failed'])" >"$TMP/cfail"
     python3 -c "import json;print(round(json.load(open('$TMP/c.json'))['conn_per_sec']))"
 }
 
@@ -232,7 +235,7 @@ NS nh iptables -t nat -A POSTROUTING -s 10.96.0.0/24 ! -o br0 -j MASQUERADE
 NS nh iptables -t nat -A PREROUTING -d 192.168.95.1 -p tcp --dport 15201 -j DNAT --to-destination 10.96.0.2:5201
 NS nh iptables -t nat -A PREROUTING -d 192.168.95.1 -p tcp --dport 18080 -j DNAT --to-destination 10.96.0.2:8080
 NS nc ping -c 2 -i 0.2 192.168.95.2 >/dev/null
-ip netns exec "$P-nc" $APP "$BENCH" accept-server --bind 0.0.0.0:8080 & PIDS+=("$!")
+ip netns exec "$P-nc" $APP "$BENCH" accept-server --bind 0.0.0.0:8080 --threads 4 & PIDS+=("$!")
 mkns sh; mkns sc; mkns se
 uplink_pair sh se s 192.168.94
 cat >"$TMP/nat.toml" <<CFG
@@ -251,18 +254,18 @@ start_switch sh "$TMP/nat.toml" "$SOCK3"; NPID=$SWPID
 "$BIN" --socket "$SOCK3" publish nat 10.95.0.2:5201 --host-port 15201 >/dev/null
 "$BIN" --socket "$SOCK3" publish nat 10.95.0.2:8080 --host-port 18080 >/dev/null
 NS sc ping -c 2 -i 0.2 192.168.94.2 >/dev/null
-ip netns exec "$P-sc" $APP "$BENCH" accept-server --bind 0.0.0.0:8080 & PIDS+=("$!"); sleep 0.3
+ip netns exec "$P-sc" $APP "$BENCH" accept-server --bind 0.0.0.0:8080 --threads 4 & PIDS+=("$!"); sleep 0.3
 KS=(); KD=(); KC=(); VS=(); VD=(); VC=()
 for t in $(seq "$TRIALS"); do
     kill -STOP "$NPID"
     KS+=("$(tcp_to ne 5201 nc 192.168.95.2 5201)")
     KD+=("$(tcp_to nc 5201 ne 192.168.95.1 15201)")
-    KC+=("$(cps ne 192.168.95.1 18080)")
+    KC+=("$(cps ne 192.168.95.1 18080)"); KF=$(cat "$TMP/cfail")
     kill -CONT "$NPID"; sleep 0.2
     VS+=("$(tcp_to se 5201 sc 192.168.94.2 5201)")
     VD+=("$(tcp_to sc 5201 se 192.168.94.1 15201)")
-    VC+=("$(cps se 192.168.94.1 18080)")
-    echo "trial $t: iperf3 TCP SNAT iptables/vswitch ${KS[-1]}/${VS[-1]}, DNAT ${KD[-1]}/${VD[-1]} Gbit/s; new TCP connections/s ${KC[-1]}/${VC[-1]}"
+    VC+=("$(cps se 192.168.94.1 18080)"); VF=$(cat "$TMP/cfail")
+    echo "trial $t: iperf3 TCP SNAT iptables/vswitch ${KS[-1]}/${VS[-1]}, DNAT ${KD[-1]}/${VD[-1]} Gbit/s; new TCP connections/s ${KC[-1]}/${VC[-1]} (failed connects $KF/$VF)"
 done
 K_SNAT=$(med "${KS[@]}"); K_DNAT=$(med "${KD[@]}"); K_CPS=$(med "${KC[@]}")
 V_SNAT=$(med "${VS[@]}"); V_DNAT=$(med "${VD[@]}"); V_CPS=$(med "${VC[@]}")
