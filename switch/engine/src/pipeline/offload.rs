@@ -104,27 +104,83 @@ pub(crate) fn tcp_layout(f: &[u8]) -> Option<TcpLayout> {
     })
 }
 
-/// What the headers of the first segment of a TSO frame said.
+/// What the headers of the first segment of a TSO frame said, and the
+/// parts of every segment's checksums that stay the same from one segment to
+/// the next, summed once from the frame itself. [`fix_segment`] then writes
+/// each segment's changed fields and checksums without reading its headers
+/// back: reading 8-byte words over fields just stored 2 and 4 bytes at a
+/// time defeats store-to-load forwarding, and that stall was most of its
+/// time (perf, VXLAN TCP across hosts: 5.6 % of the worker core).
 pub(crate) struct SegFirst {
     pub(crate) seq: u32,
     pub(crate) ip_id: u16,
     pub(crate) flags: u8,
     pub(crate) mss: usize,
+    /// The IPv4 header's sum without total length, id and checksum (folded).
+    ip_sum: u32,
+    /// The pseudo-header's addresses and protocol and the TCP header's sum
+    /// without sequence number, flags and checksum (folded).
+    tcp_sum: u32,
 }
 
-/// Makes the headers of segment `i` of `nseg` (already copied into `d`,
-/// whose length is the segment's) right: IP length, id and checksum, TCP
-/// sequence number, flags (FIN/PSH only on the last, CWR only on the first)
-/// and a complete TCP checksum.
-pub(crate) fn fix_segment(d: &mut [u8], t: &TcpLayout, first: &SegFirst, i: usize, nseg: usize) {
+impl SegFirst {
+    /// From TSO frame `f` with layout `t`, cut at `mss`.
+    pub(crate) fn new(f: &[u8], t: &TcpLayout, mss: usize) -> Option<SegFirst> {
+        let ip = f.get(t.l3..t.l4)?;
+        let tcp = f.get(t.l4..t.hdrs)?;
+        let mut ip_sum = 0;
+        if t.v4 {
+            let mut h = [0u8; 60];
+            let h = h.get_mut(..ip.len())?;
+            h.copy_from_slice(ip);
+            h[2..6].fill(0);
+            h[10..12].fill(0);
+            ip_sum = checksum::fold(checksum::sum(0, h)) as u32;
+        }
+        let mut th = [0u8; 60];
+        let th = th.get_mut(..tcp.len())?;
+        th.copy_from_slice(tcp);
+        th[4..8].fill(0);
+        th[13] = 0;
+        th[16..18].fill(0);
+        let addrs = if t.v4 {
+            f.get(t.l3 + 12..t.l3 + 20)?
+        } else {
+            f.get(t.l3 + 8..t.l3 + 40)?
+        };
+        let pseudo = checksum::sum(IPPROTO_TCP as u32, addrs);
+        Some(SegFirst {
+            seq: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
+            ip_id: u16::from_be_bytes([ip[4], ip[5]]),
+            flags: tcp[13],
+            mss,
+            ip_sum,
+            tcp_sum: checksum::fold(checksum::sum(pseudo, th)) as u32,
+        })
+    }
+}
+
+/// Makes the headers of segment `i` of `nseg` right (already copied into
+/// `d`, whose length is the segment's, with `payload`, the segment's payload
+/// as it stands in the source frame, copied behind them): IP length, id and
+/// checksum, TCP sequence number, flags (FIN/PSH only on the last, CWR only
+/// on the first) and a complete TCP checksum. Only writes `d`.
+pub(crate) fn fix_segment(
+    d: &mut [u8],
+    t: &TcpLayout,
+    first: &SegFirst,
+    i: usize,
+    nseg: usize,
+    payload: &[u8],
+) {
     let len = d.len();
     let l4_len = len - t.l4;
     if t.v4 {
         let tot = (len - t.l3) as u16;
+        let id = first.ip_id.wrapping_add(i as u16);
         d[t.l3 + 2..t.l3 + 4].copy_from_slice(&tot.to_be_bytes());
-        d[t.l3 + 4..t.l3 + 6].copy_from_slice(&first.ip_id.wrapping_add(i as u16).to_be_bytes());
-        d[t.l3 + 10..t.l3 + 12].copy_from_slice(&[0, 0]);
-        let c = checksum::finish(0, &d[t.l3..t.l4]);
+        d[t.l3 + 4..t.l3 + 6].copy_from_slice(&id.to_be_bytes());
+        let c = !checksum::fold(first.ip_sum + tot as u32 + id as u32);
         d[t.l3 + 10..t.l3 + 12].copy_from_slice(&c.to_be_bytes());
     } else {
         d[t.l3 + 4..t.l3 + 6].copy_from_slice(&(l4_len as u16).to_be_bytes());
@@ -139,14 +195,8 @@ pub(crate) fn fix_segment(d: &mut [u8], t: &TcpLayout, first: &SegFirst, i: usiz
         flags &= !0x80; // CWR only on the first
     }
     d[t.l4 + 13] = flags;
-    d[t.l4 + 16..t.l4 + 18].copy_from_slice(&[0, 0]);
-    let mut acc = if t.v4 {
-        checksum::sum(0, &d[t.l3 + 12..t.l3 + 20])
-    } else {
-        checksum::sum(0, &d[t.l3 + 8..t.l3 + 40])
-    };
-    acc += IPPROTO_TCP as u32 + l4_len as u32;
-    let c = checksum::finish(acc, &d[t.l4..]);
+    let acc = first.tcp_sum + l4_len as u32 + (seq >> 16) + (seq & 0xffff) + flags as u32;
+    let c = checksum::finish(acc, payload);
     d[t.l4 + 16..t.l4 + 18].copy_from_slice(&c.to_be_bytes());
 }
 
@@ -167,9 +217,7 @@ pub fn segment(p: &Packet, pool: &mut PacketPool, out: &mut Vec<Packet>) -> Opti
     if t.hdrs + mss > SMALL_FRAME {
         return None;
     }
-    let seq0 = u32::from_be_bytes(f[t.l4 + 4..t.l4 + 8].try_into().ok()?);
-    let id0 = u16::from_be_bytes([f[t.l3 + 4], f[t.l3 + 5]]);
-    let flags0 = f[t.l4 + 13];
+    let first = SegFirst::new(f, &t, mss)?;
     let nseg = payload.len().div_ceil(mss).max(1);
     for (i, chunk) in payload
         .chunks(mss)
@@ -187,13 +235,7 @@ pub fn segment(p: &Packet, pool: &mut PacketPool, out: &mut Vec<Packet>) -> Opti
         s.set_len(len);
         s.meta = p.meta;
         s.meta.offload = Offload::default();
-        let first = SegFirst {
-            seq: seq0,
-            ip_id: id0,
-            flags: flags0,
-            mss,
-        };
-        fix_segment(s.data_mut(), &t, &first, i, nseg);
+        fix_segment(s.data_mut(), &t, &first, i, nseg, chunk);
         out.push(s);
     }
     Some(nseg)

@@ -239,12 +239,7 @@ fn encap_gso(
     if per < 2 {
         return None;
     }
-    let first = offload::SegFirst {
-        seq: u32::from_be_bytes(f[t.l4 + 4..t.l4 + 8].try_into().ok()?),
-        ip_id: u16::from_be_bytes([f[t.l3 + 4], f[t.l3 + 5]]),
-        flags: f[t.l4 + 13],
-        mss,
-    };
+    let first = offload::SegFirst::new(f, &t, mss)?;
     let sport = flow_port(f);
     let chunks: Vec<&[u8]> = payload.chunks(mss).collect();
     let nseg = chunks.len();
@@ -259,7 +254,7 @@ fn encap_gso(
             let d = &mut buf[at + 8..at + 8 + len];
             d[..t.hdrs].copy_from_slice(&f[..t.hdrs]);
             d[t.hdrs..].copy_from_slice(chunk);
-            offload::fix_segment(d, &t, &first, gi * per + j, nseg);
+            offload::fix_segment(d, &t, &first, gi * per + j, nseg, chunk);
             at += 8 + len;
         }
         let udp_payload = at - 42;
