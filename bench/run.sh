@@ -209,8 +209,10 @@ tcp_to() {
 # New TCP connections per second from $1 to $2:$3 (server already running:
 # accept-server, as many SO_REUSEPORT threads as clients); prints the rate and
 # leaves the failed connects (timeouts: a SYN lost) in $TMP/cfail.
+# $4: connections each client thread keeps in flight (non-blocking sockets);
+# none: one blocking connect at a time.
 cps() {
-    NS "$1" $APP "$BENCH" connrate --to "$2:$3" --secs "$DURATION" --threads 4 >"$TMP/c.json" || true
+    NS "$1" $APP "$BENCH" connrate --to "$2:$3" --secs "$DURATION" --threads 4 --inflight "${4:-0}" >"$TMP/c.json" || true
     python3 -c "import json;print(json.load(open('$TMP/c.json'))['failed'])" >"$TMP/cfail"
     python3 -c "import json;print(round(json.load(open('$TMP/c.json'))['conn_per_sec']))"
 }
@@ -255,22 +257,24 @@ start_switch sh "$TMP/nat.toml" "$SOCK3"; NPID=$SWPID
 "$BIN" --socket "$SOCK3" publish nat 10.95.0.2:8080 --host-port 18080 >/dev/null
 NS sc ping -c 2 -i 0.2 192.168.94.2 >/dev/null
 ip netns exec "$P-sc" $APP "$BENCH" accept-server --bind 0.0.0.0:8080 --threads 4 & PIDS+=("$!"); sleep 0.3
-KS=(); KD=(); KC=(); VS=(); VD=(); VC=()
+KS=(); KD=(); KC=(); KCI=(); VS=(); VD=(); VC=(); VCI=()
 for t in $(seq "$TRIALS"); do
     kill -STOP "$NPID"
     KS+=("$(tcp_to ne 5201 nc 192.168.95.2 5201)")
     KD+=("$(tcp_to nc 5201 ne 192.168.95.1 15201)")
     KC+=("$(cps ne 192.168.95.1 18080)"); KF=$(cat "$TMP/cfail")
+    KCI+=("$(cps ne 192.168.95.1 18080 16)"); KF="$KF, $(cat "$TMP/cfail")"
     kill -CONT "$NPID"; sleep 0.2
     VS+=("$(tcp_to se 5201 sc 192.168.94.2 5201)")
     VD+=("$(tcp_to sc 5201 se 192.168.94.1 15201)")
     VC+=("$(cps se 192.168.94.1 18080)"); VF=$(cat "$TMP/cfail")
-    echo "trial $t: iperf3 TCP SNAT iptables/vswitch ${KS[-1]}/${VS[-1]}, DNAT ${KD[-1]}/${VD[-1]} Gbit/s; new TCP connections/s ${KC[-1]}/${VC[-1]} (failed connects $KF/$VF)"
+    VCI+=("$(cps se 192.168.94.1 18080 16)"); VF="$VF, $(cat "$TMP/cfail")"
+    echo "trial $t: iperf3 TCP SNAT iptables/vswitch ${KS[-1]}/${VS[-1]}, DNAT ${KD[-1]}/${VD[-1]} Gbit/s; new TCP connections/s, blocking clients ${KC[-1]}/${VC[-1]}, 16 in flight per client ${KCI[-1]}/${VCI[-1]} (failed connects $KF / $VF)"
 done
-K_SNAT=$(med "${KS[@]}"); K_DNAT=$(med "${KD[@]}"); K_CPS=$(med "${KC[@]}")
-V_SNAT=$(med "${VS[@]}"); V_DNAT=$(med "${VD[@]}"); V_CPS=$(med "${VC[@]}")
-echo "iptables, medians: iperf3 TCP container -> external (MASQUERADE) $K_SNAT, external -> published port (DNAT) $K_DNAT Gbit/s; new TCP connections/s to a published port $K_CPS"
-echo "vswitch, medians: iperf3 TCP container -> external (SNAT) $V_SNAT, external -> published port (DNAT) $V_DNAT Gbit/s; new TCP connections/s to a published port $V_CPS"
+K_SNAT=$(med "${KS[@]}"); K_DNAT=$(med "${KD[@]}"); K_CPS=$(med "${KC[@]}"); K_CPSI=$(med "${KCI[@]}")
+V_SNAT=$(med "${VS[@]}"); V_DNAT=$(med "${VD[@]}"); V_CPS=$(med "${VC[@]}"); V_CPSI=$(med "${VCI[@]}")
+echo "iptables, medians: iperf3 TCP container -> external (MASQUERADE) $K_SNAT, external -> published port (DNAT) $K_DNAT Gbit/s; new TCP connections/s to a published port $K_CPS (4 blocking clients), $K_CPSI (4 clients, 16 in flight each)"
+echo "vswitch, medians: iperf3 TCP container -> external (SNAT) $V_SNAT, external -> published port (DNAT) $V_DNAT Gbit/s; new TCP connections/s to a published port $V_CPS (4 blocking clients), $V_CPSI (4 clients, 16 in flight each)"
 "$BIN" --socket "$SOCK3" stats
 "$BIN" --socket "$SOCK3" conntrack show | tail -1
 kill "$NPID"; wait "$NPID" 2>/dev/null || true
@@ -380,6 +384,7 @@ idle_cpu_adaptive_percent % - $IDLE_CPU lower
 iperf3_tcp_snat Gbit/s $K_SNAT $V_SNAT
 iperf3_tcp_dnat Gbit/s $K_DNAT $V_DNAT
 tcp_conn_per_sec_published conn/s $K_CPS $V_CPS
+tcp_conn_per_sec_published_inflight16 conn/s $K_CPSI $V_CPSI
 iperf3_tcp_vxlan Gbit/s $K_VX_TCP $V_VX_TCP
 frames64_delivered_vxlan pps $K_VX_PPS $V_VX_PPS
 R

@@ -63,6 +63,11 @@ enum Cmd {
         /// Parallel connecting threads.
         #[arg(long, default_value_t = 4)]
         threads: usize,
+        /// Connections each thread keeps in flight (non-blocking sockets
+        /// and one readiness wait for all of them); 0: one blocking
+        /// `connect` at a time.
+        #[arg(long, default_value_t = 0)]
+        inflight: usize,
     },
     /// VXLAN pipeline on memory: encapsulation and decapsulation.
     Vxlan {
@@ -120,7 +125,18 @@ fn main() {
             Ok(())
         }
         Cmd::AcceptServer { bind, threads } => accept_server(&bind, threads),
-        Cmd::Connrate { to, secs, threads } => connrate(&to, secs, threads),
+        Cmd::Connrate {
+            to,
+            secs,
+            threads,
+            inflight: 0,
+        } => connrate(&to, secs, threads),
+        Cmd::Connrate {
+            to,
+            secs,
+            threads,
+            inflight,
+        } => connrate_nonblocking(&to, secs, threads, inflight),
         Cmd::UdpEcho { bind } => udp_echo(&bind),
         Cmd::Rtt {
             to,
@@ -223,6 +239,95 @@ fn connrate(to: &str, secs: u64, threads: usize) -> Result<(), String> {
             "conn_per_sec": done.load(Ordering::Relaxed) as f64 / el,
             "connections": done.load(Ordering::Relaxed),
             "failed": failed.load(Ordering::Relaxed),
+        })
+    );
+    Ok(())
+}
+
+/// [`connrate`] with `inflight` non-blocking connects per thread: a
+/// thread waits once for whichever of them completes, opens the next, and
+/// closes each completed one with a RST; a connect that has not completed
+/// after 1 s counts as failed.
+fn connrate_nonblocking(
+    to: &str,
+    secs: u64,
+    threads: usize,
+    inflight: usize,
+) -> Result<(), String> {
+    use mio::net::TcpStream;
+    use mio::{Events, Interest, Poll, Token};
+    let addr: std::net::SocketAddr = to.parse().map_err(|e| format!("{to}: {e}"))?;
+    let end = Instant::now() + Duration::from_secs(secs);
+    let t0 = Instant::now();
+    let run = move || -> std::io::Result<(u64, u64)> {
+        let mut poll = Poll::new()?;
+        let mut events = Events::with_capacity(inflight);
+        let mut slots: Vec<Option<(TcpStream, Instant)>> = (0..inflight).map(|_| None).collect();
+        let (mut done, mut failed) = (0u64, 0u64);
+        let open = |poll: &Poll, i: usize| -> std::io::Result<(TcpStream, Instant)> {
+            let mut s = TcpStream::connect(addr)?;
+            poll.registry()
+                .register(&mut s, Token(i), Interest::WRITABLE)?;
+            Ok((s, Instant::now()))
+        };
+        for (i, slot) in slots.iter_mut().enumerate() {
+            *slot = Some(open(&poll, i)?);
+        }
+        while Instant::now() < end {
+            poll.poll(&mut events, Some(Duration::from_millis(100)))?;
+            let ready: Vec<usize> = events.iter().map(|e| e.token().0).collect();
+            for i in ready {
+                let Some((s, _)) = slots.get_mut(i).and_then(Option::take) else {
+                    continue;
+                };
+                match s.take_error()? {
+                    None if s.peer_addr().is_ok() => {
+                        let _ = nix::sys::socket::setsockopt(
+                            &s,
+                            nix::sys::socket::sockopt::Linger,
+                            &libc::linger {
+                                l_onoff: 1,
+                                l_linger: 0,
+                            },
+                        );
+                        done += 1;
+                    }
+                    _ => failed += 1,
+                }
+                drop(s);
+                slots[i] = Some(open(&poll, i)?);
+            }
+            for (i, slot) in slots.iter_mut().enumerate() {
+                if slot
+                    .as_ref()
+                    .is_some_and(|(_, at)| at.elapsed() > Duration::from_secs(1))
+                {
+                    failed += 1;
+                    *slot = Some(open(&poll, i)?);
+                }
+            }
+        }
+        Ok((done, failed))
+    };
+    let hs: Vec<_> = (0..threads.max(1))
+        .map(|_| std::thread::spawn(run))
+        .collect();
+    let (mut done, mut failed) = (0, 0);
+    for h in hs {
+        let (d, f) = h
+            .join()
+            .map_err(|_| "a connecting thread panicked".to_string())?
+            .map_err(|e| e.to_string())?;
+        done += d;
+        failed += f;
+    }
+    let el = t0.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({
+            "conn_per_sec": done as f64 / el,
+            "connections": done,
+            "failed": failed,
         })
     );
     Ok(())
