@@ -211,14 +211,7 @@ fn connrate(to: &str, secs: u64, threads: usize) -> Result<(), String> {
                 while Instant::now() < end {
                     match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
                         Ok(c) => {
-                            let _ = nix::sys::socket::setsockopt(
-                                &c,
-                                nix::sys::socket::sockopt::Linger,
-                                &libc::linger {
-                                    l_onoff: 1,
-                                    l_linger: 0,
-                                },
-                            );
+                            reset_on_close(&c);
                             done.fetch_add(1, Ordering::Relaxed);
                         }
                         Err(_) => {
@@ -232,16 +225,37 @@ fn connrate(to: &str, secs: u64, threads: usize) -> Result<(), String> {
     for h in hs {
         let _ = h.join();
     }
-    let el = t0.elapsed().as_secs_f64();
+    print_rate(
+        done.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed),
+        t0,
+    );
+    Ok(())
+}
+
+/// SO_LINGER 0: closing the socket sends a RST, so the client keeps no
+/// TIME_WAIT and its ports do not run out.
+fn reset_on_close(s: &impl std::os::fd::AsFd) {
+    let _ = nix::sys::socket::setsockopt(
+        s,
+        nix::sys::socket::sockopt::Linger,
+        &libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        },
+    );
+}
+
+/// The connection-rate result as one JSON line.
+fn print_rate(done: u64, failed: u64, t0: Instant) {
     println!(
         "{}",
         serde_json::json!({
-            "conn_per_sec": done.load(Ordering::Relaxed) as f64 / el,
-            "connections": done.load(Ordering::Relaxed),
-            "failed": failed.load(Ordering::Relaxed),
+            "conn_per_sec": done as f64 / t0.elapsed().as_secs_f64(),
+            "connections": done,
+            "failed": failed,
         })
     );
-    Ok(())
 }
 
 /// [`connrate`] with `inflight` non-blocking connects per thread: a
@@ -282,14 +296,7 @@ fn connrate_nonblocking(
                 };
                 match s.take_error()? {
                     None if s.peer_addr().is_ok() => {
-                        let _ = nix::sys::socket::setsockopt(
-                            &s,
-                            nix::sys::socket::sockopt::Linger,
-                            &libc::linger {
-                                l_onoff: 1,
-                                l_linger: 0,
-                            },
-                        );
+                        reset_on_close(&s);
                         done += 1;
                     }
                     _ => failed += 1,
@@ -321,15 +328,7 @@ fn connrate_nonblocking(
         done += d;
         failed += f;
     }
-    let el = t0.elapsed().as_secs_f64();
-    println!(
-        "{}",
-        serde_json::json!({
-            "conn_per_sec": done as f64 / el,
-            "connections": done,
-            "failed": failed,
-        })
-    );
+    print_rate(done, failed, t0);
     Ok(())
 }
 
