@@ -231,8 +231,10 @@ pub struct SwitchConfig {
     /// FDB slots shared by all networks (about twice the sum of MAC limits; at that load fewer than 1 in 10,000 learns find both buckets full).
     #[serde(default = "default_fdb_capacity")]
     pub fdb_capacity: usize,
-    /// Tracked connections (NAT flows) at most; new flows beyond are dropped
-    /// and counted, established ones keep working.
+    /// Tracked connections (NAT flows) at most, 1 to 8,388,608; new flows
+    /// beyond are dropped and counted, established ones keep working. The
+    /// table reserves ~77 bytes a flow at start (20 MiB for the default);
+    /// flow slots take memory as flows arrive.
     #[serde(default = "default_max_flows")]
     pub max_flows: usize,
 }
