@@ -338,3 +338,65 @@ fn published_port_reaches_the_container() {
     assert_eq!((src, sp), (Ipv4Address::from(SNAT), 8080));
     assert_eq!((dst, dp), (Ipv4Address::from(REMOTE), 5555));
 }
+
+/// One batch whose frames alternate between destinations behind the default
+/// gateway, on the uplink's own subnet and behind a second gateway: each
+/// leaves addressed to its own next hop (the gateway stage keeps one L2
+/// decision per batch, keyed by next hop; a wrong key would reuse another
+/// frame's MAC).
+#[test]
+fn each_frame_of_a_batch_goes_to_its_own_next_hop() {
+    const DIRECT: [u8; 4] = [192, 168, 0, 7];
+    const DIRECT_MAC: Mac = Mac(0x0200_0000_0007);
+    const FAR: [u8; 4] = [203, 0, 113, 5];
+    const GW2: [u8; 4] = [192, 168, 0, 253];
+    const GW2_MAC: Mac = Mac(0x0200_0000_00fd);
+    let mut r = rig(100);
+    let mut snap = (*r.tables.snap.load_full()).clone();
+    let up = snap.uplink.as_mut().unwrap();
+    up.routes = vec![
+        Route {
+            dst: Prefix {
+                addr: ip([203, 0, 113, 0]),
+                len: 24,
+            },
+            via: Some(ip(GW2)),
+        },
+        Route {
+            dst: Prefix {
+                addr: ip([192, 168, 0, 0]),
+                len: 24,
+            },
+            via: None,
+        },
+        Route {
+            dst: Prefix { addr: 0, len: 0 },
+            via: Some(ip(NEXT_HOP)),
+        },
+    ];
+    up.neigh = [
+        (ip(NEXT_HOP), NH_MAC),
+        (ip(DIRECT), DIRECT_MAC),
+        (ip(GW2), GW2_MAC),
+    ]
+    .into_iter()
+    .collect();
+    r.tables.publish(snap);
+    let dsts = [REMOTE, REMOTE, DIRECT, FAR, REMOTE, FAR, DIRECT, DIRECT];
+    for (i, d) in dsts.iter().enumerate() {
+        let f = tcp_frame(GW_MAC, C1_MAC, C1, 41000 + i as u16, *d, 80, true, b"");
+        assert!(r.c1.inject(&f));
+    }
+    r.worker.poll_once();
+    let out = r.up.drain();
+    assert_eq!(out.len(), dsts.len(), "every frame leaves on the uplink");
+    for (p, d) in out.iter().zip(dsts) {
+        let (dm, sm, _, _, dst, _, _) = check(p.data());
+        let want = match d {
+            REMOTE => NH_MAC,
+            DIRECT => DIRECT_MAC,
+            _ => GW2_MAC,
+        };
+        assert_eq!((dst, dm, sm), (Ipv4Address::from(d), want, UP_MAC));
+    }
+}

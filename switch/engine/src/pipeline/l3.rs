@@ -298,6 +298,20 @@ fn echo_reply_in_place(f: &mut [u8], v: &V4) -> bool {
     true
 }
 
+/// An L2 addressing decision kept for the next frames of a batch (see
+/// [`Ctx::emit_to`]).
+#[derive(Debug, Clone, Copy)]
+struct LastEmit {
+    side: Side,
+    /// The destination it was made for.
+    dst: u32,
+    /// What the L2 header depends on: the next hop (uplink), 0 (container).
+    l2_key: u32,
+    /// Destination and source MAC.
+    macs: [u8; 12],
+    action: Action,
+}
+
 /// The per-batch context of the gateway stage.
 pub struct Ctx<'a> {
     /// Shared tables.
@@ -309,9 +323,9 @@ pub struct Ctx<'a> {
     /// Ingress port.
     pub in_port: PortId,
     ct: Option<MutexGuard<'a, CtTable>>,
-    /// The last L2 addressing decision, by side and next hop: the frames of
-    /// a batch mostly share one, so the neighbour lookup is done once.
-    last_emit: Option<(Side, u32, [u8; 12], Action)>,
+    /// The last L2 addressing decision: the frames of a batch mostly share
+    /// one, so the route and neighbour lookups are done once.
+    last_emit: Option<LastEmit>,
     /// Decapsulation's memory within the batch.
     decap: super::vxlan::DecapCache,
 }
@@ -366,24 +380,38 @@ impl<'a> Ctx<'a> {
         // The L2 header depends on the next hop, not on the destination: a
         // container's is its own MAC, the uplink's the next hop's. Keyed so,
         // the batch's frames to many destinations behind one gateway share
-        // one neighbour lookup.
+        // one neighbour lookup; a frame to the last frame's destination
+        // needs not even the route lookup.
+        if let Some(e) = self.last_emit.as_mut() {
+            if e.side == side && e.dst == dst_ip {
+                f[0..12].copy_from_slice(&e.macs);
+                return e.action;
+            }
+        }
         let l2_key = match side {
             Side::Uplink => self.snap.uplink.as_ref().and_then(|u| u.next_hop(dst_ip)),
             Side::Container { .. } => Some(0),
         };
-        if let (Some((s, key, macs, a)), Some(k)) = (&self.last_emit, l2_key) {
-            if *s == side && *key == k {
-                f[0..12].copy_from_slice(macs);
-                return *a;
+        if let (Some(e), Some(k)) = (self.last_emit.as_mut(), l2_key) {
+            if e.side == side && e.l2_key == k {
+                e.dst = dst_ip;
+                f[0..12].copy_from_slice(&e.macs);
+                return e.action;
             }
         }
-        let a = self.emit_uncached(f, side, dst_ip);
-        if let (Action::Unicast(_), Some(k)) = (a, l2_key) {
+        let action = self.emit_uncached(f, side, dst_ip);
+        if let (Action::Unicast(_), Some(l2_key)) = (action, l2_key) {
             let mut macs = [0u8; 12];
             macs.copy_from_slice(&f[0..12]);
-            self.last_emit = Some((side, k, macs, a));
+            self.last_emit = Some(LastEmit {
+                side,
+                dst: dst_ip,
+                l2_key,
+                macs,
+                action,
+            });
         }
-        a
+        action
     }
 
     fn emit_uncached(&mut self, f: &mut [u8], side: Side, dst_ip: u32) -> Action {
