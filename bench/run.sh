@@ -6,7 +6,7 @@
 # Prints a table and writes bench/results/<commit>.{json,svg} and appends
 # to bench/results/HISTORY.md.
 #
-#   sudo bash bench/run.sh            # full run (~15 minutes on the 2-core VM)
+#   sudo bash bench/run.sh            # full run (~17 minutes on the 2-core VM)
 #   DURATION=3 TRIALS=1 bash bench/run.sh   # shorter
 #
 # The L2, NAT and VXLAN figures (kernel against vswitch) are medians of
@@ -25,8 +25,16 @@ GEN_CORE=${GEN_CORE:-0}
 TRIALS=${TRIALS:-3}
 CLUSTER_HOSTS=${CLUSTER_HOSTS:-16}
 APP="taskset -c $GEN_CORE"
+# iperf3 runs with the kernel's default congestion control (what a user
+# gets) and again with ALT_CC: the two pace the same datapath very
+# differently (docs/ARCHITECTURE.md, "Performance notes").
+DEFAULT_CC=$(sysctl -n net.ipv4.tcp_congestion_control)
+ALT_CC=${ALT_CC:-cubic}
 bash scripts/install-deps.sh >/dev/null
 cargo build --release -q --all-features
+grep -qw "$ALT_CC" /proc/sys/net/ipv4/tcp_available_congestion_control || modprobe "tcp_$ALT_CC" 2>/dev/null || true
+grep -qw "$ALT_CC" /proc/sys/net/ipv4/tcp_available_congestion_control || { echo "congestion control $ALT_CC is not available; set ALT_CC"; exit 1; }
+echo "TCP congestion control: $DEFAULT_CC (this kernel's default) in the iperf3 rows; $ALT_CC in the *_$ALT_CC rows"
 BIN=$PWD/target/release/vswitch
 BENCH=$PWD/target/release/vswitch-bench
 COMMIT=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . ':!bench/results' || echo -dirty)
@@ -68,11 +76,12 @@ CFG
 # Median of the arguments.
 med() { printf '%s\n' "$@" | python3 -c "import sys,statistics;print(round(statistics.median(float(x) for x in sys.stdin.read().split()),3))"; }
 
-# iperf3 TCP, one stream, $1 -> $2 ($3 server IP); prints Gbit/s.
+# iperf3 TCP, one stream, $1 -> $2 ($3 server IP); prints Gbit/s. With
+# TCP_CC set, the client uses that congestion control.
 tcp() {
     ip netns exec "$P-$2" $APP iperf3 -s -1 -B "$3" >/dev/null 2>&1 & local s=$!
     sleep 0.4
-    NS "$1" $APP iperf3 -c "$3" -t "$DURATION" -J >"$TMP/i.json" || true
+    NS "$1" $APP iperf3 -c "$3" -t "$DURATION" ${TCP_CC:+-C "$TCP_CC"} -J >"$TMP/i.json" || true
     wait $s 2>/dev/null || true
     python3 -c "import json;print(round(json.load(open('$TMP/i.json'))['end']['sum_received']['bits_per_second']/1e9,3))"
 }
@@ -149,25 +158,27 @@ V attach bench --netns "$P-vb" --kind veth --ip 10.98.0.12/24
 V attach bench --netns "$P-ta" --kind tap --ip 10.98.0.13/24
 V attach bench --netns "$P-tb" --kind tap --ip 10.98.0.14/24
 NS va ping -c 2 -i 0.2 10.98.0.12 >/dev/null; NS ta ping -c 2 -i 0.2 10.98.0.14 >/dev/null
-KP=(); KT=(); K5=(); K9=(); VP=(); VT=(); VTV=(); V5=(); V9=(); VV5=()
+KP=(); KT=(); KTA=(); K5=(); K9=(); VP=(); VT=(); VTA=(); VTV=(); V5=(); V9=(); VV5=()
 for t in $(seq "$TRIALS"); do
     kill -STOP "$VPID"
     KP+=("$(pps ba bb 10.99.0.2 10.99.0.1)")
     KT+=("$(tcp ba bb 10.99.0.2)")
+    KTA+=("$(TCP_CC=$ALT_CC tcp ba bb 10.99.0.2)")
     rtt ba bb 10.99.0.2; read -r a b <"$TMP/rtt"; K5+=("$a"); K9+=("$b")
     kill -CONT "$VPID"; sleep 0.2
     VP+=("$(pps va vb 10.98.0.12 10.98.0.11)")
     VT+=("$(tcp ta tb 10.98.0.14)")
+    VTA+=("$(TCP_CC=$ALT_CC tcp ta tb 10.98.0.14)")
     VTV+=("$(tcp va vb 10.98.0.12)")
     rtt ta tb 10.98.0.14; read -r a b <"$TMP/rtt"; V5+=("$a"); V9+=("$b")
     rtt va vb 10.98.0.12; read -r a b <"$TMP/rtt"; VV5+=("$a")
-    echo "trial $t: 64B frames delivered bridge/vswitch ${KP[-1]}/${VP[-1]} per s; iperf3 TCP bridge ${KT[-1]}, vswitch TAP ${VT[-1]}, veth ${VTV[-1]} Gbit/s; RTT p50 bridge ${K5[-1]}, vswitch TAP ${V5[-1]}, veth ${VV5[-1]} us"
+    echo "trial $t: 64B frames delivered bridge/vswitch ${KP[-1]}/${VP[-1]} per s; iperf3 TCP bridge ${KT[-1]}, vswitch TAP ${VT[-1]}, veth ${VTV[-1]} Gbit/s, with $ALT_CC bridge ${KTA[-1]}, vswitch TAP ${VTA[-1]} Gbit/s; RTT p50 bridge ${K5[-1]}, vswitch TAP ${V5[-1]}, veth ${VV5[-1]} us"
 done
-K_PPS=$(med "${KP[@]}"); K_TCP=$(med "${KT[@]}"); K_P50=$(med "${K5[@]}"); K_P99=$(med "${K9[@]}")
-V_PPS=$(med "${VP[@]}"); V_TCP=$(med "${VT[@]}"); V_TCPV=$(med "${VTV[@]}")
+K_PPS=$(med "${KP[@]}"); K_TCP=$(med "${KT[@]}"); K_TCPA=$(med "${KTA[@]}"); K_P50=$(med "${K5[@]}"); K_P99=$(med "${K9[@]}")
+V_PPS=$(med "${VP[@]}"); V_TCP=$(med "${VT[@]}"); V_TCPA=$(med "${VTA[@]}"); V_TCPV=$(med "${VTV[@]}")
 V_P50=$(med "${V5[@]}"); V_P99=$(med "${V9[@]}"); VV_P50=$(med "${VV5[@]}")
-echo "Linux bridge, medians: 64B frames delivered $K_PPS/s; iperf3 TCP $K_TCP Gbit/s; UDP RTT p50/p99 $K_P50 / $K_P99 us"
-echo "vswitch, medians: 64B frames delivered (veth/AF_XDP) $V_PPS/s; iperf3 TCP (TAP) $V_TCP, (veth/AF_XDP) $V_TCPV Gbit/s; UDP RTT p50/p99 (TAP) $V_P50 / $V_P99 us, p50 (veth) $VV_P50 us"
+echo "Linux bridge, medians: 64B frames delivered $K_PPS/s; iperf3 TCP $K_TCP Gbit/s ($ALT_CC: $K_TCPA); UDP RTT p50/p99 $K_P50 / $K_P99 us"
+echo "vswitch, medians: 64B frames delivered (veth/AF_XDP) $V_PPS/s; iperf3 TCP (TAP) $V_TCP ($ALT_CC: $V_TCPA), (veth/AF_XDP) $V_TCPV Gbit/s; UDP RTT p50/p99 (TAP) $V_P50 / $V_P99 us, p50 (veth) $VV_P50 us"
 "$BIN" --socket "$SOCK" stats
 kill "$VPID"; wait "$VPID" 2>/dev/null || true
 oneway ba bb 10.99.0.2; read -r K_OW50 K_OW99 K_OWMAX <"$TMP/oneway"; echo "Linux bridge: one-way latency of packets after 300 ms idle, p50/p99/max: $K_OW50 / $K_OW99 / $K_OWMAX us"
@@ -197,11 +208,12 @@ echo "CPU of the whole switch process while idle: $IDLE_CPU % of one core"
 oneway ia ib 10.97.0.12; read -r I_OW50 I_OW99 I_OWMAX <"$TMP/oneway"
 echo "one-way latency of packets after 300 ms idle (first packet wakes the worker), p50/p99/max: $I_OW50 / $I_OW99 / $I_OWMAX us"
 
-# iperf3 TCP, server in $1 on port $2, client in $3 to $4:$5; prints Gbit/s.
+# iperf3 TCP, server in $1 on port $2, client in $3 to $4:$5; prints Gbit/s
+# (TCP_CC as for tcp).
 tcp_to() {
     ip netns exec "$P-$1" $APP iperf3 -s -1 -p "$2" >/dev/null 2>&1 & local s=$!
     sleep 0.4
-    NS "$3" $APP iperf3 -c "$4" -p "$5" -t "$DURATION" -J >"$TMP/i.json" || true
+    NS "$3" $APP iperf3 -c "$4" -p "$5" -t "$DURATION" ${TCP_CC:+-C "$TCP_CC"} -J >"$TMP/i.json" || true
     wait $s 2>/dev/null || true
     python3 -c "import json;print(round(json.load(open('$TMP/i.json'))['end']['sum_received']['bits_per_second']/1e9,3))"
 }
@@ -257,24 +269,28 @@ start_switch sh "$TMP/nat.toml" "$SOCK3"; NPID=$SWPID
 "$BIN" --socket "$SOCK3" publish nat 10.95.0.2:8080 --host-port 18080 >/dev/null
 NS sc ping -c 2 -i 0.2 192.168.94.2 >/dev/null
 ip netns exec "$P-sc" $APP "$BENCH" accept-server --bind 0.0.0.0:8080 --threads 4 & PIDS+=("$!"); sleep 0.3
-KS=(); KD=(); KC=(); KCI=(); VS=(); VD=(); VC=(); VCI=()
+KS=(); KD=(); KC=(); KCI=(); VS=(); VD=(); VC=(); VCI=(); KSA=(); KDA=(); VSA=(); VDA=()
 for t in $(seq "$TRIALS"); do
     kill -STOP "$NPID"
     KS+=("$(tcp_to ne 5201 nc 192.168.95.2 5201)")
     KD+=("$(tcp_to nc 5201 ne 192.168.95.1 15201)")
+    KSA+=("$(TCP_CC=$ALT_CC tcp_to ne 5201 nc 192.168.95.2 5201)")
+    KDA+=("$(TCP_CC=$ALT_CC tcp_to nc 5201 ne 192.168.95.1 15201)")
     KC+=("$(cps ne 192.168.95.1 18080)"); KF=$(cat "$TMP/cfail")
     KCI+=("$(cps ne 192.168.95.1 18080 16)"); KF="$KF, $(cat "$TMP/cfail")"
     kill -CONT "$NPID"; sleep 0.2
     VS+=("$(tcp_to se 5201 sc 192.168.94.2 5201)")
     VD+=("$(tcp_to sc 5201 se 192.168.94.1 15201)")
+    VSA+=("$(TCP_CC=$ALT_CC tcp_to se 5201 sc 192.168.94.2 5201)")
+    VDA+=("$(TCP_CC=$ALT_CC tcp_to sc 5201 se 192.168.94.1 15201)")
     VC+=("$(cps se 192.168.94.1 18080)"); VF=$(cat "$TMP/cfail")
     VCI+=("$(cps se 192.168.94.1 18080 16)"); VF="$VF, $(cat "$TMP/cfail")"
-    echo "trial $t: iperf3 TCP SNAT iptables/vswitch ${KS[-1]}/${VS[-1]}, DNAT ${KD[-1]}/${VD[-1]} Gbit/s; new TCP connections/s, blocking clients ${KC[-1]}/${VC[-1]}, 16 in flight per client ${KCI[-1]}/${VCI[-1]} (failed connects $KF / $VF)"
+    echo "trial $t: iperf3 TCP SNAT iptables/vswitch ${KS[-1]}/${VS[-1]}, DNAT ${KD[-1]}/${VD[-1]} Gbit/s, with $ALT_CC SNAT ${KSA[-1]}/${VSA[-1]}, DNAT ${KDA[-1]}/${VDA[-1]} Gbit/s; new TCP connections/s, blocking clients ${KC[-1]}/${VC[-1]}, 16 in flight per client ${KCI[-1]}/${VCI[-1]} (failed connects $KF / $VF)"
 done
-K_SNAT=$(med "${KS[@]}"); K_DNAT=$(med "${KD[@]}"); K_CPS=$(med "${KC[@]}"); K_CPSI=$(med "${KCI[@]}")
-V_SNAT=$(med "${VS[@]}"); V_DNAT=$(med "${VD[@]}"); V_CPS=$(med "${VC[@]}"); V_CPSI=$(med "${VCI[@]}")
-echo "iptables, medians: iperf3 TCP container -> external (MASQUERADE) $K_SNAT, external -> published port (DNAT) $K_DNAT Gbit/s; new TCP connections/s to a published port $K_CPS (4 blocking clients), $K_CPSI (4 clients, 16 in flight each)"
-echo "vswitch, medians: iperf3 TCP container -> external (SNAT) $V_SNAT, external -> published port (DNAT) $V_DNAT Gbit/s; new TCP connections/s to a published port $V_CPS (4 blocking clients), $V_CPSI (4 clients, 16 in flight each)"
+K_SNAT=$(med "${KS[@]}"); K_DNAT=$(med "${KD[@]}"); K_SNATA=$(med "${KSA[@]}"); K_DNATA=$(med "${KDA[@]}"); K_CPS=$(med "${KC[@]}"); K_CPSI=$(med "${KCI[@]}")
+V_SNAT=$(med "${VS[@]}"); V_DNAT=$(med "${VD[@]}"); V_SNATA=$(med "${VSA[@]}"); V_DNATA=$(med "${VDA[@]}"); V_CPS=$(med "${VC[@]}"); V_CPSI=$(med "${VCI[@]}")
+echo "iptables, medians: iperf3 TCP container -> external (MASQUERADE) $K_SNAT, external -> published port (DNAT) $K_DNAT Gbit/s ($ALT_CC: $K_SNATA, $K_DNATA); new TCP connections/s to a published port $K_CPS (4 blocking clients), $K_CPSI (4 clients, 16 in flight each)"
+echo "vswitch, medians: iperf3 TCP container -> external (SNAT) $V_SNAT, external -> published port (DNAT) $V_DNAT Gbit/s ($ALT_CC: $V_SNATA, $V_DNATA); new TCP connections/s to a published port $V_CPS (4 blocking clients), $V_CPSI (4 clients, 16 in flight each)"
 "$BIN" --socket "$SOCK3" stats
 "$BIN" --socket "$SOCK3" conntrack show | tail -1
 kill "$NPID"; wait "$NPID" 2>/dev/null || true
@@ -324,19 +340,22 @@ done
 "$BIN" --socket "$TMP/xB.sock" attach ov --netns "$P-xb1" --kind tap --ip 10.94.0.12/24 >/dev/null
 "$BIN" --socket "$TMP/xB.sock" attach ov --netns "$P-xb2" --kind veth --ip 10.94.0.22/24 >/dev/null
 NS xa1 ping -c 2 -i 0.2 10.94.0.12 >/dev/null; NS xa2 ping -c 2 -i 0.2 10.94.0.22 >/dev/null
-KXT=(); KXP=(); VXT=(); VXP=()
+KXT=(); KXP=(); VXT=(); VXP=(); KXTA=(); VXTA=()
 for t in $(seq "$TRIALS"); do
     kill -STOP "${XPIDS[@]}"
     KXT+=("$(tcp kc1 kc2 10.94.0.12)")
+    KXTA+=("$(TCP_CC=$ALT_CC tcp kc1 kc2 10.94.0.12)")
     KXP+=("$(pps kc1 kc2 10.94.0.12 10.94.0.11)")
     kill -CONT "${XPIDS[@]}"; sleep 0.2
     VXT+=("$(tcp xa1 xb1 10.94.0.12)")
+    VXTA+=("$(TCP_CC=$ALT_CC tcp xa1 xb1 10.94.0.12)")
     VXP+=("$(pps xa2 xb2 10.94.0.22 10.94.0.21)")
-    echo "trial $t: iperf3 TCP across hosts kernel/vswitch ${KXT[-1]}/${VXT[-1]} Gbit/s; 64B frames delivered across hosts ${KXP[-1]}/${VXP[-1]} per s"
+    echo "trial $t: iperf3 TCP across hosts kernel/vswitch ${KXT[-1]}/${VXT[-1]} Gbit/s, with $ALT_CC ${KXTA[-1]}/${VXTA[-1]} Gbit/s; 64B frames delivered across hosts ${KXP[-1]}/${VXP[-1]} per s"
 done
 K_VX_TCP=$(med "${KXT[@]}"); K_VX_PPS=$(med "${KXP[@]}"); V_VX_TCP=$(med "${VXT[@]}"); V_VX_PPS=$(med "${VXP[@]}")
-echo "kernel VXLAN, medians: iperf3 TCP across hosts $K_VX_TCP Gbit/s; 64B frames delivered across hosts $K_VX_PPS/s"
-echo "vswitch, medians: iperf3 TCP across hosts (TAP containers) $V_VX_TCP Gbit/s; 64B frames delivered across hosts (veth containers) $V_VX_PPS/s"
+K_VX_TCPA=$(med "${KXTA[@]}"); V_VX_TCPA=$(med "${VXTA[@]}")
+echo "kernel VXLAN, medians: iperf3 TCP across hosts $K_VX_TCP Gbit/s ($ALT_CC: $K_VX_TCPA); 64B frames delivered across hosts $K_VX_PPS/s"
+echo "vswitch, medians: iperf3 TCP across hosts (TAP containers) $V_VX_TCP Gbit/s ($ALT_CC: $V_VX_TCPA); 64B frames delivered across hosts (veth containers) $V_VX_PPS/s"
 "$BIN" --socket "$TMP/xA.sock" stats
 "$BIN" --socket "$TMP/xB.sock" stats
 
@@ -375,6 +394,7 @@ cat >"$RES" <<R
 frames64_delivered_veth pps $K_PPS $V_PPS
 iperf3_tcp_tap Gbit/s $K_TCP $V_TCP
 iperf3_tcp_veth Gbit/s $K_TCP $V_TCPV
+iperf3_tcp_tap_$ALT_CC Gbit/s $K_TCPA $V_TCPA
 rtt_p50_tap us $K_P50 $V_P50 lower
 rtt_p99_tap us $K_P99 $V_P99 lower
 rtt_p50_veth us $K_P50 $VV_P50 lower
@@ -383,9 +403,12 @@ after_idle_oneway_max_adaptive us $K_OWMAX $I_OWMAX lower
 idle_cpu_adaptive_percent % - $IDLE_CPU lower
 iperf3_tcp_snat Gbit/s $K_SNAT $V_SNAT
 iperf3_tcp_dnat Gbit/s $K_DNAT $V_DNAT
+iperf3_tcp_snat_$ALT_CC Gbit/s $K_SNATA $V_SNATA
+iperf3_tcp_dnat_$ALT_CC Gbit/s $K_DNATA $V_DNATA
 tcp_conn_per_sec_published conn/s $K_CPS $V_CPS
 tcp_conn_per_sec_published_inflight16 conn/s $K_CPSI $V_CPSI
 iperf3_tcp_vxlan Gbit/s $K_VX_TCP $V_VX_TCP
+iperf3_tcp_vxlan_$ALT_CC Gbit/s $K_VX_TCPA $V_VX_TCPA
 frames64_delivered_vxlan pps $K_VX_PPS $V_VX_PPS
 R
 cat "$TMP/cl.res" >>"$RES"
@@ -398,7 +421,7 @@ echo "VXLAN pipeline cycles/packet: encap $VENC, decap $VDEC"
 echo "adaptive idle: $IDLE_CPU % of one core while idle; first packet after idle one-way p50/p99/max $I_OW50 / $I_OW99 / $I_OWMAX us"
 {
     echo
-    echo "## $COMMIT — $(date -u +%Y-%m-%dT%H:%MZ), DURATION=${DURATION}s, worker core $WORKER_CORE, generator core $GEN_CORE"
+    echo "## $COMMIT — $(date -u +%Y-%m-%dT%H:%MZ), DURATION=${DURATION}s, worker core $WORKER_CORE, generator core $GEN_CORE, TCP congestion control $DEFAULT_CC (rows *_$ALT_CC: $ALT_CC)"
     echo '```'
     "$BENCH" report --input "$RES" --commit "$COMMIT" --out bench/results | grep -v '^wrote'
     echo "pipeline cycles/packet: $P1 (1 MAC), $P100K (100,000 MACs), $P100KM (100,000 MACs, destinations on 3 ports)"
