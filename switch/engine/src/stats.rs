@@ -46,7 +46,7 @@ drop_reasons! {
     NoRoute => "no_route": "Routed frame with no uplink, no route, or no host interface to deliver to.",
     NeighMiss => "neigh_miss": "Next hop's MAC not known yet (resolution requested from the kernel).",
     TtlExceeded => "ttl_exceeded": "Routed IPv4 packet whose TTL ran out.",
-    BadL3 => "bad_l3": "Malformed or unsupported packet for the gateway (truncated, IP options cut, fragment, not IPv4).",
+    BadL3 => "bad_l3": "Malformed or unsupported packet for the gateway (truncated, wrong IPv4 header checksum, IP options cut, fragment, not IPv4).",
     CtFull => "ct_full": "New flow refused: the connection tracking table is full (existing flows still pass).",
     NatPortsExhausted => "nat_ports_exhausted": "New flow refused: no free SNAT port for that destination.",
     NoContainer => "no_container": "Published port or reply for a container address the network does not know.",

@@ -133,7 +133,10 @@ const ICMP_PARAM_PROBLEM: u8 = 12;
 #[derive(Debug, Default)]
 pub struct Parsed(Vec<Option<V4>>);
 
-/// Parses IPv4 and the L4 ports. `None`: drop as `bad_l3`. The conntrack
+/// Parses IPv4 and the L4 ports. `None`: drop as `bad_l3` (that includes
+/// a wrong header checksum: a router verifies it, RFC 1812 5.2.2, and a
+/// translated header would otherwise carry the damage on with a checksum
+/// patched incrementally from the wrong one). The conntrack
 /// hash is left 0: [`Ctx::prefetch`] fills it in for the frames that will be
 /// looked up (VXLAN to the local VTEP never is).
 fn parse_v4(f: &[u8]) -> Option<V4> {
@@ -142,7 +145,10 @@ fn parse_v4(f: &[u8]) -> Option<V4> {
         // The common case, read at fixed offsets: no options. The same
         // checks as below: total length within the frame, no fragment.
         let total = u16::from_be_bytes([h[2], h[3]]) as usize;
-        if total < 20 || total > f.len() - ETH_LEN || u16::from_be_bytes([h[6], h[7]]) & 0x3fff != 0
+        if total < 20
+            || total > f.len() - ETH_LEN
+            || u16::from_be_bytes([h[6], h[7]]) & 0x3fff != 0
+            || checksum::finish(0, h) != 0
         {
             return None;
         }
@@ -154,7 +160,7 @@ fn parse_v4(f: &[u8]) -> Option<V4> {
         )
     } else {
         let ip = Ipv4Packet::new_checked(f.get(ETH_LEN..)?).ok()?;
-        if ip.version() != 4 || ip.more_frags() || ip.frag_offset() != 0 {
+        if ip.version() != 4 || ip.more_frags() || ip.frag_offset() != 0 || !ip.verify_checksum() {
             return None;
         }
         (
@@ -936,7 +942,7 @@ mod tests {
     /// headers with options), for any header.
     fn slow_header(f: &[u8]) -> Option<(usize, u32, u32, u8)> {
         let ip = Ipv4Packet::new_checked(f.get(ETH_LEN..)?).ok()?;
-        if ip.version() != 4 || ip.more_frags() || ip.frag_offset() != 0 {
+        if ip.version() != 4 || ip.more_frags() || ip.frag_offset() != 0 || !ip.verify_checksum() {
             return None;
         }
         Some((
@@ -948,7 +954,8 @@ mod tests {
     }
 
     /// The fixed-offset fast path agrees with smoltcp on every option-less
-    /// header, valid or not (random lengths, fragments, protocols).
+    /// header, valid or not (random lengths, fragments, protocols, header
+    /// checksums).
     #[test]
     fn fast_ipv4_parse_agrees_with_smoltcp() {
         let mut x = 0x2545_f491_4f6c_dd1du64;
@@ -976,6 +983,12 @@ mod tests {
             if len > 17 && rnd() % 2 == 0 {
                 let t = (len - 14 - (rnd() % 8) as usize) as u16;
                 f[16..18].copy_from_slice(&t.to_be_bytes());
+            }
+            if len >= 34 && rnd() % 4 != 0 {
+                // A right header checksum, mostly; a wrong one otherwise.
+                f[24..26].copy_from_slice(&[0, 0]);
+                let c = checksum::finish(0, &f[14..34]);
+                f[24..26].copy_from_slice(&c.to_be_bytes());
             }
             let fast = parse_v4(&f);
             match slow_header(&f) {
