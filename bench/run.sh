@@ -6,7 +6,7 @@
 # Prints a table and writes bench/results/<commit>.{json,svg} and appends
 # to bench/results/HISTORY.md.
 #
-#   sudo bash bench/run.sh            # full run (~17 minutes on the 2-core VM)
+#   bash bench/run.sh                 # full run (~17 minutes on the 2-core VM)
 #   DURATION=3 TRIALS=1 bash bench/run.sh   # shorter
 #
 # The L2, NAT and VXLAN figures (kernel against vswitch) are medians of
