@@ -563,3 +563,153 @@ print(" ".join(map(str, ports)))
     assert!(ct["created"].as_u64().unwrap() > 0);
     assert_eq!(ct["refused_full"].as_u64(), Some(0));
 }
+
+/// A UDP echo server on `port` in namespace `ns` that takes datagrams of up
+/// to 64 KiB.
+fn udp_echo(t: &mut Topo, ns: &str, port: u16) {
+    t.bg(
+        ns,
+        &[
+            PY,
+            "-c",
+            &format!(
+                "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('0.0.0.0',{port}))\nwhile True:\n d,a=s.recvfrom(65535)\n s.sendto(d,a)\n"
+            ),
+        ],
+    );
+    for _ in 0..100 {
+        let o = ok(&t.exec(ns, &["ss", "-Hlun", &format!("sport = :{port}")]));
+        if !o.trim().is_empty() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("UDP echo on {ns}:{port} did not start");
+}
+
+/// Sends one `size`-byte datagram from `ns` to `dst`:`port` and prints what
+/// came back: "echoed", "refused" or "timeout".
+fn udp_roundtrip(t: &Topo, ns: &str, dst: &str, port: u16, size: usize) -> String {
+    let script = format!(
+        r#"import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(2)
+s.connect(("{dst}", {port}))
+d = bytes(i % 251 for i in range({size}))
+try:
+    s.send(d)
+    print("echoed" if s.recv(65535) == d else "garbled")
+except ConnectionRefusedError:
+    print("refused")
+except socket.timeout:
+    print("timeout")
+"#
+    );
+    ok(&t.exec(ns, &[PY, "-c", &script])).trim().to_string()
+}
+
+/// Datagrams larger than the MTU cross the NAT as fragments, both ways and
+/// through a published port; the receiving kernels reassemble them and check
+/// their UDP checksums. An ICMP error from a container behind a published
+/// port leaves with the host's address, as the kernel's NAT sends it.
+#[test]
+fn fragments_and_icmp_errors_through_nat() {
+    let mut t = topo("n5", "");
+    t.vs_ok(&["network", "create", "frag", "--subnet", "10.75.0.0/24"]);
+    let ip1 = attach(&mut t, "frag", "c1", "tap");
+    let _ip2 = attach(&mut t, "frag", "c2", "veth");
+    udp_echo(&mut t, "ext", 7777);
+    // Egress through SNAT: 4,000 and 20,000 bytes, 3 and 14 fragments each
+    // way; a ping of 3,000 bytes.
+    for c in ["c1", "c2"] {
+        for size in [4000, 20000] {
+            assert_eq!(
+                udp_roundtrip(&t, c, EXT_IP, 7777, size),
+                "echoed",
+                "{size}-byte datagram from {c} through SNAT\n{}",
+                t.log()
+            );
+        }
+        let o = t.exec(
+            c,
+            &[
+                "ping", "-c", "2", "-i", "0.2", "-W", "2", "-s", "3000", EXT_IP,
+            ],
+        );
+        assert!(o.status.success(), "3,000-byte ping from {c}");
+    }
+    // A published UDP port: fragments from outside to the container and back.
+    udp_echo(&mut t, "c1", 7000);
+    t.vs_ok(&[
+        "publish",
+        "frag",
+        &format!("{ip1}:7000"),
+        "--host-port",
+        "17000",
+        "--proto",
+        "udp",
+    ]);
+    assert_eq!(udp_roundtrip(&t, "ext", HOST_IP, 17000, 9000), "echoed");
+
+    // A published UDP port with nothing listening: the container answers
+    // with port unreachable, which must come from the host's address.
+    t.vs_ok(&[
+        "publish",
+        "frag",
+        &format!("{ip1}:7001"),
+        "--host-port",
+        "17001",
+        "--proto",
+        "udp",
+    ]);
+    let pcap = std::env::temp_dir().join(format!("{}-icmp.pcap", t.prefix));
+    let ex = format!("{}x", t.prefix);
+    t.bg(
+        "ext",
+        &[
+            "tcpdump",
+            "-nni",
+            &ex,
+            "-U",
+            "-w",
+            pcap.to_str().unwrap(),
+            "icmp",
+        ],
+    );
+    // The capture is on once its file has a header.
+    for _ in 0..100 {
+        if std::fs::metadata(&pcap).is_ok_and(|m| m.len() >= 24) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(udp_roundtrip(&t, "ext", HOST_IP, 17001, 100), "refused");
+    let mut seen = String::new();
+    for _ in 0..40 {
+        seen = ok(&t.exec(
+            "ext",
+            &["tcpdump", "-nr", pcap.to_str().unwrap(), "-c", "100"],
+        ));
+        if seen.contains("unreachable") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = std::fs::remove_file(&pcap);
+    let unreach: Vec<&str> = seen.lines().filter(|l| l.contains("unreachable")).collect();
+    assert!(
+        !unreach.is_empty(),
+        "no port unreachable on the wire:\n{seen}"
+    );
+    for l in &unreach {
+        assert!(
+            l.contains(&format!("IP {HOST_IP} > {EXT_IP}")),
+            "an ICMP error that is not from the host's address:\n{seen}"
+        );
+    }
+    assert!(
+        !seen.contains("10.75.0."),
+        "a container address on the uplink:\n{seen}"
+    );
+}

@@ -19,7 +19,7 @@ use crate::fdb::Fdb;
 use crate::packet::Packet;
 use crate::port::PortId;
 use crate::stats::DropReason;
-use crate::tables::{L3View, NetworkView, Snapshot, Tables, UplinkView};
+use crate::tables::{FastMap, L3View, NetworkView, Snapshot, Tables, UplinkView};
 use crate::wire::checksum;
 use crate::wire::mac::Mac;
 use smoltcp::wire::{ArpOperation, ArpPacket, Icmpv4Message, Icmpv4Packet, Ipv4Packet};
@@ -120,6 +120,70 @@ struct V4 {
     flags: u8,
     /// ICMP type, for ICMP.
     icmp_type: u8,
+    /// Which part of a fragmented datagram this is, if any.
+    frag: Frag,
+}
+
+/// Where a packet stands among the fragments of its datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Frag {
+    /// Not fragmented.
+    Whole,
+    /// The first fragment: it carries the L4 header.
+    First,
+    /// A later fragment: payload only, tracked with the ports its first
+    /// fragment carried.
+    Rest,
+}
+
+/// The ports of the fragmented datagrams whose first fragment went
+/// through, so that the fragments behind it, which carry no L4 header, are
+/// tracked and translated with it. Fragments pass as they come ("virtual
+/// reassembly", as in VPP's NAT): none is held, and one that arrives before
+/// its first fragment is dropped (`bad_l3`). The kernel's conntrack
+/// reassembles instead; a sender's fragments leave in order.
+#[derive(Debug, Default)]
+struct Frags(FastMap<FragKey, FragPorts>);
+
+/// A datagram: source, destination, identification, protocol (RFC 791).
+type FragKey = (u32, u32, u16, u8);
+
+#[derive(Debug, Clone, Copy)]
+struct FragPorts {
+    sport: u16,
+    dport: u16,
+    icmp_type: u8,
+    /// Forgotten after this second, if the last fragment never came.
+    until: u32,
+}
+
+/// Datagrams in flight per worker whose fragments are remembered.
+const MAX_FRAG_DATAGRAMS: usize = 4096;
+/// Seconds a datagram's ports are kept for fragments still to come.
+const FRAG_SECS: u32 = 5;
+
+impl Frags {
+    fn remember(&mut self, k: FragKey, v: FragPorts, now: u32) {
+        if self.0.len() >= MAX_FRAG_DATAGRAMS {
+            self.0.retain(|_, e| e.until >= now);
+            if self.0.len() >= MAX_FRAG_DATAGRAMS {
+                // Full of live datagrams: this one's later fragments are
+                // dropped as if its first had not been seen.
+                return;
+            }
+        }
+        self.0.insert(k, v);
+    }
+
+    /// The ports of datagram `k`, if its first fragment went through (and
+    /// not too long ago); `last`: this is its last fragment.
+    fn ports(&mut self, k: &FragKey, last: bool, now: u32) -> Option<FragPorts> {
+        let e = *self.0.get(k)?;
+        if last || e.until < now {
+            self.0.remove(k);
+        }
+        (e.until >= now).then_some(e)
+    }
 }
 
 const ICMP_ECHO_REPLY: u8 = 0;
@@ -129,9 +193,13 @@ const ICMP_TIME_EXCEEDED: u8 = 11;
 const ICMP_PARAM_PROBLEM: u8 = 12;
 
 /// Parsed headers of a batch, kept between batches so that no per-batch
-/// array has to be initialized.
+/// array has to be initialized, and the worker's memory of fragmented
+/// datagrams.
 #[derive(Debug, Default)]
-pub struct Parsed(Vec<Option<V4>>);
+pub struct Parsed {
+    v: Vec<Option<V4>>,
+    frags: Frags,
+}
 
 /// Parses IPv4 and the L4 ports. `None`: drop as `bad_l3` (that includes
 /// a wrong header checksum: a router verifies it, RFC 1812 5.2.2, and a
@@ -139,17 +207,15 @@ pub struct Parsed(Vec<Option<V4>>);
 /// patched incrementally from the wrong one). The conntrack
 /// hash is left 0: [`Ctx::prefetch`] fills it in for the frames that will be
 /// looked up (VXLAN to the local VTEP never is).
-fn parse_v4(f: &[u8]) -> Option<V4> {
+#[inline(always)]
+fn parse_v4(f: &[u8], frags: &mut Frags, now: u32) -> Option<V4> {
     let h = f.get(ETH_LEN..ETH_LEN + 20)?;
+    let fragment = u16::from_be_bytes([h[6], h[7]]);
     let (l4, src, dst, proto) = if h[0] == 0x45 {
         // The common case, read at fixed offsets: no options. The same
-        // checks as below: total length within the frame, no fragment.
+        // checks as below: total length within the frame, header checksum.
         let total = u16::from_be_bytes([h[2], h[3]]) as usize;
-        if total < 20
-            || total > f.len() - ETH_LEN
-            || u16::from_be_bytes([h[6], h[7]]) & 0x3fff != 0
-            || checksum::finish(0, h) != 0
-        {
+        if total < 20 || total > f.len() - ETH_LEN || checksum::finish(0, h) != 0 {
             return None;
         }
         (
@@ -160,7 +226,7 @@ fn parse_v4(f: &[u8]) -> Option<V4> {
         )
     } else {
         let ip = Ipv4Packet::new_checked(f.get(ETH_LEN..)?).ok()?;
-        if ip.version() != 4 || ip.more_frags() || ip.frag_offset() != 0 || !ip.verify_checksum() {
+        if ip.version() != 4 || !ip.verify_checksum() {
             return None;
         }
         (
@@ -169,6 +235,11 @@ fn parse_v4(f: &[u8]) -> Option<V4> {
             u32::from(ip.dst_addr()),
             ip.next_header().into(),
         )
+    };
+    let frag = match (fragment & 0x2000 != 0, fragment & 0x1fff) {
+        (false, 0) => Frag::Whole,
+        (true, 0) => Frag::First,
+        _ => return later_fragment(h, l4, src, dst, proto, frags, now),
     };
     let mut t = Tuple {
         src,
@@ -207,6 +278,9 @@ fn parse_v4(f: &[u8]) -> Option<V4> {
         }
         _ => {}
     }
+    if frag == Frag::First {
+        first_fragment(h, &t, icmp_type, frags, now);
+    }
     Some(V4 {
         l4: l4 as u16,
         hash: 0,
@@ -214,13 +288,66 @@ fn parse_v4(f: &[u8]) -> Option<V4> {
         tuple: t,
         flags,
         icmp_type,
+        frag,
     })
 }
 
-/// Rewrites addresses and ports from `old` to `new`, updating the IPv4, TCP,
-/// UDP or ICMP checksums incrementally (RFC 1624); `partial`: the L4
-/// checksum field holds the pseudo-header sum (checksum offload, TSO).
-fn rewrite(f: &mut [u8], l4: usize, old: &Tuple, new: &Tuple, partial: bool) {
+/// The datagram a fragment with IPv4 header `h` belongs to.
+fn frag_key(h: &[u8], src: u32, dst: u32, proto: u8) -> FragKey {
+    (src, dst, u16::from_be_bytes([h[4], h[5]]), proto)
+}
+
+/// Remembers the ports of a first fragment for the fragments behind it.
+#[cold]
+fn first_fragment(h: &[u8], t: &Tuple, icmp_type: u8, frags: &mut Frags, now: u32) {
+    let e = FragPorts {
+        sport: t.sport,
+        dport: t.dport,
+        icmp_type,
+        until: now.saturating_add(FRAG_SECS),
+    };
+    frags.remember(frag_key(h, t.src, t.dst, t.proto), e, now);
+}
+
+/// A fragment after the first: it carries no L4 header, so it takes the
+/// ports its first fragment carried (`None`, dropped as `bad_l3`, when that
+/// was not seen).
+#[cold]
+fn later_fragment(
+    h: &[u8],
+    l4: usize,
+    src: u32,
+    dst: u32,
+    proto: u8,
+    frags: &mut Frags,
+    now: u32,
+) -> Option<V4> {
+    let last = u16::from_be_bytes([h[6], h[7]]) & 0x2000 == 0;
+    let e = frags.ports(&frag_key(h, src, dst, proto), last, now)?;
+    Some(V4 {
+        l4: l4 as u16,
+        hash: 0,
+        ct_hint: crate::conntrack::NO_HINT,
+        tuple: Tuple {
+            src,
+            dst,
+            sport: e.sport,
+            dport: e.dport,
+            proto,
+        },
+        flags: 0,
+        icmp_type: e.icmp_type,
+        frag: Frag::Rest,
+    })
+}
+
+/// Rewrites addresses and ports from `v`'s tuple to `new`, updating the
+/// IPv4, TCP, UDP or ICMP checksums incrementally (RFC 1624); `partial`: the
+/// L4 checksum field holds the pseudo-header sum (checksum offload, TSO). A
+/// datagram's later fragment has no L4 header: only its addresses change
+/// (the first fragment's L4 checksum covers the whole datagram).
+fn rewrite(f: &mut [u8], v: &V4, new: &Tuple, partial: bool) {
+    let (l4, old) = (v.l4 as usize, &v.tuple);
     let ipc = ETH_LEN + 10;
     let mut c = be16(f, ipc);
     if old.src != new.src {
@@ -232,6 +359,9 @@ fn rewrite(f: &mut [u8], l4: usize, old: &Tuple, new: &Tuple, partial: bool) {
         put32(f, ETH_LEN + 16, new.dst);
     }
     put16(f, ipc, c);
+    if v.frag == Frag::Rest {
+        return;
+    }
     let at = match old.proto {
         PROTO_TCP => l4 + 16,
         PROTO_UDP => l4 + 6,
@@ -449,7 +579,7 @@ impl<'a> Ctx<'a> {
         if !ttl_dec(f) {
             return Action::Drop(DropReason::TtlExceeded);
         }
-        rewrite(f, v.l4 as usize, &v.tuple, &slot.new, partial);
+        rewrite(f, v, &slot.new, partial);
         self.emit_to(f, slot.side, slot.new.dst)
     }
 
@@ -536,11 +666,11 @@ pub fn route_batch(
     hdrs: &mut [Hdr],
     parsed: &mut Parsed,
 ) {
-    let pre = &mut parsed.0;
+    let (pre, frags, now) = (&mut parsed.v, &mut parsed.frags, ctx.now);
     pre.clear();
     pre.extend(batch.iter().zip(hdrs.iter()).map(|(p, h)| {
         if h.action == Action::Route && ethertype(p.data()) == ETH_P_IPV4 {
-            parse_v4(p.data())
+            parse_v4(p.data(), frags, now)
         } else {
             None
         }
@@ -587,12 +717,14 @@ fn from_container(
     };
     let t = v.tuple;
     if t.dst == l3.gw_ip && t.proto == PROTO_ICMP && v.icmp_type == ICMP_ECHO {
-        if echo_reply_in_place(p.data_mut(), &v) {
+        // The gateway answers whole echo requests; it reassembles nothing.
+        if v.frag == Frag::Whole && echo_reply_in_place(p.data_mut(), &v) {
             return Action::Unicast(ctx.in_port);
         }
         return Action::Drop(DropReason::BadL3);
     }
     if t.proto == PROTO_ICMP
+        && v.frag == Frag::Whole
         && matches!(
             v.icmp_type,
             ICMP_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAM_PROBLEM
@@ -634,6 +766,10 @@ fn from_container(
             let Some(&tmac) = tl3.hosts.get(&pb.ip) else {
                 return Action::Drop(DropReason::NoContainer);
             };
+            if v.frag == Frag::Rest {
+                // Its first fragment made no flow: nothing to follow.
+                return Action::Drop(DropReason::BadL3);
+            }
             let (gw, range) = (tl3.gw_ip, u.snat_ports);
             let Some(nat_port) = ctx
                 .ct()
@@ -675,6 +811,10 @@ fn from_container(
     if u.next_hop(t.dst).is_none() {
         return Action::Drop(DropReason::NoRoute);
     }
+    if v.frag == Frag::Rest {
+        // Its first fragment made no flow: nothing to follow.
+        return Action::Drop(DropReason::BadL3);
+    }
     // New flow to the outside: SNAT to the uplink's address.
     let (snat, range) = (u.snat_ip, u.snat_ports);
     let Some(nat_port) = ctx
@@ -713,13 +853,13 @@ pub fn from_uplink(
     parsed: &mut Parsed,
 ) {
     out.clear();
-    let pre = &mut parsed.0;
+    let (pre, frags, now) = (&mut parsed.v, &mut parsed.frags, ctx.now);
     pre.clear();
     let vtep = u.vtep_ip;
     pre.extend(batch.iter().map(|p| {
         let f = p.data();
         if ethertype(f) == ETH_P_IPV4 {
-            parse_v4(f)
+            parse_v4(f, frags, now)
         } else {
             None
         }
@@ -733,7 +873,8 @@ pub fn from_uplink(
     }
 }
 
-/// VXLAN to the local VTEP: decapsulated, never tracked.
+/// VXLAN to the local VTEP: decapsulated, never tracked (a fragment of it
+/// too: refused as malformed, the switch reassembles nothing).
 #[inline]
 fn to_vtep(v: &V4, vtep: u32) -> bool {
     v.tuple.proto == PROTO_UDP && v.tuple.dport == super::vxlan::VXLAN_PORT && v.tuple.dst == vtep
@@ -768,6 +909,9 @@ fn uplink_one(ctx: &mut Ctx<'_>, u: &UplinkView, p: &mut Packet, pre: Option<V4>
     };
     let t = v.tuple;
     if to_vtep(&v, u.vtep_ip) {
+        if v.frag != Frag::Whole {
+            return Action::Drop(DropReason::VxlanMalformed);
+        }
         return from_tunnel(ctx, p, &v);
     }
     if !u.is_local(t.dst) {
@@ -779,6 +923,9 @@ fn uplink_one(ctx: &mut Ctx<'_>, u: &UplinkView, p: &mut Packet, pre: Option<V4>
             ICMP_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAM_PROBLEM
         )
     {
+        if v.frag != Frag::Whole {
+            return Action::Drop(DropReason::BadL3);
+        }
         return icmp_error_in(ctx, p, &v);
     }
     if let Some(hit) = ctx.track(&v) {
@@ -787,6 +934,10 @@ fn uplink_one(ctx: &mut Ctx<'_>, u: &UplinkView, p: &mut Packet, pre: Option<V4>
     let Some(pb) = ctx.snap.published_at(t.proto, t.dst, t.dport).copied() else {
         return Action::Drop(DropReason::ToKernel);
     };
+    if v.frag == Frag::Rest {
+        // Its first fragment made no flow: nothing to follow.
+        return Action::Drop(DropReason::BadL3);
+    }
     let Some(l3) = ctx.snap.network(pb.net).and_then(|n| n.l3.as_ref()) else {
         return Action::Drop(DropReason::NoContainer);
     };
@@ -851,9 +1002,19 @@ fn icmp_error_in(ctx: &mut Ctx<'_>, p: &mut Packet, v: &V4) -> Action {
     }
     // Outer destination: the sender of the embedded packet.
     let old_dst = be32(f, ETH_LEN + 16);
-    let c = checksum::update32(be16(f, ETH_LEN + 10), old_dst, orig_view.src);
-    put16(f, ETH_LEN + 10, c);
+    let mut c = checksum::update32(be16(f, ETH_LEN + 10), old_dst, orig_view.src);
     put32(f, ETH_LEN + 16, orig_view.src);
+    // Outer source: where the flow's packets in this direction have their
+    // source translated (a container behind a published port, a hairpin),
+    // the error's is too, as the kernel's NAT does: no container address
+    // leaves through the uplink. Otherwise (an error from a router on the
+    // way) it is kept.
+    let old_src = be32(f, ETH_LEN + 12);
+    if sent.dst != orig_view.dst {
+        c = checksum::update32(c, old_src, orig_view.dst);
+        put32(f, ETH_LEN + 12, orig_view.dst);
+    }
+    put16(f, ETH_LEN + 10, c);
     // Embedded header: addresses, ports (or ICMP id) and its checksums.
     put32(f, inner + 12, orig_view.src);
     put32(f, inner + 16, orig_view.dst);
@@ -942,7 +1103,8 @@ mod tests {
     /// headers with options), for any header.
     fn slow_header(f: &[u8]) -> Option<(usize, u32, u32, u8)> {
         let ip = Ipv4Packet::new_checked(f.get(ETH_LEN..)?).ok()?;
-        if ip.version() != 4 || ip.more_frags() || ip.frag_offset() != 0 || !ip.verify_checksum() {
+        // A later fragment parses only behind its first (none here).
+        if ip.version() != 4 || ip.frag_offset() != 0 || !ip.verify_checksum() {
             return None;
         }
         Some((
@@ -990,7 +1152,7 @@ mod tests {
                 let c = checksum::finish(0, &f[14..34]);
                 f[24..26].copy_from_slice(&c.to_be_bytes());
             }
-            let fast = parse_v4(&f);
+            let fast = parse_v4(&f, &mut Frags::default(), 0);
             match slow_header(&f) {
                 None => assert!(fast.is_none(), "{f:02x?}"),
                 Some((l4, src, dst, proto)) => {
