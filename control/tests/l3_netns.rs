@@ -89,14 +89,54 @@ fn http_server(t: &mut Topo, ns: &str, port: u16, body: &str) {
 }
 
 fn wait_port(t: &Topo, ns: &str, port: u16) {
+    wait_socket(t, ns, "-Hltn", port);
+}
+
+/// Waits for a socket `ss OPTS` lists on `port` in namespace `ns`.
+fn wait_socket(t: &Topo, ns: &str, opts: &str, port: u16) {
     for _ in 0..100 {
-        let o = ok(&t.exec(ns, &["ss", "-Hltn", &format!("sport = :{port}")]));
+        let o = ok(&t.exec(ns, &["ss", opts, &format!("sport = :{port}")]));
         if !o.trim().is_empty() {
             return;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     panic!("server on {ns}:{port} did not start");
+}
+
+/// Starts `tcpdump` with `filter` on the external end of the uplink, writing
+/// to a file it returns once the capture is on (its header written).
+fn capture_ext(t: &mut Topo, name: &str, filter: &str) -> std::path::PathBuf {
+    let pcap = std::env::temp_dir().join(format!("{}-{name}.pcap", t.prefix));
+    let ex = format!("{}x", t.prefix);
+    t.bg(
+        "ext",
+        &[
+            "tcpdump",
+            "-nni",
+            &ex,
+            "-U",
+            "-w",
+            pcap.to_str().unwrap(),
+            filter,
+        ],
+    );
+    for _ in 0..100 {
+        if std::fs::metadata(&pcap).is_ok_and(|m| m.len() >= 24) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    pcap
+}
+
+/// The packets of a capture file, as tcpdump prints them.
+fn read_capture(t: &Topo, pcap: &std::path::Path) -> String {
+    ok(&t.exec(
+        "ext",
+        &["tcpdump", "-nr", pcap.to_str().unwrap(), "-c", "1000"],
+    ))
 }
 
 /// Egress through SNAT: gateway, HTTP, DNS, UDP, ICMP errors translated back,
@@ -118,21 +158,11 @@ fn egress_snat_dns_icmp_and_host_untouched() {
     http_server(&mut t, "ext", 8080, "hello from outside");
     http_server(&mut t, "host", 9090, "the host's own service");
     // Capture any RST the host kernel would send for the switch's flows.
-    let pcap = std::env::temp_dir().join(format!("{}-rst.pcap", t.prefix));
-    let ex = format!("{}x", t.prefix);
-    t.bg(
-        "ext",
-        &[
-            "tcpdump",
-            "-nni",
-            &ex,
-            "-U",
-            "-w",
-            pcap.to_str().unwrap(),
-            "tcp[tcpflags] & tcp-rst != 0 and src host 192.168.90.1",
-        ],
+    let pcap = capture_ext(
+        &mut t,
+        "rst",
+        "tcp[tcpflags] & tcp-rst != 0 and src host 192.168.90.1",
     );
-    std::thread::sleep(Duration::from_millis(500));
 
     for c in ["c1", "c2"] {
         for dst in [EXT_IP, REMOTE] {
@@ -272,10 +302,7 @@ except socket.timeout:
     );
 
     std::thread::sleep(Duration::from_millis(300));
-    let rsts = ok(&t.exec(
-        "ext",
-        &["tcpdump", "-nr", pcap.to_str().unwrap(), "-c", "1000"],
-    ));
+    let rsts = read_capture(&t, &pcap);
     let _ = std::fs::remove_file(&pcap);
     assert!(
         rsts.trim().is_empty(),
@@ -577,14 +604,7 @@ fn udp_echo(t: &mut Topo, ns: &str, port: u16) {
             ),
         ],
     );
-    for _ in 0..100 {
-        let o = ok(&t.exec(ns, &["ss", "-Hlun", &format!("sport = :{port}")]));
-        if !o.trim().is_empty() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("UDP echo on {ns}:{port} did not start");
+    wait_socket(t, ns, "-Hlun", port);
 }
 
 /// Sends one `size`-byte datagram from `ns` to `dst`:`port` and prints what
@@ -662,35 +682,11 @@ fn fragments_and_icmp_errors_through_nat() {
         "--proto",
         "udp",
     ]);
-    let pcap = std::env::temp_dir().join(format!("{}-icmp.pcap", t.prefix));
-    let ex = format!("{}x", t.prefix);
-    t.bg(
-        "ext",
-        &[
-            "tcpdump",
-            "-nni",
-            &ex,
-            "-U",
-            "-w",
-            pcap.to_str().unwrap(),
-            "icmp",
-        ],
-    );
-    // The capture is on once its file has a header.
-    for _ in 0..100 {
-        if std::fs::metadata(&pcap).is_ok_and(|m| m.len() >= 24) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(200));
+    let pcap = capture_ext(&mut t, "icmp", "icmp");
     assert_eq!(udp_roundtrip(&t, "ext", HOST_IP, 17001, 100), "refused");
     let mut seen = String::new();
     for _ in 0..40 {
-        seen = ok(&t.exec(
-            "ext",
-            &["tcpdump", "-nr", pcap.to_str().unwrap(), "-c", "100"],
-        ));
+        seen = read_capture(&t, &pcap);
         if seen.contains("unreachable") {
             break;
         }

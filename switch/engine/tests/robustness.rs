@@ -1,6 +1,8 @@
 //! Random frames and random offload requests through every per-packet stage:
 //! whatever arrives, the pipeline must not panic, and every frame must end up
 //! forwarded or counted as a drop. Deterministic (seeded xorshift).
+mod common;
+use common::Rng;
 use std::sync::Arc;
 use vswitch_engine::packet::{Packet, PacketPool};
 use vswitch_engine::pipeline::{offload, Pipeline, TxQueues};
@@ -8,19 +10,6 @@ use vswitch_engine::port::PortCaps;
 use vswitch_engine::stats::{BatchDrops, DropReason, PortStats};
 use vswitch_engine::tables::{NetworkView, PortView, Snapshot, Tables};
 use vswitch_engine::wire::virtio::{self, VNET_HDR_LEN};
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// A frame that is sometimes plausible (Ethernet + IPv4/IPv6 + TCP headers
 /// with random fields) and sometimes pure noise, of random length.

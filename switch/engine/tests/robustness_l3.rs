@@ -9,6 +9,8 @@
 //! is consumed, and every frame the switch puts on the uplink is its own:
 //! the uplink's MAC, a valid IPv4 header checksum, the host's address as
 //! source (no container address leaks). Deterministic (seeded xorshift).
+mod common;
+use common::Rng;
 use std::sync::Arc;
 use vswitch_engine::packet::{Packet, PacketPool};
 use vswitch_engine::pipeline::{vxlan, Pipeline, TxQueues};
@@ -20,22 +22,6 @@ use vswitch_engine::tables::{
 };
 use vswitch_engine::wire::mac::Mac;
 use vswitch_engine::wire::virtio::{self, CsumPartial, Gso, GsoKind, Offload, VNET_HDR_LEN};
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn pick<T: Copy>(&mut self, v: &[T]) -> T {
-        v[self.below(v.len() as u64) as usize]
-    }
-}
 
 const GW_MAC: Mac = Mac(0x0200_0000_0001);
 const UP_MAC: Mac = Mac(0x0200_0000_00fe);
