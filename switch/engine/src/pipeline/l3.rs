@@ -19,7 +19,7 @@ use crate::fdb::Fdb;
 use crate::packet::Packet;
 use crate::port::PortId;
 use crate::stats::DropReason;
-use crate::tables::{FastMap, L3View, NetworkView, Snapshot, Tables, UplinkView};
+use crate::tables::{L3View, NetworkView, Snapshot, Tables, UplinkView};
 use crate::wire::checksum;
 use crate::wire::mac::Mac;
 use smoltcp::wire::{ArpOperation, ArpPacket, Icmpv4Message, Icmpv4Packet, Ipv4Packet};
@@ -142,8 +142,13 @@ enum Frag {
 /// reassembly", as in VPP's NAT): none is held, and one that arrives before
 /// its first fragment is dropped (`bad_l3`). The kernel's conntrack
 /// reassembles instead; a sender's fragments leave in order.
+///
+/// The keys come from the outside (sources can be spoofed), so the map
+/// hashes them with std's keyed SipHash rather than the fixed mixer of
+/// [`FastMap`](crate::tables::FastMap), which a sender could make collide.
+/// Fragments are rare enough for it.
 #[derive(Debug, Default)]
-struct Frags(FastMap<FragKey, FragPorts>);
+struct Frags(std::collections::HashMap<FragKey, FragPorts>);
 
 /// A datagram: source, destination, identification, protocol (RFC 791).
 type FragKey = (u32, u32, u16, u8);
