@@ -397,22 +397,35 @@ pub enum CreateError {
     PortsExhausted,
 }
 
-/// The hash the table files `t` under (compute once, pass to the `_hashed`
-/// calls).
+/// murmur3's fmix64: a full avalanche of 64 bits.
 #[inline]
-pub fn hash(t: &Tuple) -> u64 {
-    hash_key(t.key())
-}
-
-/// murmur3 fmix64 over the packed tuple: a full avalanche.
-#[inline]
-fn hash_key(k: u128) -> u64 {
-    let mut x = (k as u64) ^ ((k >> 64) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+fn fmix64(mut x: u64) -> u64 {
     x ^= x >> 33;
     x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
     x ^= x >> 33;
     x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
     x ^ (x >> 33)
+}
+
+/// The packed tuple `k` hashed with the table's random `seed`. Keyed, as the
+/// kernel keys its conntrack hash: a sender who picks its source address
+/// and port (a published port takes new flows from anyone) cannot aim flows
+/// at one bucket and stretch the probes of everyone whose flows sit there.
+/// One half is mixed with the seed before it meets the other, so knowing
+/// the function does not tell where a tuple lands.
+#[inline]
+fn hash_key(k: u128, seed: u64) -> u64 {
+    let lo = fmix64((k as u64) ^ seed);
+    let hi = ((k >> 64) as u64) ^ seed.rotate_left(29);
+    fmix64(lo ^ hi.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+}
+
+/// A random 64-bit value (std's per-process random keys, hashed).
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0x5eed);
+    h.finish()
 }
 
 /// The most flows a table can be sized for: an index entry keeps a flow's
@@ -491,9 +504,18 @@ pub struct CtTable {
     max: usize,
     expire_cursor: usize,
     port_cursor: u32,
+    /// The hash key (see [`hash_key`]), random per table.
+    seed: u64,
 }
 
 impl CtTable {
+    /// The hash the table files `t` under (compute once, pass to the
+    /// `_hinted` calls).
+    #[inline]
+    pub fn hash(&self, t: &Tuple) -> u64 {
+        hash_key(t.key(), self.seed)
+    }
+
     fn with_max(max: usize) -> Self {
         let max = max.min(MAX_FLOWS);
         // Two entries per flow, at most 5/8 of the index's entries.
@@ -512,6 +534,7 @@ impl CtTable {
             max,
             expire_cursor: 0,
             port_cursor: 0,
+            seed: random_seed(),
         }
     }
 
@@ -621,7 +644,7 @@ impl CtTable {
     }
 
     fn remove_entry(&mut self, t: &Tuple) {
-        if let Some((b, w, _)) = self.find(t, hash_key(t.key())) {
+        if let Some((b, w, _)) = self.find(t, self.hash(t)) {
             self.buckets[b].0[w] = TOMB;
             self.entries -= 1;
             self.tombs += 1;
@@ -646,9 +669,9 @@ impl CtTable {
             .map(|(i, f)| {
                 let s = (i as u32) << 1;
                 (
-                    hash(&f.tuple(Dir::Orig)),
+                    self.hash(&f.tuple(Dir::Orig)),
                     s,
-                    hash(&f.tuple(Dir::Reply)),
+                    self.hash(&f.tuple(Dir::Reply)),
                     s | 1,
                 )
             })
@@ -720,14 +743,14 @@ impl CtTable {
     /// Finds the flow of a packet with tuple `t`.
     #[inline]
     pub fn lookup(&mut self, t: &Tuple) -> Option<(&mut FlowEntry, Dir)> {
-        let (_, _, v) = self.find(t, hash_key(t.key()))?;
+        let (_, _, v) = self.find(t, self.hash(t))?;
         self.flow_at(v)
     }
 
     /// Whether a tuple is in use (either direction of any flow).
     #[inline]
     pub fn contains(&self, t: &Tuple) -> bool {
-        self.find(t, hash_key(t.key())).is_some()
+        self.find(t, self.hash(t)).is_some()
     }
 
     /// Flows tracked.
@@ -806,8 +829,8 @@ impl CtTable {
                 (self.slots.len() - 1) as u32
             }
         };
-        self.insert_entry(hash_key(orig.key()), slot << 1);
-        self.insert_entry(hash_key(reply.key()), (slot << 1) | 1);
+        self.insert_entry(self.hash(&orig), slot << 1);
+        self.insert_entry(self.hash(&reply), (slot << 1) | 1);
         let f = self.slots.get_mut(slot as usize).ok_or(CreateError::Full)?;
         *f = entry;
         Ok(f)
@@ -1009,7 +1032,7 @@ mod tests {
         }
         for (o, r) in &flows {
             for (k, dir) in [(o, Dir::Orig), (r, Dir::Reply)] {
-                let h = hash(k);
+                let h = g.hash(k);
                 let good = g.prefetch_flow(h);
                 assert_ne!(good, NO_HINT);
                 for hint in [good, NO_HINT, (good + 1) % NO_HINT, 200] {
@@ -1022,9 +1045,25 @@ mod tests {
         // An unknown tuple whose hash is made to share a bucket and tag with
         // a known one's cannot match through the hint: the tuple is compared.
         let stranger = t(2, 2, 2, 2);
-        let h = hash(&flows[0].0);
+        let h = g.hash(&flows[0].0);
         let hint = g.prefetch_flow(h);
         assert!(g.lookup_hinted(&stranger, h, hint).is_none());
+    }
+
+    /// The hash is keyed per table: the same tuples land elsewhere in
+    /// another table, so where a tuple lands cannot be worked out from the
+    /// code alone.
+    #[test]
+    fn hash_is_keyed_per_table() {
+        let (a, b) = (CtTable::with_max(1024), CtTable::with_max(1024));
+        let tuples: Vec<Tuple> = (0..100u32).map(|i| t(i, 1000 + i as u16, 7, 80)).collect();
+        let same = tuples.iter().filter(|x| a.hash(x) == b.hash(x)).count();
+        assert_eq!(same, 0, "two tables share their hashes");
+        let (ha, hb): (Vec<_>, Vec<_>) = tuples
+            .iter()
+            .map(|x| (a.home(a.hash(x)), b.home(b.hash(x))))
+            .unzip();
+        assert_ne!(ha, hb, "two tables put the same tuples in the same buckets");
     }
 
     /// Churn against a model: random creates, removals and expiries on a

@@ -494,16 +494,12 @@ impl<'a> Ctx<'a> {
     /// ahead, 100, 92 and 84 ns a packet with a million flows, against 75
     /// for the whole batch at once.)
     fn prefetch(&mut self, pre: &mut [Option<V4>], skip: impl Fn(&V4) -> bool + Copy) {
-        let mut any = false;
-        for v in pre.iter_mut().flatten().filter(|v| !skip(v)) {
-            v.hash = crate::conntrack::hash(&v.tuple);
-            any = true;
-        }
-        if !any {
+        if !pre.iter().flatten().any(|v| !skip(v)) {
             return;
         }
         let ct = self.ct();
-        for v in pre.iter().flatten().filter(|v| !skip(v)) {
+        for v in pre.iter_mut().flatten().filter(|v| !skip(v)) {
+            v.hash = ct.hash(&v.tuple);
             ct.prefetch(v.hash);
         }
         for v in pre.iter_mut().flatten().filter(|v| !skip(v)) {
