@@ -9,6 +9,57 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// Keeps this thread, and every thread it spawns from now on, off the cores
+/// pinned workers poll: the control, housekeeping and sync threads (and the
+/// cluster's) then never take a worker's core from it, as a DPDK
+/// application keeps its control threads off the poll-mode cores. Workers
+/// pin themselves to their own core after they start; an unpinned worker
+/// shares the remaining cores with control. Nothing changes when the
+/// workers' cores are all the cores this process may use.
+fn keep_off_worker_cores(cfg: &Config) {
+    use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
+    use nix::unistd::Pid;
+    use vswitch_engine::worker;
+    let Ok(allowed) = sched_getaffinity(Pid::from_raw(0)) else {
+        return;
+    };
+    let pinned: Vec<usize> = cfg.workers.iter().filter_map(|w| w.core).collect();
+    let mut rest = CpuSet::new();
+    let mut kept = Vec::new();
+    for c in 0..CpuSet::count() {
+        if allowed.is_set(c).unwrap_or(false) && !pinned.contains(&c) && rest.set(c).is_ok() {
+            kept.push(c);
+        }
+    }
+    if kept.is_empty() || pinned.is_empty() {
+        return;
+    }
+    // This thread, and the threads the start already spawned (the uplink's
+    // proxy, the cluster's), all but the workers.
+    let mut threads = vec![Pid::from_raw(0)];
+    if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
+        for t in dir.flatten() {
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            let tid = t.file_name().to_str().and_then(|s| s.parse().ok());
+            if let (false, Some(tid)) = (comm.starts_with(worker::THREAD_NAME_PREFIX), tid) {
+                threads.push(Pid::from_raw(tid));
+            }
+        }
+    }
+    let failed = threads
+        .iter()
+        .filter(|t| sched_setaffinity(**t, &rest).is_err())
+        .count();
+    if failed == 0 {
+        tracing::info!(cores = ?kept, "control threads kept off the workers' cores");
+    } else {
+        tracing::warn!(
+            failed,
+            "could not keep some control threads off the workers' cores"
+        );
+    }
+}
+
 /// Runs the switch until SIGINT/SIGTERM.
 pub fn run(cfg: Config, socket: &Path) -> Result<(), String> {
     // Block the stop signals in every thread; one thread waits for them.
@@ -36,6 +87,9 @@ pub fn run(cfg: Config, socket: &Path) -> Result<(), String> {
         let _ = std::fs::remove_file(socket);
         e.to_string()
     })?;
+    // After the start: the workers are up on their cores (and the start
+    // checked those cores against the ones this process may use).
+    keep_off_worker_cores(&cfg);
     let views = state.take_views();
     let state = Arc::new(Mutex::new(state));
     if let Some(views) = views {
@@ -62,7 +116,7 @@ pub fn run(cfg: Config, socket: &Path) -> Result<(), String> {
     std::thread::Builder::new()
         .name("vswitch-housekeeping".into())
         .spawn(move || loop {
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(crate::state::HOUSEKEEPING_TICK);
             match hk.lock() {
                 Ok(mut s) => s.housekeeping(),
                 Err(_) => return,

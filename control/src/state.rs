@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use vswitch_engine::clock::{Clock, MonotonicClock};
-use vswitch_engine::conntrack::{Flow, Side};
+use vswitch_engine::conntrack::{Flow, Side, EXPIRE_STEP};
 use vswitch_engine::fdb::{NetId, MAX_NETWORKS};
 use vswitch_engine::pipeline::vxlan::{is_remote, REMOTE_BASE};
 use vswitch_engine::port::{Port, PortCaps, PortId};
@@ -22,6 +22,11 @@ use vswitch_engine::wire::mac::Mac;
 use vswitch_engine::worker::{self, Command, Event, WorkerConfig, WorkerHandle};
 use vswitch_io::afxdp::{AfXdpConfig, AfXdpPort};
 use vswitch_io::tap::TapPort;
+
+/// How often `vswitch run` calls [`State::housekeeping`].
+pub const HOUSEKEEPING_TICK: std::time::Duration = std::time::Duration::from_millis(100);
+/// Housekeeping ticks over which conntrack expiry visits every flow once.
+const EXPIRY_TICKS_PER_PASS: usize = 10;
 
 /// A failed command; the message says what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -1239,7 +1244,11 @@ impl State {
     /// Periodic work: FDB aging and worker events.
     pub fn housekeeping(&mut self) {
         let now = self.clock.now_secs();
-        self.tables.ct.expire(now, 65_536);
+        // A tenth of the table per tick: every flow is looked at once a
+        // second, which the shortest timeout (10 s) does not notice, for a
+        // tenth of the work of a full pass per tick (5 ms at 10^6 flows).
+        let visit = (self.tables.ct.slots() / EXPIRY_TICKS_PER_PASS).max(EXPIRE_STEP);
+        self.tables.ct.expire(now, visit);
         self.neighbour_work();
         let ages: BTreeMap<NetId, u32> = self
             .networks

@@ -960,16 +960,22 @@ impl Conntrack {
         self.lock().max
     }
 
-    /// Expires idle flows, `budget` slots at a time, each slice under its own
-    /// short lock.
-    pub fn expire(&self, now: u32, budget: usize) -> usize {
+    /// Slots in the table (live and free): what a full expiry pass visits.
+    pub fn slots(&self) -> usize {
+        self.lock().slots.len()
+    }
+
+    /// Expires idle flows among the next `visit` slots after the last call's
+    /// (each slot at most once a call), [`EXPIRE_STEP`] slots under each hold
+    /// of the lock: a worker that wants it meanwhile waits tens of
+    /// microseconds, not the milliseconds a pass over a million flows takes.
+    pub fn expire(&self, now: u32, visit: usize) -> usize {
+        let mut left = visit.min(self.slots());
         let mut total = 0;
-        let slots = self.lock().slots.len();
-        let mut done = 0;
-        while done < slots {
-            let step = budget.min(slots - done);
+        while left > 0 {
+            let step = EXPIRE_STEP.min(left);
             total += self.lock().expire(now, step);
-            done += step;
+            left -= step;
         }
         self.stats
             .expired
@@ -977,6 +983,11 @@ impl Conntrack {
         total
     }
 }
+
+/// Slots expiry visits under one hold of the table's lock. A step over
+/// flows spread across a million-flow table held the lock at most ~45 µs
+/// in a measurement on this machine (65,536 slots: ~390 µs).
+pub const EXPIRE_STEP: usize = 4096;
 
 #[cfg(test)]
 mod tests {
@@ -1230,6 +1241,46 @@ mod tests {
         assert!(g
             .alloc_port(PROTO_TCP, 10, 80, 5, (2000, 2999), 2000)
             .is_some());
+    }
+
+    #[test]
+    fn expiry_visits_as_many_slots_as_asked_and_goes_on_from_there() {
+        let n = 3 * EXPIRE_STEP as u32 + 100;
+        let ct = Conntrack::new(n as usize);
+        {
+            let mut g = ct.lock();
+            for i in 0..n {
+                g.create(
+                    t(i, 1000, 0xffff_0000, 53),
+                    t(0xffff_0000, 53, 0x0a00_0000 + i, 1000),
+                    Side::Uplink,
+                    Side::Uplink,
+                    State::Udp { replied: false },
+                    0,
+                )
+                .map(|_| ())
+                .unwrap_or_else(|e| panic!("flow {i}: {e:?}"));
+            }
+        }
+        let late = timeout(State::Udp { replied: false }) + 1;
+        // Each call visits the slots after the last call's, so a tenth of
+        // the table per call covers it in ten calls and no flow twice.
+        let tenth = n as usize / 10 + 1;
+        let mut removed = Vec::new();
+        for _ in 0..10 {
+            removed.push(ct.expire(late, tenth));
+        }
+        assert!(
+            removed
+                .iter()
+                .all(|&r| r == tenth || r == n as usize % tenth),
+            "{removed:?}"
+        );
+        assert_eq!(removed.iter().sum::<usize>(), n as usize);
+        assert!(ct.lock().is_empty());
+        assert_eq!(ct.stats.expired.load(Ordering::Relaxed), n as u64);
+        // Asking for more than the table visits each slot once.
+        assert_eq!(ct.expire(late, usize::MAX), 0);
     }
 
     #[test]

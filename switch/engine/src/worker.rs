@@ -20,6 +20,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Worker threads are named this and their id (`vswitch-worker0`, ...).
+pub const THREAD_NAME_PREFIX: &str = "vswitch-worker";
+
 /// How a worker behaves when its ports are quiet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "mode", rename_all = "lowercase")]
@@ -176,7 +179,7 @@ pub fn spawn(
     let (cmd_tx, cmd_rx) = crossbeam::channel::unbounded();
     let shared = all[config.id].clone();
     let thread = std::thread::Builder::new()
-        .name(format!("vswitch-worker{}", config.id))
+        .name(format!("{THREAD_NAME_PREFIX}{}", config.id))
         .spawn(move || {
             if let Some(core) = config.core {
                 if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
