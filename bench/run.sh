@@ -30,6 +30,12 @@ APP="taskset -c $GEN_CORE"
 # differently (docs/ARCHITECTURE.md, "Performance notes").
 DEFAULT_CC=$(sysctl -n net.ipv4.tcp_congestion_control)
 ALT_CC=${ALT_CC:-cubic}
+# EXT_RPS (a CPU mask, e.g. 1 for core 0; unset by default): steer what the
+# NAT section's "external" namespaces receive to those CPUs (RPS). Unset,
+# their kernel takes a frame in on the CPU that sent it: the generator core
+# in the iptables runs, the worker core when vswitch sends. See
+# docs/ARCHITECTURE.md, "Where the kernel work of a delivered frame runs".
+EXT_RPS=${EXT_RPS:-}
 bash scripts/install-deps.sh >/dev/null
 cargo build --release -q --all-features
 grep -qw "$ALT_CC" /proc/sys/net/ipv4/tcp_available_congestion_control || modprobe "tcp_$ALT_CC" 2>/dev/null || true
@@ -38,6 +44,7 @@ echo "TCP congestion control: $DEFAULT_CC (this kernel's default) in the iperf3 
 BIN=$PWD/target/release/vswitch
 BENCH=$PWD/target/release/vswitch-bench
 COMMIT=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . ':!bench/results' || echo -dirty)
+COMMIT=$COMMIT${EXT_RPS:+-extrps$EXT_RPS}   # a run with EXT_RPS is recorded apart
 P=vsb$$
 TMP=$(mktemp -d)
 RES=$TMP/results.txt
@@ -267,6 +274,11 @@ start_switch sh "$TMP/nat.toml" "$SOCK3"; NPID=$SWPID
 "$BIN" --socket "$SOCK3" attach nat --netns "$P-sc" --kind tap >/dev/null
 "$BIN" --socket "$SOCK3" publish nat 10.95.0.2:5201 --host-port 15201 >/dev/null
 "$BIN" --socket "$SOCK3" publish nat 10.95.0.2:8080 --host-port 18080 >/dev/null
+if [ -n "$EXT_RPS" ]; then
+    NS ne sh -c "echo $EXT_RPS >/sys/class/net/${P}nx/queues/rx-0/rps_cpus"
+    NS se sh -c "echo $EXT_RPS >/sys/class/net/${P}sx/queues/rx-0/rps_cpus"
+    echo "external namespaces take in their frames on CPU mask $EXT_RPS (EXT_RPS)"
+fi
 NS sc ping -c 2 -i 0.2 192.168.94.2 >/dev/null
 ip netns exec "$P-sc" $APP "$BENCH" accept-server --bind 0.0.0.0:8080 --threads 4 & PIDS+=("$!"); sleep 0.3
 KS=(); KD=(); KC=(); KCI=(); VS=(); VD=(); VC=(); VCI=(); KSA=(); KDA=(); VSA=(); VDA=()
@@ -421,7 +433,7 @@ echo "VXLAN pipeline cycles/packet: encap $VENC, decap $VDEC"
 echo "adaptive idle: $IDLE_CPU % of one core while idle; first packet after idle one-way p50/p99/max $I_OW50 / $I_OW99 / $I_OWMAX us"
 {
     echo
-    echo "## $COMMIT — $(date -u +%Y-%m-%dT%H:%MZ), DURATION=${DURATION}s, worker core $WORKER_CORE, generator core $GEN_CORE, TCP congestion control $DEFAULT_CC (rows *_$ALT_CC: $ALT_CC)"
+    echo "## $COMMIT — $(date -u +%Y-%m-%dT%H:%MZ), DURATION=${DURATION}s, worker core $WORKER_CORE, generator core $GEN_CORE, TCP congestion control $DEFAULT_CC (rows *_$ALT_CC: $ALT_CC)${EXT_RPS:+, RPS mask of the NAT external namespaces $EXT_RPS}"
     echo '```'
     "$BENCH" report --input "$RES" --commit "$COMMIT" --out bench/results | grep -v '^wrote'
     echo "pipeline cycles/packet: $P1 (1 MAC), $P100K (100,000 MACs), $P100KM (100,000 MACs, destinations on 3 ports)"
