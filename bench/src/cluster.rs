@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use vswitch_control::api::Request;
-use vswitch_control::server::request;
+use vswitch_control::mgmt::request;
 
 /// Options (`vswitch-bench cluster --help`).
 #[derive(clap::Args)]

@@ -195,6 +195,36 @@ pub struct Response {
     pub data: serde_json::Value,
 }
 
+impl Request {
+    /// Whether it only reads: listings, stats, status. Everything else
+    /// changes the switch (and is logged with its caller).
+    pub fn is_query(&self) -> bool {
+        matches!(
+            self,
+            Request::NetworkLs
+                | Request::NetworkInspect { .. }
+                | Request::PortLs
+                | Request::FdbShow { .. }
+                | Request::Stats
+                | Request::UplinkShow
+                | Request::ConntrackShow
+                | Request::PeerLs
+                | Request::Peers
+        )
+    }
+}
+
+impl Response {
+    /// A failure with what to do about it.
+    pub fn error(msg: impl Into<String>) -> Self {
+        Response {
+            ok: false,
+            error: Some(msg.into()),
+            data: serde_json::Value::Null,
+        }
+    }
+}
+
 /// A network in listings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NetworkInfo {

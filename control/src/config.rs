@@ -252,11 +252,15 @@ fn default_max_flows() -> usize {
     262_144
 }
 
+/// Core numbers a worker may name: those of a CPU set (`CPU_SETSIZE`).
+pub const MAX_CORE: usize = 1024;
+
 /// One worker thread.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerConfig {
-    /// Core to pin to; omit to let the scheduler choose.
+    /// Core to pin to; omit to let the scheduler choose among the cores no
+    /// pinned worker takes.
     pub core: Option<usize>,
     /// `{ mode = "busy" }` or `{ mode = "adaptive", idle_after_us = 200, max_sleep_ms = 100 }`.
     #[serde(default)]
@@ -448,13 +452,15 @@ impl Config {
                 vswitch_engine::conntrack::MAX_FLOWS
             )));
         }
-        let ncores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // Whether a worker's core is one this process may use is checked at
+        // start, against its CPU affinity (`vswitch_io::placement::Plan`):
+        // the configuration alone cannot know.
         for (i, w) in self.workers.iter().enumerate() {
             if let Some(c) = w.core {
-                if c >= ncores {
+                if c >= MAX_CORE {
                     return Err(ConfigError::Invalid(format!(
-                        "workers[{i}].core = {c}, but this machine has cores 0..{}",
-                        ncores - 1
+                        "workers[{i}].core = {c}: core numbers go up to {}",
+                        MAX_CORE - 1
                     )));
                 }
             }
@@ -689,8 +695,9 @@ mod tests {
         assert!(e.contains("kind") || e.contains("variant"), "{e}");
         let e = parse("[switch]\nfdb_capacity = 10\nbogus = 1\n").unwrap_err();
         assert!(e.contains("bogus"), "{e}");
-        let e = parse("[[workers]]\ncore = 999\n").unwrap_err();
-        assert!(e.contains("core"), "{e}");
+        let e = parse("[[workers]]\ncore = 4096\n").unwrap_err();
+        assert!(e.contains("workers[0].core = 4096"), "{e}");
+        parse("[[workers]]\ncore = 999\n").unwrap();
         for bad in [0, 100_000_000] {
             let e = parse(&format!("[switch]\nmax_flows = {bad}\n")).unwrap_err();
             assert!(e.contains("max_flows") && e.contains("8388608"), "{e}");

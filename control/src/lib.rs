@@ -2,7 +2,9 @@
 //! container namespaces, and the state that publishes tables to the workers.
 pub mod api;
 pub mod config;
+pub mod mgmt;
 pub mod netns;
 pub mod server;
 pub mod state;
 pub mod uplink;
+pub mod workers;

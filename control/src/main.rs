@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use vswitch_control::api::{AttachKind, FdbInfo, NetworkInfo, PortInfo, Proto, Request};
 use vswitch_control::config::{Config, Driver, NetworkConfig, PortKind, UplinkConfig};
 use vswitch_control::server;
+use vswitch_control::workers::WorkerStats;
+use vswitch_engine::worker::IdleMode;
 
 #[derive(Parser)]
 #[command(
@@ -50,6 +52,10 @@ enum Cmd {
         /// URLs, URL[,...] (needs a build with `--features etcd`).
         #[arg(long, value_delimiter = ',')]
         cluster_etcd: Vec<String>,
+        /// Group (name or number) whose members may use the management
+        /// socket; without it, only root may.
+        #[arg(long)]
+        socket_group: Option<String>,
     },
     /// Networks (bridge domains).
     #[command(subcommand)]
@@ -390,7 +396,7 @@ fn main() -> ExitCode {
 }
 
 fn call(cli: &Cli, req: Request) -> Result<serde_json::Value, String> {
-    let r = server::request(&cli.socket, &req)?;
+    let r = vswitch_control::mgmt::request(&cli.socket, &req)?;
     if r.ok {
         Ok(r.data)
     } else {
@@ -415,6 +421,7 @@ fn run(cli: Cli) -> Result<(), String> {
             cluster_key_file,
             cluster_name,
             cluster_etcd,
+            socket_group,
         } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -422,6 +429,8 @@ fn run(cli: Cli) -> Result<(), String> {
                         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
                 )
                 .with_writer(std::io::stderr)
+                // Colours only on a terminal: logs sent to a file or journal stay plain.
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .init();
             let cfg = match config {
                 Some(p) => Config::load(p).map_err(|e| e.to_string())?,
@@ -436,7 +445,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 cluster_name.clone(),
                 cluster_etcd.clone(),
             )?;
-            server::run(cfg, &cli.socket)
+            server::run(cfg, &cli.socket, socket_group.as_deref())
         }
         Cmd::Network(NetworkCmd::Create(a)) => {
             call(
@@ -766,13 +775,14 @@ fn run(cli: Cli) -> Result<(), String> {
                 out!("{}", pretty(&v));
                 return Ok(());
             }
-            out!("{:<16} {:<10} VTEP", "NETWORK", "VNI");
+            out!("{:<16} {:<10} {:<16} TYPE", "NETWORK", "VNI", "VTEP");
             for p in v.as_array().into_iter().flatten() {
                 out!(
-                    "{:<16} {:<10} {}",
+                    "{:<16} {:<10} {:<16} {}",
                     p["network"].as_str().unwrap_or("?"),
                     p["vni"],
-                    p["vtep"].as_str().unwrap_or("?")
+                    p["vtep"].as_str().unwrap_or("?"),
+                    p["type"].as_str().unwrap_or("?")
                 );
             }
             Ok(())
@@ -909,15 +919,23 @@ fn run(cli: Cli) -> Result<(), String> {
                     if drops.is_empty() { "-".into() } else { drops }
                 );
             }
-            for w in v["workers"].as_array().cloned().unwrap_or_default() {
+            let workers: Vec<WorkerStats> =
+                serde_json::from_value(v["workers"].clone()).unwrap_or_default();
+            for w in workers {
                 out!(
-                    "worker {} core {} idle {} loops {} busy_loops {} sleeps {}",
-                    w["id"],
-                    w["core"],
-                    w["idle"]["mode"],
-                    w["loops"],
-                    w["busy_loops"],
-                    w["sleeps"]
+                    "worker {} pinned to {} allowed cores {} last ran on {}{} idle {} loops {} busy_loops {} sleeps {}",
+                    w.id,
+                    w.core.map_or("-".to_string(), |c| c.to_string()),
+                    w.allowed_cores,
+                    w.last_cpu.map_or("-".to_string(), |c| c.to_string()),
+                    if w.placed_as_configured { "" } else { " (NOT where its configuration places it)" },
+                    match w.idle {
+                        IdleMode::Busy => "busy",
+                        IdleMode::Adaptive { .. } => "adaptive",
+                    },
+                    w.loops,
+                    w.busy_loops,
+                    w.sleeps
                 );
             }
             Ok(())

@@ -5,6 +5,7 @@ use crate::api::{AttachKind, FdbInfo, NetworkInfo, PortInfo, Proto, Request, Res
 use crate::config::{self, Config, Driver, NetworkConfig, PortKind, UplinkConfig};
 use crate::netns;
 use crate::uplink::{Guard, Proxy};
+use crate::workers::Workers;
 use crossbeam::channel::Receiver;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -19,8 +20,9 @@ use vswitch_engine::stats::PortStats;
 use vswitch_engine::tables::{L3View, OverlayView, Prefix, Published, Route, UplinkView};
 use vswitch_engine::tables::{NetworkView, PortView, Snapshot, Tables, MAX_PORTS};
 use vswitch_engine::wire::mac::Mac;
-use vswitch_engine::worker::{self, Command, Event, WorkerConfig, WorkerHandle};
+use vswitch_engine::worker::{Command, Event};
 use vswitch_io::afxdp::{AfXdpConfig, AfXdpPort};
+use vswitch_io::placement::Plan;
 use vswitch_io::tap::TapPort;
 
 /// How often `vswitch run` calls [`State::housekeeping`].
@@ -130,7 +132,7 @@ struct PortRec {
 /// The control plane.
 pub struct State {
     tables: Arc<Tables>,
-    workers: Vec<WorkerHandle>,
+    workers: Workers,
     events: Receiver<Event>,
     clock: Arc<dyn Clock>,
     networks: BTreeMap<String, Net>,
@@ -161,7 +163,9 @@ fn interface_gso(cfg: &NetworkConfig) -> Option<u32> {
 
 impl State {
     /// Starts the workers and applies the configuration.
-    pub fn start(cfg: &Config) -> Result<Self, CmdError> {
+    /// `plan`: where threads run (the calling thread has entered its
+    /// control cores).
+    pub fn start(cfg: &Config, plan: Plan) -> Result<Self, CmdError> {
         cfg.validate()?;
         let tables = Arc::new(Tables::with_conntrack(
             cfg.switch.fdb_capacity,
@@ -171,26 +175,7 @@ impl State {
         tracing::debug!(?advice, "conntrack table: huge page advice");
         let clock: Arc<dyn Clock> = Arc::new(MonotonicClock::default());
         let (ev_tx, ev_rx) = crossbeam::channel::unbounded();
-        let shared =
-            worker::shared_for(cfg.workers.len()).map_err(|e| CmdError(format!("eventfd: {e}")))?;
-        let mut workers = Vec::new();
-        for (id, w) in cfg.workers.iter().enumerate() {
-            let wc = WorkerConfig {
-                id,
-                core: w.core,
-                idle: w.idle,
-            };
-            workers.push(
-                worker::spawn(
-                    wc,
-                    tables.clone(),
-                    shared.clone(),
-                    clock.clone(),
-                    ev_tx.clone(),
-                )
-                .map_err(|e| CmdError(format!("cannot start worker {id}: {e}")))?,
-            );
-        }
+        let workers = Workers::start(cfg, plan, &tables, &clock, ev_tx).map_err(CmdError)?;
         let mut s = Self {
             tables,
             workers,
@@ -239,18 +224,7 @@ impl State {
     /// Answers one request.
     pub fn handle(&mut self, req: Request) -> Response {
         // Only a change can change what this host announces to the cluster.
-        let query = matches!(
-            req,
-            Request::NetworkLs
-                | Request::NetworkInspect { .. }
-                | Request::PortLs
-                | Request::FdbShow { .. }
-                | Request::Stats
-                | Request::UplinkShow
-                | Request::ConntrackShow
-                | Request::PeerLs
-                | Request::Peers
-        );
+        let query = req.is_query();
         let r = match req {
             Request::NetworkCreate(c) => self.network_create(c).map(|_| json!(null)),
             Request::NetworkLs => Ok(json!(self.network_infos())),
@@ -337,6 +311,7 @@ impl State {
         };
         if !query {
             self.sync_local();
+            self.reapply_view();
         }
         match r {
             Ok(data) => Response {
@@ -796,7 +771,7 @@ impl State {
         tracing::info!(port = id, iface, %kind, network, worker, "port added");
         self.ports.insert(id, rec);
         self.publish();
-        self.workers[worker].send(Command::AddPort { id, port });
+        self.workers.send(worker, Command::AddPort { id, port });
         Ok(id)
     }
 
@@ -804,7 +779,8 @@ impl State {
         let rec = self.ports.remove(&id)?;
         self.publish();
         let (tx, rx) = crossbeam::channel::bounded(1);
-        self.workers[rec.worker].send(Command::RemovePort { id, ack: tx });
+        self.workers
+            .send(rec.worker, Command::RemovePort { id, ack: tx });
         if rx.recv_timeout(std::time::Duration::from_secs(5)).is_err() {
             tracing::warn!(port = id, "worker did not confirm port removal");
         }
@@ -1224,20 +1200,7 @@ impl State {
                 })
             })
             .collect();
-        let workers: Vec<_> = self
-            .workers
-            .iter()
-            .map(|w| {
-                json!({
-                    "id": w.config.id,
-                    "core": w.config.core,
-                    "idle": w.config.idle,
-                    "loops": w.shared.loops.load(std::sync::atomic::Ordering::Relaxed),
-                    "busy_loops": w.shared.busy_loops.load(std::sync::atomic::Ordering::Relaxed),
-                    "sleeps": w.shared.sleeps.load(std::sync::atomic::Ordering::Relaxed),
-                })
-            })
-            .collect();
+        let workers = self.workers.stats();
         json!({ "ports": ports, "workers": workers })
     }
 
@@ -1317,9 +1280,7 @@ impl State {
                 tracing::warn!(error = %e, "detach at shutdown");
             }
         }
-        for w in &mut self.workers {
-            w.stop();
-        }
+        self.workers.stop_all();
     }
 }
 
@@ -1850,19 +1811,24 @@ impl State {
         Ok(())
     }
 
-    /// `peer ls`.
+    /// `peer ls`: each overlay network's flood list, static peers and those
+    /// the cluster sync gave it.
     pub fn peer_ls(&self) -> serde_json::Value {
-        let list: Vec<_> = self
-            .networks
-            .values()
-            .filter(|n| n.cfg.driver == Driver::Overlay)
-            .flat_map(|n| {
-                n.cfg
-                    .peers
-                    .iter()
-                    .map(move |p| json!({ "network": n.cfg.name, "vni": n.cfg.vni, "vtep": p }))
-            })
-            .collect();
+        let mut list = Vec::new();
+        for n in self.networks.values() {
+            if n.cfg.driver != Driver::Overlay {
+                continue;
+            }
+            for p in self.overlay_peers(n) {
+                let static_peer = n.cfg.peers.iter().any(|s| s.parse() == Ok(p));
+                list.push(json!({
+                    "network": n.cfg.name,
+                    "vni": n.cfg.vni,
+                    "vtep": p.to_string(),
+                    "type": if static_peer { "static" } else { "synced" },
+                }));
+            }
+        }
         json!(list)
     }
 }

@@ -36,7 +36,16 @@ pub(super) struct Synced {
     pub fdb: BTreeMap<(NetId, Mac), SyncedEntry>,
     /// Last rows handed to the agent.
     pub last_local: Option<BTreeMap<Key, Value>>,
+    /// The last view the agent sent, and the scope it was applied in: a
+    /// change of scope (an overlay network made or removed, the uplink
+    /// added or removed) applies it again, since the agent sends a new view
+    /// only when the cluster's rows change.
+    pub last_view: Option<(View, Scope)>,
 }
+
+/// What applying a view depends on besides the view: the overlay networks
+/// by VNI and this host's VTEP.
+pub(super) type Scope = (BTreeMap<Vni, NetId>, Option<Ipv4Addr>);
 
 fn unix_us() -> u64 {
     SystemTime::now()
@@ -161,23 +170,44 @@ impl State {
         }
     }
 
-    /// Programs flood lists, FDB and ARP suppression from the cluster view.
-    pub fn apply_view(&mut self, v: &View) {
-        let now = unix_us();
-        let mut peers: BTreeMap<Vni, BTreeSet<Ipv4Addr>> = BTreeMap::new();
-        let mut fdb: BTreeMap<(NetId, Mac), SyncedEntry> = BTreeMap::new();
-        let vni_net: BTreeMap<Vni, NetId> = self
+    fn view_scope(&self) -> Scope {
+        let vni_net = self
             .networks
             .values()
             .filter(|n| n.cfg.driver == Driver::Overlay)
             .filter_map(|n| n.cfg.vni.map(|v| (v, n.id)))
             .collect();
+        (vni_net, self.uplink.as_ref().map(|u| u.vtep))
+    }
+
+    /// Applies the last view again if the overlay networks or this host's
+    /// VTEP changed since: a network made at run time gets the entries and
+    /// flood list the cluster already holds for its VNI at once.
+    pub(super) fn reapply_view(&mut self) {
+        let changed = match &self.synced.last_view {
+            Some((_, scope)) => *scope != self.view_scope(),
+            None => false,
+        };
+        if changed {
+            if let Some((v, _)) = self.synced.last_view.take() {
+                tracing::debug!("overlay networks or VTEP changed: cluster view applied again");
+                self.apply_view(&v);
+            }
+        }
+    }
+
+    /// Programs flood lists, FDB and ARP suppression from the cluster view.
+    pub fn apply_view(&mut self, v: &View) {
+        let now = unix_us();
+        let mut peers: BTreeMap<Vni, BTreeSet<Ipv4Addr>> = BTreeMap::new();
+        let mut fdb: BTreeMap<(NetId, Mac), SyncedEntry> = BTreeMap::new();
+        let scope = self.view_scope();
+        let (vni_net, my_vtep) = scope.clone();
         let own: BTreeSet<Mac> = self
             .ports
             .values()
             .filter_map(|p| p.attach.as_ref().map(|a| a.mac))
             .collect();
-        let my_vtep = self.uplink.as_ref().map(|u| u.vtep);
         for h in &v.hosts {
             if Some(h.vtep) == my_vtep {
                 continue;
@@ -261,6 +291,7 @@ impl State {
             .ne(fdb.iter().map(|(k, e)| (k, e.ip)));
         self.synced.peers = peers;
         self.synced.fdb = fdb;
+        self.synced.last_view = Some((v.clone(), scope));
         tracing::debug!(
             hosts = v.hosts.len(),
             installed,

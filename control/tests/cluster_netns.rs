@@ -120,7 +120,13 @@ fn config(h: &Host, i: usize, key: &Path) -> String {
 
 fn start(t: &mut Topo, h: &mut Host, i: usize) {
     let key = h.cfg.with_file_name("key");
-    std::fs::write(&h.cfg, config(h, i, &key)).unwrap();
+    let text = config(h, i, &key);
+    start_with(t, h, &text);
+}
+
+/// Starts host `h` with configuration `text`.
+fn start_with(t: &mut Topo, h: &mut Host, text: &str) {
+    std::fs::write(&h.cfg, text).unwrap();
     let _ = std::fs::remove_file(&h.sock);
     h.pid = t.bg_log(
         h.ns,
@@ -402,6 +408,109 @@ fn three_hosts_sync_endpoints(backend: Backend, tag: &str) {
     );
     assert!(t.ping("c0", &ips[2], 2), "c0 cannot reach the new c2");
     hosts.push(h2);
+}
+
+/// Hosts that join first and are configured afterwards, as a user does with
+/// the CLI: each adds its uplink, creates the overlay network and attaches a
+/// container only once the cluster is up. A network made at run time gets
+/// the entries and flood list the cluster already holds for its VNI.
+#[test]
+fn networks_made_after_joining_get_the_cluster_entries() {
+    let mut t = Topo::new("cj");
+    let (mut hosts, _) = underlay(&mut t, Backend::Gossip);
+    let key = hosts[0].cfg.with_file_name("key");
+    for (i, h) in hosts.iter_mut().enumerate() {
+        let text = format!(
+            "[[workers]]\nidle = {{ mode = \"adaptive\", idle_after_us = 500, max_sleep_ms = 20 }}\n\
+             [cluster]\nlisten = \"{}:7946\"\njoin = [\"{}:7946\"]\nkey_file = \"{}\"\nname = \"{}\"\n\
+             probe_ms = 200\nsuspect_ms = 800\nanti_entropy_ms = 300\n",
+            host_ip(i),
+            host_ip(0),
+            key.display(),
+            h.ns
+        );
+        start_with(&mut t, h, &text);
+    }
+    until("all members alive", Duration::from_secs(10), || {
+        hosts.iter().all(|h| {
+            json(h, &["peers", "--json"])["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|m| m["state"] == "alive")
+                .count()
+                == 2
+        })
+    });
+    // Hosts 0 and 1 set up and attach first; host 2 only after it holds
+    // their rows.
+    let mut ips = Vec::new();
+    for (i, h) in hosts.iter().enumerate() {
+        if i == 2 {
+            until(
+                "host 2's agent holds both others' endpoints",
+                Duration::from_secs(5),
+                || {
+                    let v = json(h, &["peers", "--json"]);
+                    v["members"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .all(|m| m["entries"].as_u64() == Some(3))
+                },
+            );
+        }
+        vs(h, &["uplink", "add", &h.uplink]);
+        vs(
+            h,
+            &[
+                "network",
+                "create",
+                "ov",
+                "--driver",
+                "overlay",
+                "--vni",
+                "5151",
+                "--subnet",
+                "10.91.0.0/24",
+            ],
+        );
+        ips.push(attach(&mut t, h, &format!("c{i}"), MACS[i]));
+    }
+    for (i, h) in hosts.iter().enumerate() {
+        until(
+            &format!("{} has the others' containers", h.ns),
+            Duration::from_secs(3),
+            || {
+                let s = synced(h);
+                (0..3)
+                    .filter(|j| *j != i)
+                    .all(|j| has(&s, MACS[j], HOSTS[j]))
+            },
+        );
+        let peers = json(h, &["peer", "ls", "--json"]);
+        for j in (0..3).filter(|j| *j != i) {
+            assert!(
+                peers
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|p| p["vtep"] == host_ip(j).as_str()
+                        && p["type"] == "synced"
+                        && p["vni"] == 5151),
+                "{}: no synced flood-list entry for {}: {peers}",
+                h.ns,
+                host_ip(j)
+            );
+        }
+    }
+    for (a, b) in [(0, 2), (2, 0), (1, 2), (2, 1), (0, 1)] {
+        assert!(
+            t.ping(&format!("c{a}"), &ips[b], 2),
+            "c{a} cannot ping c{b} ({})",
+            ips[b]
+        );
+    }
 }
 
 /// A partition is detected and heals; (gossip) a forged or malformed

@@ -221,6 +221,20 @@ impl Topo {
 
     /// Starts `vswitch run` in the host namespace and waits for its socket.
     pub fn start_switch(&mut self, config: &str) {
+        self.start_switch_env(config, &[]);
+    }
+
+    /// Like `start_switch`, with extra variables in the switch's environment.
+    pub fn start_switch_env(&mut self, config: &str, env: &[(&str, &str)]) {
+        self.start_switch_with(config, env, &[]);
+    }
+
+    /// Like `start_switch`, with extra arguments to `vswitch run`.
+    pub fn start_switch_args(&mut self, config: &str, args: &[&str]) {
+        self.start_switch_with(config, &[], args);
+    }
+
+    fn start_switch_with(&mut self, config: &str, env: &[(&str, &str)], args: &[&str]) {
         let cfg = self.write_config(config);
         let log = std::fs::File::create(self.dir.join("vswitch.log")).expect("log file");
         let ns = self.ns("host");
@@ -236,6 +250,8 @@ impl Topo {
             .arg(&cfg)
             .arg("--socket")
             .arg(&self.sock)
+            .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -255,6 +271,33 @@ impl Topo {
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("vswitch did not open its socket:\n{}", self.log());
+    }
+
+    /// The running switch's PID (`ip netns exec` execs it).
+    pub fn switch_pid(&self) -> u32 {
+        self.switch.as_ref().expect("switch started").id()
+    }
+
+    /// Stops the switch with SIGTERM and waits for it to exit.
+    pub fn stop_switch(&mut self) {
+        let Some(mut c) = self.switch.take() else {
+            return;
+        };
+        let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(5) {
+            if matches!(c.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        panic!(
+            "vswitch did not stop on SIGTERM within 5 s:\n{}",
+            self.log()
+        );
     }
 
     pub fn switch_alive(&mut self) -> bool {

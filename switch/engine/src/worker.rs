@@ -16,7 +16,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use serde::{Deserialize, Serialize};
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,7 +54,8 @@ impl Default for IdleMode {
 pub struct WorkerConfig {
     /// Index among the workers.
     pub id: usize,
-    /// Core to pin to (`None`: not pinned).
+    /// The core it is pinned to (`None`: not pinned); the thread setup
+    /// given to [`spawn`] does the pinning.
     pub core: Option<usize>,
     /// Idle behaviour.
     pub idle: IdleMode,
@@ -104,6 +105,8 @@ pub struct WorkerShared {
     pub busy_loops: AtomicU64,
     /// Times the worker went to sleep.
     pub sleeps: AtomicU64,
+    /// The worker thread's OS id, once it runs (0 before).
+    pub tid: AtomicI32,
 }
 
 impl WorkerShared {
@@ -116,6 +119,7 @@ impl WorkerShared {
             loops: AtomicU64::new(0),
             busy_loops: AtomicU64::new(0),
             sleeps: AtomicU64::new(0),
+            tid: AtomicI32::new(0),
         })
     }
 
@@ -168,27 +172,46 @@ pub fn shared_for(n: usize) -> std::io::Result<Arc<[Arc<WorkerShared>]>> {
         .map(Into::into)
 }
 
-/// Starts worker `config.id`.
+/// Prepares a worker's thread before its loop starts (pins it to its core)
+/// and returns the thread's OS id; an error stops the worker.
+pub type ThreadSetup = Box<dyn FnOnce() -> Result<i32, String> + Send>;
+
+/// Starts worker `config.id`. `setup` runs first in the new thread; `spawn`
+/// returns once it has, with its error if it failed (the thread is then
+/// gone), so a worker counts as started only where it was placed.
 pub fn spawn(
     config: WorkerConfig,
     tables: Arc<Tables>,
     all: Arc<[Arc<WorkerShared>]>,
     clock: Arc<dyn Clock>,
     events: Sender<Event>,
+    setup: ThreadSetup,
 ) -> std::io::Result<WorkerHandle> {
     let (cmd_tx, cmd_rx) = crossbeam::channel::unbounded();
+    let (ready_tx, ready_rx) = crossbeam::channel::bounded(1);
     let shared = all[config.id].clone();
     let thread = std::thread::Builder::new()
         .name(format!("{THREAD_NAME_PREFIX}{}", config.id))
         .spawn(move || {
-            if let Some(core) = config.core {
-                if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
-                    tracing::warn!(core, "could not pin worker to core");
+            let tid = match setup() {
+                Ok(tid) => tid,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
                 }
-            }
+            };
+            all[config.id].tid.store(tid, Ordering::Relaxed);
+            let _ = ready_tx.send(Ok(()));
             let mut w = Worker::new(config, tables, all, clock, events, cmd_rx);
             w.run();
         })?;
+    let started = ready_rx
+        .recv()
+        .unwrap_or_else(|_| Err("worker thread exited during setup".into()));
+    if let Err(e) = started {
+        let _ = thread.join();
+        return Err(std::io::Error::other(e));
+    }
     Ok(WorkerHandle {
         config,
         cmd: cmd_tx,

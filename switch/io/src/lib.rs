@@ -3,6 +3,7 @@
 pub mod afxdp;
 pub mod ethtool;
 pub mod hugepage;
+pub mod placement;
 pub mod tap;
 
 /// Setup errors, with what to do about them.

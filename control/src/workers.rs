@@ -1,0 +1,150 @@
+//! The switch's workers as control sees them: starting each where its
+//! configuration places it, choosing a worker for a new port, and what a
+//! user is shown of them (placement as the kernel reports it, loop counters).
+use crate::config::Config;
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use vswitch_engine::clock::Clock;
+use vswitch_engine::tables::Tables;
+use vswitch_engine::worker::{self, Command, Event, IdleMode, WorkerConfig, WorkerHandle};
+use vswitch_io::placement::{self, Cores, Plan};
+
+/// The running workers and the placement they were started with.
+pub struct Workers {
+    handles: Vec<WorkerHandle>,
+    plan: Plan,
+}
+
+/// One worker in `vswitch stats`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerStats {
+    /// Index among the workers.
+    pub id: usize,
+    /// The core its configuration pins it to (`None`: not pinned).
+    pub core: Option<usize>,
+    /// Idle behaviour.
+    pub idle: IdleMode,
+    /// Its thread's OS id.
+    pub tid: i32,
+    /// The cores the kernel allows it, as a list (`1`, `0,2-3`).
+    pub allowed_cores: String,
+    /// The core it last ran on.
+    pub last_cpu: Option<usize>,
+    /// Whether the allowed cores are the ones its configuration asks for
+    /// (its core, or the control cores when it is not pinned).
+    pub placed_as_configured: bool,
+    /// Loop iterations.
+    pub loops: u64,
+    /// Loop iterations that found work.
+    pub busy_loops: u64,
+    /// Times it went to sleep.
+    pub sleeps: u64,
+}
+
+impl Workers {
+    /// Starts one worker per `[[workers]]` entry. The calling thread has
+    /// entered `plan`'s control cores already; a pinned worker pins itself
+    /// before it counts as started, and a worker that cannot be placed
+    /// where its configuration says fails the start with an error naming
+    /// the core.
+    pub fn start(
+        cfg: &Config,
+        plan: Plan,
+        tables: &Arc<Tables>,
+        clock: &Arc<dyn Clock>,
+        events: crossbeam::channel::Sender<Event>,
+    ) -> Result<Self, String> {
+        let shared = worker::shared_for(cfg.workers.len()).map_err(|e| format!("eventfd: {e}"))?;
+        let mut handles = Vec::new();
+        for (id, w) in cfg.workers.iter().enumerate() {
+            let core = w.core;
+            let setup: worker::ThreadSetup = Box::new(move || {
+                if let Some(c) = core {
+                    placement::pin_current(c)?;
+                }
+                Ok(placement::current_tid())
+            });
+            let wc = WorkerConfig {
+                id,
+                core,
+                idle: w.idle,
+            };
+            let h = worker::spawn(
+                wc,
+                tables.clone(),
+                shared.clone(),
+                clock.clone(),
+                events.clone(),
+                setup,
+            )
+            .map_err(|e| match core {
+                Some(c) => {
+                    format!("cannot start worker {id} on core {c} (workers[{id}].core): {e}")
+                }
+                None => format!("cannot start worker {id}: {e}"),
+            })?;
+            handles.push(h);
+        }
+        let me = Self { handles, plan };
+        for s in me.stats() {
+            if !s.placed_as_configured {
+                tracing::warn!(
+                    worker = s.id,
+                    allowed = s.allowed_cores,
+                    "worker is not where its configuration places it"
+                );
+            }
+            tracing::info!(worker = s.id, core = ?s.core, allowed = s.allowed_cores, "worker placed");
+        }
+        Ok(me)
+    }
+
+    /// How many there are.
+    pub fn len(&self) -> usize {
+        self.handles.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.handles.is_empty()
+    }
+
+    /// Sends a command to worker `i`.
+    pub fn send(&self, i: usize, c: Command) {
+        self.handles[i].send(c);
+    }
+
+    /// Stops every worker and waits for them.
+    pub fn stop_all(&mut self) {
+        for w in &mut self.handles {
+            w.stop();
+        }
+    }
+
+    /// What `vswitch stats` shows of each worker.
+    pub fn stats(&self) -> Vec<WorkerStats> {
+        self.handles
+            .iter()
+            .map(|w| {
+                let tid = w.shared.tid.load(Ordering::Relaxed);
+                let (allowed, last_cpu) = match placement::of_thread(tid) {
+                    Ok(p) => (p.allowed, p.last_cpu),
+                    Err(_) => (Cores::new(), None),
+                };
+                WorkerStats {
+                    id: w.config.id,
+                    core: w.config.core,
+                    idle: w.config.idle,
+                    tid,
+                    placed_as_configured: allowed == self.plan.expected(w.config.core),
+                    allowed_cores: placement::list(&allowed),
+                    last_cpu,
+                    loops: w.shared.loops.load(Ordering::Relaxed),
+                    busy_loops: w.shared.busy_loops.load(Ordering::Relaxed),
+                    sleeps: w.shared.sleeps.load(Ordering::Relaxed),
+                }
+            })
+            .collect()
+    }
+}

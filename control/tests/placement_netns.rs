@@ -1,0 +1,239 @@
+//! Worker placement is decided without a race: at every start, whatever the
+//! size of the switch's environment and whatever other threads the start
+//! spawns (the uplink's proxy, the cluster's), each pinned worker runs on
+//! its core alone and every other thread on the remaining cores. Checked
+//! through `vswitch stats --json` and, independently, in `/proc`. Needs root
+//! and at least two cores.
+mod common;
+use common::Topo;
+use std::collections::BTreeMap;
+
+const STARTS: usize = 32;
+
+/// The cores this test process may use.
+fn allowed() -> Vec<usize> {
+    let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).expect("affinity");
+    (0..nix::sched::CpuSet::count())
+        .filter(|c| set.is_set(*c).unwrap_or(false))
+        .collect()
+}
+
+/// `0-2,5` for [0, 1, 2, 5], as the kernel prints `Cpus_allowed_list`.
+fn list(cores: &[usize]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < cores.len() {
+        let mut j = i;
+        while j + 1 < cores.len() && cores[j + 1] == cores[j] + 1 {
+            j += 1;
+        }
+        out.push(if i == j {
+            cores[i].to_string()
+        } else {
+            format!("{}-{}", cores[i], cores[j])
+        });
+        i = j + 1;
+    }
+    out.join(",")
+}
+
+struct Variant {
+    name: &'static str,
+    config: String,
+    /// Expected allowed cores of worker i.
+    workers: Vec<String>,
+    publish: bool,
+}
+
+/// Thread name → `Cpus_allowed_list` for every thread of process `pid`.
+fn threads(pid: u32) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).expect("task dir") {
+        let t = t.expect("task").path();
+        let comm = std::fs::read_to_string(t.join("comm")).unwrap_or_default();
+        let status = std::fs::read_to_string(t.join("status")).unwrap_or_default();
+        let Some(cpus) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        else {
+            continue; // the thread has just exited
+        };
+        out.push((comm.trim().to_string(), cpus.trim().to_string()));
+    }
+    out
+}
+
+fn check(t: &Topo, v: &Variant, start: usize, control: &str) {
+    let ctx = format!("start {start} ({})", v.name);
+    let stats = t.json(&["stats", "--json"]);
+    let ws = stats["workers"].as_array().expect("workers in stats");
+    assert_eq!(ws.len(), v.workers.len(), "{ctx}: {stats}");
+    for (i, w) in ws.iter().enumerate() {
+        assert_eq!(
+            w["allowed_cores"].as_str(),
+            Some(v.workers[i].as_str()),
+            "{ctx}: worker {i} in stats: {w}\n{}",
+            t.log()
+        );
+        assert_eq!(w["placed_as_configured"], true, "{ctx}: {w}");
+        let last = w["last_cpu"].as_u64().expect("last_cpu") as usize;
+        let allowed_list: Vec<usize> = v.workers[i]
+            .split(',')
+            .flat_map(|r| match r.split_once('-') {
+                Some((a, b)) => (a.parse().unwrap()..=b.parse().unwrap()).collect::<Vec<usize>>(),
+                None => vec![r.parse().unwrap()],
+            })
+            .collect();
+        assert!(
+            allowed_list.contains(&last),
+            "{ctx}: worker {i} ran on {last}: {w}"
+        );
+    }
+    // The kernel's view of every thread, not the switch's own report.
+    let mut workers_seen = BTreeMap::new();
+    for (comm, cpus) in threads(t.switch_pid()) {
+        if let Some(id) = comm.strip_prefix("vswitch-worker") {
+            let id: usize = id.parse().expect("worker id");
+            assert_eq!(cpus, v.workers[id], "{ctx}: thread {comm} allowed {cpus}");
+            workers_seen.insert(id, cpus);
+        } else {
+            assert_eq!(
+                cpus, control,
+                "{ctx}: thread {comm:?} is allowed cores {cpus}, the control cores are {control}"
+            );
+        }
+    }
+    assert_eq!(
+        workers_seen.len(),
+        v.workers.len(),
+        "{ctx}: {workers_seen:?}"
+    );
+}
+
+#[test]
+fn workers_are_placed_as_configured_at_every_start() {
+    let cores = allowed();
+    assert!(
+        cores.len() >= 2,
+        "this test needs two cores to put a worker apart from control; allowed: {cores:?}"
+    );
+    let wcore = *cores.last().unwrap();
+    let control = list(&cores[..cores.len() - 1]);
+    let mut t = Topo::new("pl");
+    t.add_ns("ext");
+    t.add_ns("c1");
+    let up = format!("{}u", t.prefix);
+    t.link(
+        "host",
+        &up,
+        "192.168.71.1/24",
+        "ext",
+        "eth0",
+        "192.168.71.2/24",
+    );
+    let key = std::env::temp_dir().join(format!("{}-cluster.key", t.prefix));
+    std::fs::write(&key, [7u8; 32]).expect("key file");
+    let net = "[[networks]]\nname = \"blue\"\nsubnet = \"10.71.0.0/24\"\n";
+    let busy = format!("[[workers]]\ncore = {wcore}\nidle = {{ mode = \"busy\" }}\n");
+    let adaptive = format!(
+        "[[workers]]\ncore = {wcore}\nidle = {{ mode = \"adaptive\", idle_after_us = 200, max_sleep_ms = 20 }}\n"
+    );
+    let unpinned =
+        "[[workers]]\nidle = { mode = \"adaptive\", idle_after_us = 200, max_sleep_ms = 20 }\n";
+    let uplink = format!("[uplink]\niface = \"{up}\"\n");
+    let variants = [
+        Variant {
+            name: "busy",
+            config: format!("{busy}{net}"),
+            workers: vec![wcore.to_string()],
+            publish: false,
+        },
+        Variant {
+            name: "adaptive, uplink and a published port's proxy",
+            config: format!("{adaptive}{net}{uplink}"),
+            workers: vec![wcore.to_string()],
+            publish: true,
+        },
+        Variant {
+            name: "busy, uplink and gossip cluster",
+            config: format!(
+                "{busy}[[networks]]\nname = \"ov\"\ndriver = \"overlay\"\nvni = 71\n\
+                 subnet = \"10.72.0.0/24\"\n{uplink}[cluster]\nlisten = \"192.168.71.1:7946\"\n\
+                 key_file = \"{}\"\n",
+                key.display()
+            ),
+            workers: vec![wcore.to_string()],
+            publish: false,
+        },
+        Variant {
+            name: "one pinned worker and one unpinned",
+            config: format!("{busy}{unpinned}{net}"),
+            workers: vec![wcore.to_string(), control.clone()],
+            publish: false,
+        },
+    ];
+    for start in 0..STARTS {
+        let v = &variants[start % variants.len()];
+        // A different environment size at every start: the slow starts this
+        // guards against came and went with it.
+        let pad = "x".repeat(start);
+        t.start_switch_env(&v.config, &[("VSWITCH_TEST_PAD", &pad)]);
+        if v.publish {
+            let c1 = t.ns("c1");
+            t.vs_ok(&["attach", "blue", "--netns", &c1, "--ip", "10.71.0.2/24"]);
+            t.vs_ok(&["publish", "blue", "10.71.0.2:80", "--host-port", "18071"]);
+            assert!(
+                threads(t.switch_pid())
+                    .iter()
+                    .any(|(c, _)| c == "proxy-18071"),
+                "no proxy thread: {:?}",
+                threads(t.switch_pid())
+            );
+        }
+        check(&t, v, start, &control);
+        let text = t.vs_ok(&["stats"]);
+        assert!(
+            text.contains(&format!(
+                "worker 0 pinned to {wcore} allowed cores {wcore} last ran on {wcore}"
+            )),
+            "start {start}: {text}"
+        );
+        t.stop_switch();
+    }
+    let _ = std::fs::remove_file(&key);
+}
+
+/// A worker pinned to a core this process may not use is refused at start
+/// with an error that names the core.
+#[test]
+fn a_core_outside_the_affinity_is_a_clear_error() {
+    let cores = allowed();
+    let outside = (0..1024)
+        .find(|c| !cores.contains(c))
+        .expect("a core outside");
+    let mut t = Topo::new("pe");
+    let cfg = t.write_config(&format!(
+        "[[workers]]\ncore = {outside}\nidle = {{ mode = \"busy\" }}\n"
+    ));
+    let o = t.exec(
+        "host",
+        &[
+            env!("CARGO_BIN_EXE_vswitch"),
+            "run",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--socket",
+            t.sock.to_str().unwrap(),
+        ],
+    );
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("workers[0].core = {outside}"))
+            && err.contains(&format!("cores {}", list(&cores))),
+        "{err}"
+    );
+    // The switch did not stay up.
+    assert!(std::os::unix::net::UnixStream::connect(&t.sock).is_err());
+    t.stop_switch();
+}
