@@ -6,7 +6,7 @@
 # Prints a table and writes bench/results/<commit>.{json,svg} and appends
 # to bench/results/HISTORY.md.
 #
-#   bash bench/run.sh                 # full run (~17 minutes on the 2-core VM)
+#   bash bench/run.sh                 # full run (~27 minutes on the 2-core VM, ~9 of them the start sweep)
 #   DURATION=3 TRIALS=1 bash bench/run.sh   # shorter
 #
 # The L2, NAT and VXLAN figures (kernel against vswitch) are medians of
@@ -24,6 +24,7 @@ WORKER_CORE=${WORKER_CORE:-1}
 GEN_CORE=${GEN_CORE:-0}
 TRIALS=${TRIALS:-3}
 CLUSTER_HOSTS=${CLUSTER_HOSTS:-16}
+SWEEP_STARTS=${SWEEP_STARTS:-16}
 APP="taskset -c $GEN_CORE"
 # iperf3 runs with the kernel's default congestion control (what a user
 # gets) and again with ALT_CC: the two pace the same datapath very
@@ -133,6 +134,12 @@ q = lambda f: d[min(len(d) - 1, int(f * len(d)))]
 print(round(q(0.5), 1), round(q(0.99), 1), round(d[-1], 1))
 PY
 }
+
+echo "== start sweep: 64-byte frames across $SWEEP_STARTS starts of the switch (environments of different sizes), veth and TAP, busy and adaptive"
+# A figure counts only if it holds across starts with every worker on its
+# core; the sweep fails the run when a worker is misplaced.
+STARTS=$SWEEP_STARTS WORKER_CORE=$WORKER_CORE GEN_CORE=$GEN_CORE VSWITCH_BIN=$BIN bash bench/sweep.sh | tee "$TMP/sweep.txt" | grep -v '^RESULT'
+grep '^RESULT' "$TMP/sweep.txt" | sed 's/^RESULT //' >"$TMP/sweep.res"
 
 echo "== L2: Linux bridge and vswitch (worker on core $WORKER_CORE, busy polling) side by side, $TRIALS interleaved trials, medians"
 # Both topologies stay up; the trials alternate kernel and vswitch, so a slow
@@ -390,14 +397,16 @@ for line in open(sys.argv[1]):
             print(round(d[sys.argv[3]], 2))
 PY
 }
-"$BENCH" pipeline | tee "$TMP/pipe.txt" | grep -v '^JSON'
+# Pinned to the worker core, as a worker would be (unpinned, the scheduler may
+# move the run between the two cores mid-trial).
+taskset -c "$WORKER_CORE" "$BENCH" pipeline | tee "$TMP/pipe.txt" | grep -v '^JSON'
 P1=$(jv "$TMP/pipe.txt" pipeline_l2_1_macs cycles_per_packet)
 P100K=$(jv "$TMP/pipe.txt" pipeline_l2_100000_macs cycles_per_packet)
 P100KM=$(jv "$TMP/pipe.txt" pipeline_l2_100000_macs_3_out_ports cycles_per_packet)
-"$BENCH" nat | tee "$TMP/nat.txt" | grep -v '^JSON'
+taskset -c "$WORKER_CORE" "$BENCH" nat | tee "$TMP/nat.txt" | grep -v '^JSON'
 N1=$(jv "$TMP/nat.txt" pipeline_nat_1_flows cycles_per_packet); N1M=$(jv "$TMP/nat.txt" pipeline_nat_1000000_flows cycles_per_packet)
 NRATIO=$(jv "$TMP/nat.txt" pipeline_nat_1000000_flows ratio_vs_1_flow); NBYTES=$(jv "$TMP/nat.txt" pipeline_nat_1000000_flows bytes_per_flow)
-"$BENCH" vxlan | tee "$TMP/vx.txt" | grep -v '^JSON'
+taskset -c "$WORKER_CORE" "$BENCH" vxlan | tee "$TMP/vx.txt" | grep -v '^JSON'
 VENC=$(jv "$TMP/vx.txt" pipeline_vxlan_encap cycles_per_packet)
 VDEC=$(jv "$TMP/vx.txt" pipeline_vxlan_decap cycles_per_packet)
 
@@ -424,6 +433,7 @@ iperf3_tcp_vxlan_$ALT_CC Gbit/s $K_VX_TCPA $V_VX_TCPA
 frames64_delivered_vxlan pps $K_VX_PPS $V_VX_PPS
 R
 cat "$TMP/cl.res" >>"$RES"
+cat "$TMP/sweep.res" >>"$RES"
 echo
 echo "== summary (kernel = Linux bridge for the L2 rows, docker0-style bridge + iptables NAT for the NAT rows, bridge + kernel VXLAN on two hosts for the VXLAN rows; same topology, same run)"
 "$BENCH" report --input "$RES" --commit "$COMMIT" --out bench/results
