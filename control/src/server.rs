@@ -117,8 +117,14 @@ pub fn run(cfg: Config, socket: &Path, socket_group: Option<&str>) -> Result<(),
         })
         .map_err(|e| e.to_string())?;
 
+    // Under systemd (Type=notify): ready once the socket answers. Without
+    // NOTIFY_SOCKET this does nothing.
+    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(error = %e, "cannot tell the service manager that the switch is ready");
+    }
     let sig = sigs.wait().map_err(|e| format!("sigwait: {e}"))?;
     tracing::info!(signal = ?sig, "stopping");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     let sock: PathBuf = socket.to_path_buf();
     let _ = std::fs::remove_file(&sock);
     if let Ok(mut s) = state.lock() {
