@@ -216,6 +216,19 @@ fn attach(t: &mut Topo, h: &Host, c: &str, mac: &str) -> String {
         .to_string()
 }
 
+/// Whether every host sees the two others alive.
+fn all_alive(hosts: &[Host]) -> bool {
+    hosts.iter().all(|h| {
+        json(h, &["peers", "--json"])["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["state"] == "alive")
+            .count()
+            == 2
+    })
+}
+
 fn member_state(h: &Host, name: &str) -> Option<(String, u64)> {
     let v = json(h, &["peers", "--json"]);
     v["members"].as_array().unwrap().iter().find_map(|m| {
@@ -271,16 +284,7 @@ fn three_hosts_sync_endpoints(backend: Backend, tag: &str) {
     }
     // Membership: every host sees the two others alive.
     until("all members alive", Duration::from_secs(10), || {
-        hosts.iter().all(|h| {
-            let v = json(h, &["peers", "--json"]);
-            v["members"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|m| m["state"] == "alive")
-                .count()
-                == 2
-        })
+        all_alive(&hosts)
     });
     // Container 0 first; once host 1 knows its address, IPAM there skips it.
     let ip0 = attach(&mut t, &hosts[0], "c0", MACS[0]);
@@ -432,15 +436,7 @@ fn networks_made_after_joining_get_the_cluster_entries() {
         start_with(&mut t, h, &text);
     }
     until("all members alive", Duration::from_secs(10), || {
-        hosts.iter().all(|h| {
-            json(h, &["peers", "--json"])["members"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|m| m["state"] == "alive")
-                .count()
-                == 2
-        })
+        all_alive(&hosts)
     });
     // Hosts 0 and 1 set up and attach first; host 2 only after it holds
     // their rows.

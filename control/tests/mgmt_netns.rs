@@ -62,22 +62,7 @@ fn socket_is_root_and_group_only() {
     t.stop_switch();
 
     // An unknown group name is a clear error at start.
-    let cfg = t.write_config(ADAPTIVE);
-    let o = t.exec(
-        "host",
-        &[
-            env!("CARGO_BIN_EXE_vswitch"),
-            "run",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--socket",
-            t.sock.to_str().unwrap(),
-            "--socket-group",
-            "no-such-group-here",
-        ],
-    );
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = t.switch_fails(ADAPTIVE, &["--socket-group", "no-such-group-here"]);
     assert!(err.contains("no such group"), "{err}");
 }
 

@@ -211,23 +211,11 @@ fn a_core_outside_the_affinity_is_a_clear_error() {
     let outside = (0..1024)
         .find(|c| !cores.contains(c))
         .expect("a core outside");
-    let mut t = Topo::new("pe");
-    let cfg = t.write_config(&format!(
-        "[[workers]]\ncore = {outside}\nidle = {{ mode = \"busy\" }}\n"
-    ));
-    let o = t.exec(
-        "host",
-        &[
-            env!("CARGO_BIN_EXE_vswitch"),
-            "run",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--socket",
-            t.sock.to_str().unwrap(),
-        ],
+    let t = Topo::new("pe");
+    let err = t.switch_fails(
+        &format!("[[workers]]\ncore = {outside}\nidle = {{ mode = \"busy\" }}\n"),
+        &[],
     );
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         err.contains(&format!("workers[0].core = {outside}"))
             && err.contains(&format!("cores {}", list(&cores))),
@@ -235,5 +223,4 @@ fn a_core_outside_the_affinity_is_a_clear_error() {
     );
     // The switch did not stay up.
     assert!(std::os::unix::net::UnixStream::connect(&t.sock).is_err());
-    t.stop_switch();
 }

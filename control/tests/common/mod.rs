@@ -38,6 +38,23 @@ pub fn ok(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// Sends `sig` to child `c` (`ip netns exec` execs its command, so the PID
+/// is the process itself) and waits up to `grace` for it to exit; kills it
+/// after that. Returns whether it exited by itself.
+pub fn end_child(c: &mut Child, sig: nix::sys::signal::Signal, grace: Duration) -> bool {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), sig);
+    let t0 = Instant::now();
+    while t0.elapsed() < grace {
+        if matches!(c.try_wait(), Ok(Some(_))) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+    false
+}
+
 impl Topo {
     /// `tag`: a short name of the test (prefix = "vt" + tag + pid).
     pub fn new(tag: &str) -> Self {
@@ -140,16 +157,7 @@ impl Topo {
             return;
         };
         let mut c = self.children.remove(i);
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(5) {
-            if matches!(c.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = c.kill();
-        let _ = c.wait();
+        end_child(&mut c, sig, Duration::from_secs(5));
     }
 
     /// A veth pair between namespaces `a` and `b` with addresses (CIDR).
@@ -283,21 +291,37 @@ impl Topo {
         let Some(mut c) = self.switch.take() else {
             return;
         };
-        let pid = nix::unistd::Pid::from_raw(c.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(5) {
-            if matches!(c.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if !end_child(
+            &mut c,
+            nix::sys::signal::Signal::SIGTERM,
+            Duration::from_secs(5),
+        ) {
+            panic!(
+                "vswitch did not stop on SIGTERM within 5 s:\n{}",
+                self.log()
+            );
         }
-        let _ = c.kill();
-        let _ = c.wait();
-        panic!(
-            "vswitch did not stop on SIGTERM within 5 s:\n{}",
-            self.log()
+    }
+
+    /// Runs `vswitch run` with `config` and `args` in the host namespace,
+    /// expecting it to fail at start; returns what it printed on stderr.
+    pub fn switch_fails(&self, config: &str, args: &[&str]) -> String {
+        let cfg = self.write_config(config);
+        let mut a = vec![
+            env!("CARGO_BIN_EXE_vswitch"),
+            "run",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--socket",
+            self.sock.to_str().unwrap(),
+        ];
+        a.extend_from_slice(args);
+        let o = self.exec("host", &a);
+        assert!(
+            !o.status.success(),
+            "vswitch started with {config:?} {args:?}"
         );
+        String::from_utf8_lossy(&o.stderr).into_owned()
     }
 
     pub fn switch_alive(&mut self) -> bool {
@@ -365,34 +389,20 @@ impl Topo {
 
 impl Drop for Topo {
     fn drop(&mut self) {
+        // SIGTERM first, so a switch removes what it made.
         for mut c in self.children.drain(..) {
-            // `ip netns exec` execs the command: this PID is the server.
-            // SIGTERM first so a switch removes what it made.
-            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let t0 = Instant::now();
-            while t0.elapsed() < Duration::from_secs(3) {
-                if matches!(c.try_wait(), Ok(Some(_))) {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+            end_child(
+                &mut c,
+                nix::sys::signal::Signal::SIGTERM,
+                Duration::from_secs(3),
+            );
         }
         if let Some(mut c) = self.switch.take() {
-            // `ip netns exec` execs the switch: this PID is the switch itself.
-            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let t0 = Instant::now();
-            while t0.elapsed() < Duration::from_secs(5) {
-                if matches!(c.try_wait(), Ok(Some(_))) {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+            end_child(
+                &mut c,
+                nix::sys::signal::Signal::SIGTERM,
+                Duration::from_secs(5),
+            );
         }
         for ns in self.namespaces.drain(..).rev() {
             let _ = sh("ip", &["netns", "del", &ns]);
