@@ -6,7 +6,7 @@
 # Prints a table and writes bench/results/<commit>.{json,svg} and appends
 # to bench/results/HISTORY.md.
 #
-#   bash bench/run.sh                 # full run (~27 minutes on the 2-core VM, ~9 of them the start sweep)
+#   bash bench/run.sh                 # full run (~30 minutes on the 2-core VM, ~13 of them the start sweep)
 #   DURATION=3 TRIALS=1 bash bench/run.sh   # shorter
 #
 # The L2, NAT and VXLAN figures (kernel against vswitch) are medians of

@@ -19,7 +19,7 @@
 # to the bridge in the same window ("normalized"). The spread across starts
 # is reported for both; the normalized one is the verdict.
 #
-#   bash bench/sweep.sh                    # STARTS=16 TRIALS=3 SECS=2 (~15 minutes)
+#   bash bench/sweep.sh                    # STARTS=16 TRIALS=3 SECS=2 (~13 minutes)
 #   KINDS=veth MODES=busy bash bench/sweep.sh
 #   NOISE=1 bash bench/sweep.sh            # also as many figures from one start: the noise floor
 #
