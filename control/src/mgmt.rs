@@ -70,11 +70,9 @@ fn resolve_group(g: &str) -> Result<u32, String> {
 
 /// Who is on the other end of a connection.
 #[derive(Debug, Clone, Copy)]
-pub struct Peer {
-    /// User id.
-    pub uid: u32,
-    /// Process id.
-    pub pid: i32,
+struct Peer {
+    uid: u32,
+    pid: i32,
 }
 
 fn peer(c: &UnixStream) -> Option<Peer> {
@@ -88,7 +86,7 @@ fn peer(c: &UnixStream) -> Option<Peer> {
 /// own; `handle` answers one request.
 pub fn serve<H>(listener: UnixListener, handle: H)
 where
-    H: Fn(Request, Option<Peer>) -> Response + Send + Sync + 'static,
+    H: Fn(Request) -> Response + Send + Sync + 'static,
 {
     let handle = Arc::new(handle);
     let clients = Arc::new(AtomicUsize::new(0));
@@ -126,10 +124,7 @@ where
     }
 }
 
-fn connection(
-    c: UnixStream,
-    handle: &dyn Fn(Request, Option<Peer>) -> Response,
-) -> std::io::Result<()> {
+fn connection(c: UnixStream, handle: &dyn Fn(Request) -> Response) -> std::io::Result<()> {
     c.set_read_timeout(Some(IDLE_TIMEOUT))?;
     c.set_write_timeout(Some(IDLE_TIMEOUT))?;
     let who = peer(&c);
@@ -182,7 +177,7 @@ fn connection(
                     let (uid, pid) = who.map_or((None, None), |p| (Some(p.uid), Some(p.pid)));
                     tracing::info!(?uid, ?pid, ?req, "request");
                 }
-                handle(req, who)
+                handle(req)
             }
             Err(e) => Response::error(format!("malformed request: {e}")),
         };

@@ -110,7 +110,7 @@ pub fn run(cfg: Config, socket: &Path, socket_group: Option<&str>) -> Result<(),
     std::thread::Builder::new()
         .name("vswitch-control".into())
         .spawn(move || {
-            mgmt::serve(listener, move |req, _peer| match ctl.lock() {
+            mgmt::serve(listener, move |req| match ctl.lock() {
                 Ok(mut s) => s.handle(req),
                 Err(_) => Response::error("switch state is poisoned; restart vswitch"),
             })

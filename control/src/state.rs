@@ -319,11 +319,7 @@ impl State {
                 error: None,
                 data,
             },
-            Err(e) => Response {
-                ok: false,
-                error: Some(e.0),
-                data: json!(null),
-            },
+            Err(e) => Response::error(e.0),
         }
     }
 

@@ -7,34 +7,21 @@
 mod common;
 use common::Topo;
 use std::collections::BTreeMap;
+use vswitch_io::placement;
 
 const STARTS: usize = 32;
 
 /// The cores this test process may use.
 fn allowed() -> Vec<usize> {
-    let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).expect("affinity");
-    (0..nix::sched::CpuSet::count())
-        .filter(|c| set.is_set(*c).unwrap_or(false))
+    placement::allowed_here()
+        .expect("affinity")
+        .into_iter()
         .collect()
 }
 
 /// `0-2,5` for [0, 1, 2, 5], as the kernel prints `Cpus_allowed_list`.
 fn list(cores: &[usize]) -> String {
-    let mut out: Vec<String> = Vec::new();
-    let mut i = 0;
-    while i < cores.len() {
-        let mut j = i;
-        while j + 1 < cores.len() && cores[j + 1] == cores[j] + 1 {
-            j += 1;
-        }
-        out.push(if i == j {
-            cores[i].to_string()
-        } else {
-            format!("{}-{}", cores[i], cores[j])
-        });
-        i = j + 1;
-    }
-    out.join(",")
+    placement::list(&cores.iter().copied().collect())
 }
 
 struct Variant {
