@@ -105,7 +105,8 @@ rtt() {
 
 # Starts vswitch in namespace $1 with config $2 and socket $3; sets SWPID.
 start_switch() {
-    ip netns exec "$P-$1" "$BIN" run --config "$2" --socket "$3" 2>"$TMP/$1.log" & SWPID=$!
+    rm -rf "$TMP/state-$1"
+    ip netns exec "$P-$1" "$BIN" run --config "$2" --socket "$3" --state-dir "$TMP/state-$1" 2>"$TMP/$1.log" & SWPID=$!
     PIDS+=("$SWPID")
     for _ in $(seq 50); do [ -S "$3" ] && break; sleep 0.1; done
     [ -S "$3" ] || { echo "vswitch did not start:"; cat "$TMP/$1.log"; exit 1; }

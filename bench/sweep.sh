@@ -78,9 +78,9 @@ start() {
     esac
     printf '[[workers]]\ncore = %s\nidle = %s\n[[networks]]\nname = "sw"\nsubnet = "10.79.0.0/24"\n' \
         "$WORKER_CORE" "$idle" >"$TMP/w.toml"
-    rm -f "$TMP/s.sock"
+    rm -f "$TMP/s.sock"; rm -rf "$TMP/state"
     ip netns exec "${P}h" env VSWITCH_SWEEP_PAD="$(printf "%*s" "$pad" "" | tr ' ' x)" \
-        "$BIN" run --config "$TMP/w.toml" --socket "$TMP/s.sock" 2>"$TMP/sw.log" & SW=$!
+        "$BIN" run --config "$TMP/w.toml" --socket "$TMP/s.sock" --state-dir "$TMP/state" 2>"$TMP/sw.log" & SW=$!
     for _ in $(seq 100); do [ -S "$TMP/s.sock" ] && break; sleep 0.05; done
     [ -S "$TMP/s.sock" ] || { echo "sweep: vswitch did not start:" >&2; cat "$TMP/sw.log" >&2; exit 1; }
     local V=("$BIN" --socket "$TMP/s.sock")

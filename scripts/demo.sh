@@ -17,7 +17,7 @@ cleanup() {
     [ -n "${SW:-}" ] && kill "$SW" 2>/dev/null && wait "$SW" 2>/dev/null || true
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     for n in host c1 c2 c3 r1 ext; do ip netns del "$P-$n" 2>/dev/null || true; done
-    rm -f "$SOCK" "/tmp/$P.log"
+    rm -rf "$SOCK" "/tmp/$P.log" "/tmp/$P.state" "/tmp/$P.flows" "/tmp/$P-www" "/tmp/$P-c2www"
 }
 PIDS=()
 trap cleanup EXIT INT TERM
@@ -26,8 +26,12 @@ for n in host c1 c2 c3 r1 ext; do ip netns add "$P-$n"; ip -n "$P-$n" link set l
 ip link add "${P}u" netns "$P-host" type veth peer name "${P}x" netns "$P-ext"
 ip -n "$P-host" addr add 192.168.200.1/24 dev "${P}u"; ip -n "$P-host" link set "${P}u" up
 ip -n "$P-ext" addr add 192.168.200.2/24 dev "${P}x"; ip -n "$P-ext" link set "${P}x" up
-ip netns exec "$P-host" "$BIN" run --config configs/demo.toml --socket "$SOCK" 2>"/tmp/$P.log" &
-SW=$!
+start() {
+    ip netns exec "$P-host" "$BIN" run --config configs/demo.toml --socket "$SOCK" \
+        --state-dir "/tmp/$P.state" 2>>"/tmp/$P.log" &
+    SW=$!
+}
+start
 for _ in $(seq 50); do [ -S "$SOCK" ] && break; sleep 0.1; done
 VS attach blue --netns "$P-c1" --kind tap  --ip 10.77.1.11/24
 VS attach blue --netns "$P-c2" --kind tap  --ip 10.77.1.12/24
@@ -55,5 +59,12 @@ VS publish blue 10.77.1.12:80 --host-port 8081 >/dev/null
 echo -n "external -> http://192.168.200.1:8081 (published port of c2): "; ip netns exec "$P-ext" curl -s -m 5 http://192.168.200.1:8081/ || echo "(failed)"
 echo -n "c1 -> http://192.168.200.1:8081 (hairpin): "; ip netns exec "$P-c1" curl -s -m 5 http://192.168.200.1:8081/ || echo "(failed)"
 echo; VS conntrack show
-rm -rf "/tmp/$P-www" "/tmp/$P-c2www"
 echo; VS fdb show; echo; VS stats
+echo "== the switch is killed (kill -9) and started again: containers keep their interfaces"
+ip -n "$P-c1" -br addr show eth0
+kill -9 "$SW"; wait "$SW" 2>/dev/null || true
+start
+for _ in $(seq 50); do [ -S "$SOCK" ] && VS port ls >/dev/null 2>&1 && break; sleep 0.1; done
+ip -n "$P-c1" -br addr show eth0
+ip netns exec "$P-c1" ping -c 3 -i 0.2 10.77.1.13 | tail -2
+echo -n "external -> http://192.168.200.1:8081 after the restart: "; ip netns exec "$P-ext" curl -s -m 5 http://192.168.200.1:8081/ || echo "(failed)"

@@ -396,6 +396,8 @@ pub fn run(o: &Opts) -> Result<(), String> {
             .arg(&cp)
             .arg("--socket")
             .arg(&sock)
+            .arg("--state-dir")
+            .arg(dir.join(format!("{name}-state")))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

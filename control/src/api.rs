@@ -282,3 +282,234 @@ pub struct FdbInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub synced_unix_us: Option<u64>,
 }
+
+/// What a request answers; [`Response::data`] carries it as JSON (a change
+/// with nothing to report is `null`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Reply {
+    /// A change that succeeded.
+    Done,
+    /// `network ls`.
+    Networks(Vec<NetworkInfo>),
+    /// `network inspect`.
+    Network(Box<NetworkDetail>),
+    /// `attach`.
+    Attached(Attached),
+    /// `port add`.
+    PortAdded(PortAdded),
+    /// `port ls`.
+    Ports(Vec<PortInfo>),
+    /// `fdb show`.
+    Fdb(Vec<FdbInfo>),
+    /// `stats`.
+    Stats(StatsReport),
+    /// `uplink show` and `uplink add` (`None`: no uplink).
+    Uplink(Option<Box<UplinkInfo>>),
+    /// `publish`.
+    Published(PublishedPort),
+    /// `conntrack show`.
+    Conntrack(ConntrackReport),
+    /// `peer ls`.
+    Peers(Vec<PeerInfo>),
+    /// `peers`: the cluster's members and counters.
+    Cluster(Box<vswitch_overlay::Status>),
+}
+
+/// `network inspect`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NetworkDetail {
+    /// As in `network ls`.
+    pub network: NetworkInfo,
+    /// The gateway's MAC (networks with a subnet).
+    pub gateway_mac: Option<String>,
+    /// Containers with an address.
+    pub containers: Vec<ContainerInfo>,
+    /// Published ports.
+    pub published: Vec<PublishedInfo>,
+    /// Its ports.
+    pub ports: Vec<PortInfo>,
+}
+
+/// A container with an address on a network.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerInfo {
+    /// Address.
+    pub ip: String,
+    /// MAC.
+    pub mac: String,
+    /// NETNS:IFNAME.
+    pub attached: String,
+}
+
+/// A published port of a network.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PublishedInfo {
+    /// TCP or UDP.
+    pub proto: Proto,
+    /// Port on the host.
+    pub host_port: u16,
+    /// Host address it is limited to.
+    pub host_ip: Option<String>,
+    /// CONTAINER_IP:PORT.
+    pub target: String,
+}
+
+/// `attach`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Attached {
+    /// Port id.
+    pub port: u16,
+    /// The interface's MAC.
+    pub mac: String,
+    /// Its address, if the network gave one.
+    pub ip: Option<String>,
+    /// The network's gateway.
+    pub gateway: Option<String>,
+}
+
+/// `port add`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PortAdded {
+    /// Port id.
+    pub id: u16,
+}
+
+/// `stats`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatsReport {
+    /// Per port.
+    pub ports: Vec<PortStatsEntry>,
+    /// Per worker.
+    pub workers: Vec<crate::workers::WorkerStats>,
+}
+
+/// One port's counters.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PortStatsEntry {
+    /// Interface.
+    pub port: String,
+    /// Network.
+    pub network: String,
+    /// How it is opened.
+    pub kind: crate::config::PortKind,
+    /// NETNS:IFNAME for attached containers.
+    pub attached: Option<String>,
+    /// Counters.
+    pub stats: vswitch_engine::stats::PortStatsSnapshot,
+}
+
+/// `uplink show`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UplinkInfo {
+    /// Interface.
+    pub iface: String,
+    /// Its MAC.
+    pub mac: String,
+    /// SNAT source address.
+    pub snat_ip: String,
+    /// SNAT ports, LO-HI.
+    pub snat_ports: String,
+    /// Local VTEP.
+    pub vtep: String,
+    /// MTU.
+    pub mtu: u32,
+    /// The host's addresses on it.
+    pub addresses: Vec<String>,
+    /// Routes through it.
+    pub routes: Vec<RouteInfo>,
+    /// Next hops with their MACs.
+    pub neighbours: Vec<NeighbourInfo>,
+}
+
+/// A route through the uplink.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RouteInfo {
+    /// PREFIX/LEN.
+    pub dst: String,
+    /// Gateway (none: on link).
+    pub via: Option<String>,
+}
+
+/// A next hop.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NeighbourInfo {
+    /// Address.
+    pub ip: String,
+    /// MAC.
+    pub mac: String,
+}
+
+/// `publish`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PublishedPort {
+    /// The host port chosen.
+    pub host_port: u16,
+    /// TCP or UDP.
+    pub proto: Proto,
+    /// CONTAINER_IP:PORT.
+    pub target: String,
+}
+
+/// `conntrack show`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConntrackReport {
+    /// Every flow.
+    pub flows: Vec<FlowInfo>,
+    /// How many.
+    pub count: usize,
+    /// The bound.
+    pub max: usize,
+    /// Memory per flow at the bound.
+    pub bytes_per_flow: usize,
+    /// Flows created since start.
+    pub created: u64,
+    /// Flows expired since start.
+    pub expired: u64,
+    /// New flows refused: table full.
+    pub refused_full: u64,
+}
+
+/// One tracked flow.
+#[derive(Debug, Clone, Serialize)]
+pub struct FlowInfo {
+    /// First packet's tuple.
+    pub orig: TupleInfo,
+    /// Replies' tuple.
+    pub reply: TupleInfo,
+    /// Connection state.
+    pub state: vswitch_engine::conntrack::State,
+    /// Where the originator is (`uplink` or NETWORK/MAC).
+    pub from: String,
+    /// Where the responder is.
+    pub to: String,
+    /// Seconds since its last packet.
+    pub age_secs: u32,
+    /// Packets each way.
+    pub packets: [u64; 2],
+}
+
+/// A 5-tuple.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TupleInfo {
+    /// tcp, udp, icmp.
+    pub proto: String,
+    /// ADDR:PORT.
+    pub src: String,
+    /// ADDR:PORT.
+    pub dst: String,
+}
+
+/// A flood-list entry of an overlay network.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerInfo {
+    /// Network.
+    pub network: String,
+    /// Its VNI.
+    pub vni: Option<u32>,
+    /// Remote VTEP.
+    pub vtep: String,
+    /// `static` or `synced`.
+    #[serde(rename = "type")]
+    pub kind: String,
+}

@@ -2,9 +2,11 @@
 //! container namespaces, and the state that publishes tables to the workers.
 pub mod api;
 pub mod config;
+pub mod host;
 pub mod mgmt;
 pub mod netns;
 pub mod server;
 pub mod state;
+pub mod store;
 pub mod uplink;
 pub mod workers;

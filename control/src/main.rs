@@ -3,7 +3,10 @@ use clap::{Args, Parser, Subcommand};
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use vswitch_control::api::{AttachKind, FdbInfo, NetworkInfo, PortInfo, Proto, Request};
+use vswitch_control::api::{
+    AttachKind, Attached, FdbInfo, NetworkInfo, PeerInfo, PortInfo, Proto, PublishedPort, Request,
+    UplinkInfo,
+};
 use vswitch_control::config::{Config, Driver, NetworkConfig, PortKind, UplinkConfig};
 use vswitch_control::server;
 use vswitch_control::workers::WorkerStats;
@@ -56,6 +59,11 @@ enum Cmd {
         /// socket; without it, only root may.
         #[arg(long)]
         socket_group: Option<String>,
+        /// Where the switch keeps what it has been told (networks,
+        /// attachments, published ports, ...) to put it back when it starts
+        /// again.
+        #[arg(long, env = "VSWITCH_STATE_DIR", default_value = "/var/lib/vswitch")]
+        state_dir: PathBuf,
     },
     /// Networks (bridge domains).
     #[command(subcommand)]
@@ -422,6 +430,7 @@ fn run(cli: Cli) -> Result<(), String> {
             cluster_name,
             cluster_etcd,
             socket_group,
+            state_dir,
         } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -445,7 +454,15 @@ fn run(cli: Cli) -> Result<(), String> {
                 cluster_name.clone(),
                 cluster_etcd.clone(),
             )?;
-            server::run(cfg, &cli.socket, socket_group.as_deref())
+            server::run(
+                cfg,
+                &server::RunOptions {
+                    config: config.clone(),
+                    socket: cli.socket.clone(),
+                    socket_group: socket_group.clone(),
+                    state_dir: state_dir.clone(),
+                },
+            )
         }
         Cmd::Network(NetworkCmd::Create(a)) => {
             call(
@@ -532,15 +549,13 @@ fn run(cli: Cli) -> Result<(), String> {
                     mac: mac.clone(),
                 },
             )?;
-            match v["ip"].as_str() {
+            let a: Attached = parse(v)?;
+            match a.ip {
                 Some(ip) => out!(
                     "{netns}:{ifname} attached to {network} (mac {}, ip {ip})",
-                    v["mac"].as_str().unwrap_or("?")
+                    a.mac
                 ),
-                None => out!(
-                    "{netns}:{ifname} attached to {network} (mac {})",
-                    v["mac"].as_str().unwrap_or("?")
-                ),
+                None => out!("{netns}:{ifname} attached to {network} (mac {})", a.mac),
             }
             Ok(())
         }
@@ -699,11 +714,10 @@ fn run(cli: Cli) -> Result<(), String> {
                     vtep: vtep.clone(),
                 }),
             )?;
-            out!(
-                "uplink {iface}: snat {} ports {}",
-                v["snat_ip"].as_str().unwrap_or("?"),
-                v["snat_ports"].as_str().unwrap_or("?")
-            );
+            let u: Option<UplinkInfo> = parse(v)?;
+            if let Some(u) = u {
+                out!("uplink {iface}: snat {} ports {}", u.snat_ip, u.snat_ports);
+            }
             Ok(())
         }
         Cmd::Uplink(UplinkCmd::Show) => {
@@ -731,7 +745,8 @@ fn run(cli: Cli) -> Result<(), String> {
                     host_ip: host_ip.clone(),
                 },
             )?;
-            out!("{}", v["host_port"]);
+            let p: PublishedPort = parse(v)?;
+            out!("{}", p.host_port);
             Ok(())
         }
         Cmd::Unpublish {
@@ -776,13 +791,14 @@ fn run(cli: Cli) -> Result<(), String> {
                 return Ok(());
             }
             out!("{:<16} {:<10} {:<16} TYPE", "NETWORK", "VNI", "VTEP");
-            for p in v.as_array().into_iter().flatten() {
+            let peers: Vec<PeerInfo> = parse(v.clone())?;
+            for p in peers {
                 out!(
                     "{:<16} {:<10} {:<16} {}",
-                    p["network"].as_str().unwrap_or("?"),
-                    p["vni"],
-                    p["vtep"].as_str().unwrap_or("?"),
-                    p["type"].as_str().unwrap_or("?")
+                    p.network,
+                    p.vni.map_or("-".to_string(), |n| n.to_string()),
+                    p.vtep,
+                    p.kind
                 );
             }
             Ok(())

@@ -1,11 +1,12 @@
-//! `vswitch run`: the control thread (management socket), the housekeeping
-//! timer and signal handling around the workers.
-use crate::api::Response;
+//! `vswitch run`: the control thread that owns the state, the management
+//! socket's thread, and signal handling around the workers.
+use crate::api::{Request, Response};
 use crate::config::Config;
 use crate::mgmt;
 use crate::state::State;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use crate::store::Store;
+use crossbeam::channel::{Receiver, Sender};
+use std::path::PathBuf;
 use vswitch_io::placement::{self, Plan};
 
 /// Decides where threads run, before any is spawned: this thread takes the
@@ -53,66 +54,114 @@ fn place_threads(cfg: &Config) -> Result<Plan, String> {
     Ok(plan)
 }
 
-/// Runs the switch until SIGINT/SIGTERM.
-pub fn run(cfg: Config, socket: &Path, socket_group: Option<&str>) -> Result<(), String> {
-    // Block the stop signals in every thread; one thread waits for them.
-    let mut sigs = nix::sys::signal::SigSet::empty();
-    sigs.add(nix::sys::signal::Signal::SIGINT);
-    sigs.add(nix::sys::signal::Signal::SIGTERM);
-    sigs.thread_block()
-        .map_err(|e| format!("block signals: {e}"))?;
+/// Where `vswitch run` keeps and finds things.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The config file (re-read on `SIGHUP`), if any.
+    pub config: Option<PathBuf>,
+    /// The management socket.
+    pub socket: PathBuf,
+    /// Group allowed on the socket.
+    pub socket_group: Option<String>,
+    /// The state directory.
+    pub state_dir: PathBuf,
+}
 
-    cfg.validate().map_err(|e| e.to_string())?;
-    let listener = mgmt::bind(socket, socket_group)?;
+/// What the control thread is told.
+enum Msg {
+    /// A management request and where its answer goes.
+    Request(Request, Sender<Response>),
+    /// The config file, re-read on `SIGHUP`.
+    Reload(Box<Config>),
+    /// Stop, then acknowledge.
+    Stop(Sender<()>),
+}
 
-    let plan = place_threads(&cfg).inspect_err(|_| {
-        let _ = std::fs::remove_file(socket);
-    })?;
-    let mut state = State::start(&cfg, plan).map_err(|e| {
-        let _ = std::fs::remove_file(socket);
-        e.to_string()
-    })?;
-    let views = state.take_views();
-    let state = Arc::new(Mutex::new(state));
-    if let Some(views) = views {
-        let st = state.clone();
-        std::thread::Builder::new()
-            .name("vswitch-sync".into())
-            .spawn(move || {
-                while let Ok(mut v) = views.recv() {
+/// The control thread: the one owner of the switch's state. Requests,
+/// reloads, housekeeping ticks and cluster views arrive as messages and
+/// are handled one at a time; no other thread touches the state.
+fn control_loop(
+    mut state: State,
+    msgs: Receiver<Msg>,
+    views: Option<Receiver<vswitch_overlay::View>>,
+) {
+    let tick = crossbeam::channel::tick(crate::state::HOUSEKEEPING_TICK);
+    let views = views.unwrap_or_else(crossbeam::channel::never);
+    loop {
+        crossbeam::select! {
+            recv(msgs) -> m => match m {
+                Ok(Msg::Request(req, reply)) => {
+                    let _ = reply.send(state.handle(req));
+                }
+                Ok(Msg::Reload(cfg)) => state.reload(&cfg),
+                Ok(Msg::Stop(ack)) => {
+                    state.shutdown();
+                    let _ = ack.send(());
+                    return;
+                }
+                Err(_) => {
+                    state.shutdown();
+                    return;
+                }
+            },
+            recv(tick) -> _ => state.housekeeping(),
+            recv(views) -> v => {
+                if let Ok(mut v) = v {
                     // Only the newest view matters.
                     while let Ok(n) = views.try_recv() {
                         v = n;
                     }
-                    match st.lock() {
-                        Ok(mut s) => s.apply_view(&v),
-                        Err(_) => return,
-                    }
+                    state.apply_view(&v);
                 }
-            })
-            .map_err(|e| e.to_string())?;
-    }
-    tracing::info!(socket = %socket.display(), "vswitch running");
-
-    let hk = state.clone();
-    std::thread::Builder::new()
-        .name("vswitch-housekeeping".into())
-        .spawn(move || loop {
-            std::thread::sleep(crate::state::HOUSEKEEPING_TICK);
-            match hk.lock() {
-                Ok(mut s) => s.housekeeping(),
-                Err(_) => return,
             }
-        })
-        .map_err(|e| e.to_string())?;
+        }
+    }
+}
 
-    let ctl = state.clone();
-    std::thread::Builder::new()
+/// Runs the switch until SIGINT/SIGTERM; `SIGHUP` re-reads the config.
+pub fn run(cfg: Config, opts: &RunOptions) -> Result<(), String> {
+    // Block the signals in every thread; this one waits for them.
+    let mut sigs = nix::sys::signal::SigSet::empty();
+    sigs.add(nix::sys::signal::Signal::SIGINT);
+    sigs.add(nix::sys::signal::Signal::SIGTERM);
+    sigs.add(nix::sys::signal::Signal::SIGHUP);
+    sigs.thread_block()
+        .map_err(|e| format!("block signals: {e}"))?;
+
+    cfg.validate().map_err(|e| e.to_string())?;
+    let (store, saved) = Store::open(&opts.state_dir).map_err(|e| e.to_string())?;
+    let socket = opts.socket.as_path();
+    let listener = mgmt::bind(socket, opts.socket_group.as_deref())?;
+
+    let plan = place_threads(&cfg).inspect_err(|_| {
+        let _ = std::fs::remove_file(socket);
+    })?;
+    let flows = socket.with_extension("flows");
+    let host = Box::new(crate::host::Kernel);
+    let mut state = State::start(&cfg, plan, store, saved, &flows, host).map_err(|e| {
+        let _ = std::fs::remove_file(socket);
+        e.to_string()
+    })?;
+    let views = state.take_views();
+    let (tx, rx) = crossbeam::channel::unbounded::<Msg>();
+    let control = std::thread::Builder::new()
         .name("vswitch-control".into())
+        .spawn(move || control_loop(state, rx, views))
+        .map_err(|e| e.to_string())?;
+    tracing::info!(socket = %socket.display(), state_dir = %opts.state_dir.display(), "vswitch running");
+
+    let to_control = tx.clone();
+    std::thread::Builder::new()
+        .name("vswitch-mgmt".into())
         .spawn(move || {
-            mgmt::serve(listener, move |req| match ctl.lock() {
-                Ok(mut s) => s.handle(req),
-                Err(_) => Response::error("switch state is poisoned; restart vswitch"),
+            mgmt::serve(listener, move |req| {
+                let (reply, answer) = crossbeam::channel::bounded(1);
+                if to_control.send(Msg::Request(req, reply)).is_err() {
+                    return Response::error("the switch is stopping");
+                }
+                answer
+                    .recv()
+                    .unwrap_or_else(|_| Response::error("the switch is stopping"))
             })
         })
         .map_err(|e| e.to_string())?;
@@ -122,13 +171,37 @@ pub fn run(cfg: Config, socket: &Path, socket_group: Option<&str>) -> Result<(),
     if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
         tracing::warn!(error = %e, "cannot tell the service manager that the switch is ready");
     }
-    let sig = sigs.wait().map_err(|e| format!("sigwait: {e}"))?;
-    tracing::info!(signal = ?sig, "stopping");
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-    let sock: PathBuf = socket.to_path_buf();
-    let _ = std::fs::remove_file(&sock);
-    if let Ok(mut s) = state.lock() {
-        s.shutdown();
+    loop {
+        let sig = sigs.wait().map_err(|e| format!("sigwait: {e}"))?;
+        if sig != nix::sys::signal::Signal::SIGHUP {
+            tracing::info!(signal = ?sig, "stopping");
+            break;
+        }
+        let Some(path) = &opts.config else {
+            tracing::info!("SIGHUP: no config file to re-read (started without --config)");
+            continue;
+        };
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
+        match Config::load(path).and_then(|c| c.validate().map(|_| c)) {
+            Ok(c) => {
+                tracing::info!(config = %path.display(), "SIGHUP: re-reading the config");
+                let _ = tx.send(Msg::Reload(Box::new(c)));
+            }
+            Err(e) => tracing::error!("SIGHUP: config not reloaded, nothing changed: {e}"),
+        }
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     }
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    let _ = std::fs::remove_file(socket);
+    let (ack, done) = crossbeam::channel::bounded(1);
+    if tx.send(Msg::Stop(ack)).is_ok()
+        && done
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .is_err()
+    {
+        tracing::warn!("the control thread did not stop within 10 s");
+        return Ok(());
+    }
+    let _ = control.join();
     Ok(())
 }

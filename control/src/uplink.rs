@@ -10,7 +10,7 @@
 //! sockets see frames before the ingress hook, so the switch still gets its
 //! copy. The rules are made with `nft -f -` in one transaction (nftables'
 //! netlink protocol is not something to hand-write); the table is named
-//! after the switch's PID and removed when the switch stops.
+//! after the switch's PID; it stays when the switch stops (see [`Guard::remove_script`]).
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
@@ -77,42 +77,38 @@ impl Guard {
         }
     }
 
-    /// Removes guard tables left by switches that died without cleaning up
-    /// (killed with SIGKILL): their PID no longer runs.
-    pub fn remove_stale() {
-        let Ok(out) = Command::new("nft")
-            .args(["list", "tables", "netdev"])
-            .output()
-        else {
-            return;
-        };
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let Some(name) = line.strip_prefix("table netdev vswitch_") else {
-                continue;
-            };
-            let Ok(pid) = name.trim().parse::<u32>() else {
-                continue;
-            };
-            if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
-            {
-                tracing::info!(pid, "removing the uplink guard of a switch that is gone");
-                let _ = nft(&format!("delete table netdev vswitch_{pid}\n"));
-            }
-        }
+    /// Of the netdev tables `tables`, those guard tables whose switch is
+    /// gone (its PID no longer runs): left by a switch killed with SIGKILL,
+    /// or one stopped for good.
+    pub fn stale(tables: &[String]) -> Vec<String> {
+        tables
+            .iter()
+            .filter_map(|t| {
+                let pid: u32 = t.strip_prefix("vswitch_")?.parse().ok()?;
+                (pid != std::process::id()
+                    && !std::path::Path::new(&format!("/proc/{pid}")).exists())
+                .then(|| t.clone())
+            })
+            .collect()
     }
 
-    /// Installs (or replaces) the rules: drop, at the uplink's ingress,
+    /// The script that removes table `t`.
+    pub fn remove_table_script(t: &str) -> String {
+        format!("table netdev {t}\ndelete table netdev {t}\n")
+    }
+
+    /// The script that installs (or replaces) the rules: drop, at the uplink's ingress,
     /// what is addressed to `snat_ip` on the SNAT ports, what is addressed
     /// to `published` ports on the host's addresses, and VXLAN for the local
     /// `vtep` when overlay networks exist.
-    pub fn apply(
+    pub fn script(
         &self,
         snat_ip: Ipv4Addr,
         snat: (u16, u16),
         local_ips: &[Ipv4Addr],
         published: &[(super::api::Proto, u16, Option<Ipv4Addr>)],
         vtep: Option<Ipv4Addr>,
-    ) -> Result<(), String> {
+    ) -> String {
         let mut rules = Vec::new();
         if let Some(v) = vtep {
             rules.push(format!("ip daddr {v} udp dport 4789 drop"));
@@ -134,31 +130,25 @@ impl Guard {
             };
             rules.push(format!("ip daddr {daddr} {proto} dport {port} drop"));
         }
-        let script = format!(
+        format!(
             "table netdev {t}\ndelete table netdev {t}\ntable netdev {t} {{\n  chain ingress {{\n    type filter hook ingress device \"{d}\" priority -500; policy accept;\n    {r}\n  }}\n}}\n",
             t = self.table,
             d = self.iface,
             r = rules.join("\n    ")
-        );
-        nft(&script)
+        )
     }
 
-    /// Removes the rules.
-    pub fn remove(&self) {
-        let _ = nft(&format!(
-            "table netdev {t}\ndelete table netdev {t}\n",
-            t = self.table
-        ));
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        self.remove();
+    /// The script that removes the rules. Nothing removes them when the
+    /// switch stops: they keep the host from resetting the switch's
+    /// connections until the next start replaces them (`uplink rm` removes
+    /// them for good).
+    pub fn remove_script(&self) -> String {
+        Self::remove_table_script(&self.table)
     }
 }
 
-fn nft(script: &str) -> Result<(), String> {
+/// Runs an nftables script in one transaction (`nft -f -`).
+pub(crate) fn nft(script: &str) -> Result<(), String> {
     let mut child = Command::new("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())

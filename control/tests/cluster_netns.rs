@@ -128,6 +128,9 @@ fn start(t: &mut Topo, h: &mut Host, i: usize) {
 fn start_with(t: &mut Topo, h: &mut Host, text: &str) {
     std::fs::write(&h.cfg, text).unwrap();
     let _ = std::fs::remove_file(&h.sock);
+    // Each start of a host begins with no saved state.
+    let state = h.cfg.with_extension("state");
+    let _ = std::fs::remove_dir_all(&state);
     h.pid = t.bg_log(
         h.ns,
         &[
@@ -137,6 +140,8 @@ fn start_with(t: &mut Topo, h: &mut Host, text: &str) {
             h.cfg.to_str().unwrap(),
             "--socket",
             h.sock.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
         ],
         &h.log,
     );
@@ -383,6 +388,9 @@ fn three_hosts_sync_endpoints(backend: Backend, tag: &str) {
         || has(&synced(&h2), MACS[0], "host"),
     );
     let new_mac = "02:90:00:00:00:22";
+    // The old container's interface outlived the killed switch; this run
+    // (which kept no state) replaces the container.
+    ok(&t.exec("c2", &["ip", "link", "del", "eth0"]));
     vs(
         &h2,
         &[

@@ -185,6 +185,12 @@ fn workers_are_placed_as_configured_at_every_start() {
             )),
             "start {start}: {text}"
         );
+        if v.publish {
+            // What the API made is saved across starts: take it back, so
+            // that every start begins from its configuration alone.
+            t.vs_ok(&["unpublish", "blue", "--host-port", "18071"]);
+            t.vs_ok(&["detach", "blue", "--netns", &t.ns("c1")]);
+        }
         t.stop_switch();
     }
     let _ = std::fs::remove_file(&key);

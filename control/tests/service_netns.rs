@@ -11,8 +11,9 @@ fn next(sock: &UnixDatagram) -> String {
     String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
-/// The switch says READY=1 once its socket answers, and STOPPING=1 on
-/// SIGTERM, on the socket systemd names in NOTIFY_SOCKET.
+/// The switch says READY=1 once its socket answers, RELOADING=1 and READY=1
+/// around a SIGHUP, and STOPPING=1 on SIGTERM, on the socket systemd names
+/// in NOTIFY_SOCKET.
 #[test]
 fn tells_the_service_manager_when_ready_and_stopping() {
     let mut t = Topo::new("sd");
@@ -26,6 +27,19 @@ fn tells_the_service_manager_when_ready_and_stopping() {
     assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
     // Ready means ready: the management socket answers now.
     t.vs_ok(&["network", "ls"]);
+    // A reload (`systemctl reload`: SIGHUP) is announced around it.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(t.switch_pid() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    let reloading = next(&sock);
+    assert!(
+        reloading.lines().any(|l| l == "RELOADING=1"),
+        "{reloading:?}"
+    );
+    let ready = next(&sock);
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
     t.stop_switch();
     let stopping = next(&sock);
     assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping:?}");

@@ -76,6 +76,8 @@ fn start_switch_in(t: &mut Topo, ns: &str, cfg: &str) -> std::path::PathBuf {
             c.to_str().unwrap(),
             "--socket",
             sock.to_str().unwrap(),
+            "--state-dir",
+            dir.join("state").to_str().unwrap(),
         ],
     );
     for _ in 0..100 {

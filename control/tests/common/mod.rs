@@ -258,6 +258,8 @@ impl Topo {
             .arg(&cfg)
             .arg("--socket")
             .arg(&self.sock)
+            .arg("--state-dir")
+            .arg(self.state_dir())
             .args(args)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
@@ -279,6 +281,12 @@ impl Topo {
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("vswitch did not open its socket:\n{}", self.log());
+    }
+
+    /// The switch's state directory (kept across its restarts in this
+    /// topology).
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
     }
 
     /// The running switch's PID (`ip netns exec` execs it).
@@ -303,6 +311,17 @@ impl Topo {
         }
     }
 
+    /// Kills the switch with SIGKILL (a crash) and waits for it to be gone.
+    pub fn kill_switch(&mut self) {
+        if let Some(mut c) = self.switch.take() {
+            end_child(
+                &mut c,
+                nix::sys::signal::Signal::SIGKILL,
+                Duration::from_secs(5),
+            );
+        }
+    }
+
     /// Runs `vswitch run` with `config` and `args` in the host namespace,
     /// expecting it to fail at start; returns what it printed on stderr.
     pub fn switch_fails(&self, config: &str, args: &[&str]) -> String {
@@ -315,6 +334,10 @@ impl Topo {
             "--socket",
             self.sock.to_str().unwrap(),
         ];
+        let state = self.state_dir();
+        if !args.contains(&"--state-dir") {
+            a.extend(["--state-dir", state.to_str().unwrap()]);
+        }
         a.extend_from_slice(args);
         let o = self.exec("host", &a);
         assert!(

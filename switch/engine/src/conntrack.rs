@@ -14,6 +14,10 @@
 //! slice at a time, so no pass holds the lock for long.
 use crate::fdb::NetId;
 use crate::wire::mac::Mac;
+use slots::Slots;
+pub use slots::{carried, FlowMemory};
+
+mod slots;
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -252,7 +256,7 @@ const F_UPLINK: [u8; 2] = [2, 4];
 /// lookup costs one index bucket (small enough to stay in cache) and one
 /// line of flow memory. Tuples are kept field by field (no padding), a
 /// side as `net << 48 | mac`.
-#[derive(Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
 #[repr(C, align(64))]
 pub struct FlowEntry {
     /// orig.src, orig.dst, reply.src, reply.dst.
@@ -297,7 +301,7 @@ impl FlowEntry {
     }
 
     #[inline]
-    fn live(&self) -> bool {
+    pub(crate) fn live(&self) -> bool {
         self.flags & F_LIVE != 0
     }
 
@@ -497,7 +501,7 @@ pub struct CtTable {
     ref_bits: u32,
     /// `(1 << ref_bits) - 1`.
     ref_mask: u32,
-    slots: Vec<FlowEntry>,
+    slots: Slots,
     free: Vec<u32>,
     entries: usize,
     tombs: usize,
@@ -516,7 +520,7 @@ impl CtTable {
         hash_key(t.key(), self.seed)
     }
 
-    fn with_max(max: usize) -> Self {
+    fn with_memory(max: usize, mem: FlowMemory) -> Self {
         let max = max.min(MAX_FLOWS);
         // Two entries per flow, at most 5/8 of the index's entries.
         let sized = max.max(8);
@@ -527,7 +531,7 @@ impl CtTable {
             n: n as u64,
             ref_bits,
             ref_mask: (1 << ref_bits) - 1,
-            slots: Vec::with_capacity(max),
+            slots: Slots::new(mem, max),
             free: Vec::new(),
             entries: 0,
             tombs: 0,
@@ -536,6 +540,46 @@ impl CtTable {
             port_cursor: 0,
             seed: random_seed(),
         }
+    }
+
+    fn with_max(max: usize) -> Self {
+        let cap = max.clamp(1, MAX_FLOWS);
+        // Address space only: pages are taken as flows arrive, as a
+        // vector's reserved capacity would be.
+        let mem = FlowMemory::anonymous(cap)
+            .unwrap_or_else(|e| panic!("cannot reserve memory for {cap} flows: {e}"));
+        Self::with_memory(max, mem)
+    }
+
+    /// Takes over `flows` an earlier process left (see [`carried`]): each
+    /// one whose protocol and state make sense and whose tuples no other
+    /// flow holds is filed under this table's hash key, idle from `now`
+    /// (the earlier process's clock meant nothing here). Returns how many.
+    pub fn adopt(&mut self, flows: Vec<FlowEntry>, now: u32) -> usize {
+        let mut taken = 0;
+        for mut f in flows {
+            let sane = f.live()
+                && matches!(f.proto, PROTO_TCP | PROTO_UDP | PROTO_ICMP)
+                && f.state <= ST_ICMP
+                && (f.proto == PROTO_TCP) == TcpState::from_code(f.state).is_some();
+            let (o, r) = (f.tuple(Dir::Orig), f.tuple(Dir::Reply));
+            if !sane || self.len() >= self.max || self.contains(&o) || self.contains(&r) {
+                continue;
+            }
+            f.last_seen = now;
+            let slot = match self.free.pop() {
+                Some(s) => s,
+                None => match self.slots.push(FlowEntry::default()) {
+                    Some(s) => s as u32,
+                    None => break,
+                },
+            };
+            self.slots[slot as usize] = f;
+            self.insert_entry(self.hash(&o), slot << 1);
+            self.insert_entry(self.hash(&r), (slot << 1) | 1);
+            taken += 1;
+        }
+        taken
     }
 
     /// The bucket a probe for hash `h` starts at.
@@ -824,10 +868,10 @@ impl CtTable {
         let entry = FlowEntry::new(orig, reply, [orig_side, reply_side], state, now);
         let slot = match self.free.pop() {
             Some(s) => s,
-            None => {
-                self.slots.push(FlowEntry::default());
-                (self.slots.len() - 1) as u32
-            }
+            None => self
+                .slots
+                .push(FlowEntry::default())
+                .ok_or(CreateError::Full)? as u32,
         };
         self.insert_entry(self.hash(&orig), slot << 1);
         self.insert_entry(self.hash(&reply), (slot << 1) | 1);
@@ -848,11 +892,24 @@ impl CtTable {
     }
 
     /// Removes every flow `pred` selects; returns how many.
-    pub fn remove_if(&mut self, mut pred: impl FnMut(&Flow) -> bool) -> usize {
+    pub fn remove_if(&mut self, pred: impl FnMut(&Flow) -> bool) -> usize {
+        self.remove_if_in(0, usize::MAX, pred)
+    }
+
+    /// Removes the flows `pred` selects among the `n` slots from `from`;
+    /// returns how many.
+    pub fn remove_if_in(
+        &mut self,
+        from: usize,
+        n: usize,
+        mut pred: impl FnMut(&Flow) -> bool,
+    ) -> usize {
         let doomed: Vec<usize> = self
             .slots
             .iter()
             .enumerate()
+            .skip(from)
+            .take(n)
             .filter(|(_, f)| f.live() && pred(&f.flow()))
             .map(|(i, _)| i)
             .collect();
@@ -884,8 +941,15 @@ impl CtTable {
 
     /// A copy of every flow.
     pub fn flows(&self) -> Vec<Flow> {
+        self.flows_in(0, usize::MAX)
+    }
+
+    /// A copy of the flows among the `n` slots from `from`.
+    pub fn flows_in(&self, from: usize, n: usize) -> Vec<Flow> {
         self.slots
             .iter()
+            .skip(from)
+            .take(n)
             .filter(|f| f.live())
             .map(FlowEntry::flow)
             .collect()
@@ -906,10 +970,7 @@ impl CtTable {
                 self.buckets.as_ptr().cast(),
                 self.buckets.len() * std::mem::size_of::<Bucket>(),
             ),
-            (
-                self.slots.as_ptr().cast(),
-                self.slots.capacity() * std::mem::size_of::<FlowEntry>(),
-            ),
+            self.slots.region(),
         ]
     }
 }
@@ -947,6 +1008,15 @@ impl Conntrack {
         }
     }
 
+    /// An empty tracker for at most `max_flows` flows whose entries live in
+    /// `mem` (see [`FlowMemory`]).
+    pub fn with_memory(max_flows: usize, mem: FlowMemory) -> Self {
+        Self {
+            table: Mutex::new(CtTable::with_memory(max_flows, mem)),
+            stats: CtStats::default(),
+        }
+    }
+
     /// Locks the table (a worker: once per batch).
     #[inline]
     pub fn lock(&self) -> MutexGuard<'_, CtTable> {
@@ -963,6 +1033,30 @@ impl Conntrack {
     /// Slots in the table (live and free): what a full expiry pass visits.
     pub fn slots(&self) -> usize {
         self.lock().slots.len()
+    }
+
+    /// Removes every flow `pred` selects, [`EXPIRE_STEP`] slots under each
+    /// hold of the lock (a worker waits at most that long); returns how many.
+    pub fn remove_if(&self, mut pred: impl FnMut(&Flow) -> bool) -> usize {
+        let mut removed = 0;
+        let mut from = 0;
+        while from < self.slots() {
+            removed += self.lock().remove_if_in(from, EXPIRE_STEP, &mut pred);
+            from += EXPIRE_STEP;
+        }
+        removed
+    }
+
+    /// A copy of every flow, taken [`EXPIRE_STEP`] slots under each hold of
+    /// the lock.
+    pub fn flows(&self) -> Vec<Flow> {
+        let mut all = Vec::new();
+        let mut from = 0;
+        while from < self.slots() {
+            all.extend(self.lock().flows_in(from, EXPIRE_STEP));
+            from += EXPIRE_STEP;
+        }
+        all
     }
 
     /// Expires idle flows among the next `visit` slots after the last call's
@@ -1001,6 +1095,62 @@ mod tests {
             dport,
             proto: PROTO_TCP,
         }
+    }
+
+    /// What a successor reads from the flow memory: the live flows (a
+    /// removed one is not among them), filed again under its own hash key
+    /// with the same translations; a torn entry and a duplicate are left
+    /// out, and memory of another layout is not read at all.
+    #[test]
+    fn a_successor_takes_the_flows_over() {
+        let mut a = CtTable::with_max(64);
+        let flows: Vec<(Tuple, Tuple)> = (0..5u16)
+            .map(|i| (t(1, 1000 + i, 9, 80), t(9, 80, 5, 61000 + i)))
+            .collect();
+        for (o, r) in &flows {
+            let c = Side::Container {
+                net: 3,
+                mac: Mac(0x0200_0000_0001),
+            };
+            a.create(
+                *o,
+                *r,
+                c,
+                Side::Uplink,
+                State::Tcp(TcpState::Established),
+                7,
+            )
+            .unwrap();
+        }
+        a.remove_if(|f| f.orig == flows[4].0);
+        let left = carried(a.slots.bytes()).unwrap();
+        assert_eq!(left.len(), 4, "the removed flow is not carried");
+        let mut torn = left[0];
+        torn.state = 200;
+        let mut input = left.clone();
+        input.push(torn);
+        input.push(left[1]);
+        let mut b = CtTable::with_max(64);
+        assert_eq!(
+            b.adopt(input, 100),
+            4,
+            "torn and duplicate entries left out"
+        );
+        for (o, r) in &flows[..4] {
+            let (f, d) = b.lookup(o).unwrap();
+            assert_eq!(d, Dir::Orig);
+            assert_eq!(f.translated(d), r.reversed());
+            assert_eq!(f.flow().last_seen, 100, "idle from the takeover");
+            assert_eq!(b.lookup(r).unwrap().1, Dir::Reply);
+        }
+        assert!(b.lookup(&flows[4].0).is_none());
+        // Not ours: another magic, another layout.
+        let mut bytes = a.slots.bytes().to_vec();
+        bytes[0] ^= 1;
+        assert!(carried(&bytes).unwrap_err().contains("not a flow file"));
+        let mut bytes = a.slots.bytes().to_vec();
+        bytes[8] = 9;
+        assert!(carried(&bytes).unwrap_err().contains("layout 9"));
     }
 
     #[test]

@@ -294,10 +294,16 @@ impl Tables {
     /// Empty tables with an FDB of `fdb_slots` slots and room for
     /// `max_flows` tracked connections.
     pub fn with_conntrack(fdb_slots: usize, max_flows: usize) -> Self {
+        Self::with_tracker(fdb_slots, Conntrack::new(max_flows))
+    }
+
+    /// Empty tables with an FDB of `fdb_slots` slots and the connection
+    /// tracker `ct`.
+    pub fn with_tracker(fdb_slots: usize, ct: Conntrack) -> Self {
         Self {
             fdb: Fdb::new(fdb_slots),
             snap: ArcSwap::from_pointee(Snapshot::default()),
-            ct: Conntrack::new(max_flows),
+            ct,
             neigh_wanted: ArrayQueue::new(256),
         }
     }

@@ -77,6 +77,14 @@ pub enum Command {
         /// Signalled after the port is dropped.
         ack: Sender<()>,
     },
+    /// Send `frame` out of port `port` (the control plane's own frames,
+    /// e.g. gratuitous ARP after a takeover).
+    Send {
+        /// Port.
+        port: PortId,
+        /// The whole Ethernet frame.
+        frame: Vec<u8>,
+    },
     /// Leave the loop.
     Stop,
 }
@@ -335,6 +343,9 @@ impl Worker {
                     let q = self.txq.queue(id);
                     self.pool.put_all(q);
                     let _ = ack.send(());
+                }
+                Command::Send { port, frame } => {
+                    self.txq.push(port, Packet::from_slice(&frame));
                 }
                 Command::Stop => self.stop = true,
             }

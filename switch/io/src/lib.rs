@@ -1,7 +1,9 @@
 //! Ports that touch the kernel. Every `unsafe` block of vswitch lives here,
-//! each with a `SAFETY:` comment: ring and UMEM memory, ioctls, `bpf(2)`.
+//! each with a `SAFETY:` comment: ring and UMEM memory, ioctls, `bpf(2)`,
+//! the mapped flow file.
 pub mod afxdp;
 pub mod ethtool;
+pub mod flowfile;
 pub mod hugepage;
 pub mod placement;
 pub mod tap;
@@ -20,6 +22,9 @@ pub enum IoError {
     /// The interface does not exist.
     #[error("no interface named {0:?} (check `ip link` in the switch's network namespace)")]
     NoInterface(String),
+    /// Anything else, said in full.
+    #[error("{0}")]
+    Other(String),
 }
 
 impl IoError {

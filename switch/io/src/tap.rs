@@ -10,6 +10,7 @@ use vswitch_engine::wire::virtio::{self, VNET_HDR_LEN};
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
@@ -98,6 +99,20 @@ impl VnetPort {
             rx_spare: Vec::new(),
             tx_ready: Vec::new(),
         })
+    }
+}
+
+impl VnetPort {
+    /// Makes the TAP outlive this process (`on`), or go with its last fd
+    /// (`!on`): a persistent TAP keeps its namespace, addresses and routes
+    /// when the switch dies, and a new switch attaches to it by name with
+    /// [`VnetPort::open`] in the namespace it is in.
+    pub fn set_persist(&self, on: bool) -> Result<(), IoError> {
+        // SAFETY: TUNSETPERSIST takes an int flag by value.
+        if unsafe { libc::ioctl(self.fd.as_raw_fd(), TUNSETPERSIST, libc::c_ulong::from(on)) } < 0 {
+            return Err(IoError::last(format!("TUNSETPERSIST {}", self.name)));
+        }
+        Ok(())
     }
 }
 

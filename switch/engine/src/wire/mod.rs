@@ -2,6 +2,7 @@
 //! UDP and ICMP; this module adds what smoltcp lacks: the virtio-net header
 //! that TAP devices exchange, a fast MAC key, and the Internet checksum over an
 //! arbitrary range (smoltcp keeps its own private).
+pub mod announce;
 pub mod checksum;
 pub mod mac;
 pub mod virtio;

@@ -3,8 +3,8 @@
 //! suppression entries.
 //!
 //! The cluster agent (`vswitch-overlay`) runs in its own thread and hands
-//! every new [`View`] to a channel; the `vswitch-sync` thread (see
-//! `server.rs`) takes the state lock and calls [`State::apply_view`]. Workers
+//! every new [`View`] to a channel; the control thread (see `server.rs`)
+//! takes the newest and calls [`State::apply_view`]. Workers
 //! only ever see the result through the published snapshot and the
 //! lock-free FDB.
 use super::{err, CmdError, State};
@@ -329,7 +329,7 @@ impl State {
     }
 
     /// `vswitch peers`.
-    pub(super) fn peers_status(&self) -> Result<serde_json::Value, CmdError> {
+    pub(super) fn peers_status(&self) -> Result<vswitch_overlay::Status, CmdError> {
         let Some(c) = self.cluster.as_ref() else {
             return err(
                 "this switch runs without a cluster; start it with --cluster-listen ADDR:PORT --cluster-key-file FILE [--cluster-join SEED] or a [cluster] section",
@@ -338,7 +338,7 @@ impl State {
         let Some(st) = c.status() else {
             return err("the cluster agent does not answer");
         };
-        serde_json::to_value(st).map_err(|e| CmdError(e.to_string()))
+        Ok(st)
     }
 
     /// The synced entry of a MAC, for `fdb show`.
