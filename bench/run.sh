@@ -407,6 +407,11 @@ P100KM=$(jv "$TMP/pipe.txt" pipeline_l2_100000_macs_3_out_ports cycles_per_packe
 taskset -c "$WORKER_CORE" "$BENCH" nat | tee "$TMP/nat.txt" | grep -v '^JSON'
 N1=$(jv "$TMP/nat.txt" pipeline_nat_1_flows cycles_per_packet); N1M=$(jv "$TMP/nat.txt" pipeline_nat_1000000_flows cycles_per_packet)
 NRATIO=$(jv "$TMP/nat.txt" pipeline_nat_1000000_flows ratio_vs_1_flow); NBYTES=$(jv "$TMP/nat.txt" pipeline_nat_1000000_flows bytes_per_flow)
+# The same with the flow entries in a mapping of a tmpfs file, as the switch
+# keeps them (so that a restarted switch takes them over).
+taskset -c "$WORKER_CORE" "$BENCH" nat --flow-file "/dev/shm/$P.flows" | tee "$TMP/natf.txt" | grep -v '^JSON'
+rm -f "/dev/shm/$P.flows"
+NF1=$(jv "$TMP/natf.txt" pipeline_nat_1_flows_flow_file cycles_per_packet); NF1M=$(jv "$TMP/natf.txt" pipeline_nat_1000000_flows_flow_file cycles_per_packet)
 taskset -c "$WORKER_CORE" "$BENCH" vxlan | tee "$TMP/vx.txt" | grep -v '^JSON'
 VENC=$(jv "$TMP/vx.txt" pipeline_vxlan_encap cycles_per_packet)
 VDEC=$(jv "$TMP/vx.txt" pipeline_vxlan_decap cycles_per_packet)
@@ -440,6 +445,7 @@ echo "== summary (kernel = Linux bridge for the L2 rows, docker0-style bridge + 
 "$BENCH" report --input "$RES" --commit "$COMMIT" --out bench/results
 echo "pipeline cycles/packet: $P1 (1 MAC), $P100K (100,000 MACs), $P100KM (100,000 MACs, destinations on 3 ports)"
 echo "NAT pipeline cycles/packet: $N1 (1 flow), $N1M (1,000,000 flows: ${NRATIO}x the 1-flow rate); $NBYTES bytes per tracked flow"
+echo "NAT pipeline cycles/packet, flow entries in a tmpfs file mapping: $NF1 (1 flow), $NF1M (1,000,000 flows)"
 echo "VXLAN pipeline cycles/packet: encap $VENC, decap $VDEC"
 echo "adaptive idle: $IDLE_CPU % of one core while idle; first packet after idle one-way p50/p99/max $I_OW50 / $I_OW99 / $I_OWMAX us"
 {
@@ -449,6 +455,8 @@ echo "adaptive idle: $IDLE_CPU % of one core while idle; first packet after idle
     "$BENCH" report --input "$RES" --commit "$COMMIT" --out bench/results | grep -v '^wrote'
     echo "pipeline cycles/packet: $P1 (1 MAC), $P100K (100,000 MACs), $P100KM (100,000 MACs, destinations on 3 ports)"
     echo "NAT pipeline cycles/packet: $N1 (1 flow), $N1M (1,000,000 flows: ${NRATIO}x the 1-flow rate); $NBYTES bytes per tracked flow"
+    echo "NAT pipeline cycles/packet, flow entries in a tmpfs file mapping: $NF1 (1 flow), $NF1M (1,000,000 flows)"
+echo "NAT pipeline cycles/packet, flow entries in a tmpfs file mapping: $NF1 (1 flow), $NF1M (1,000,000 flows)"
     echo "VXLAN pipeline cycles/packet: encap $VENC, decap $VDEC"
     echo "adaptive idle: $IDLE_CPU % of one core while idle; first packet after idle one-way p50/p99/max $I_OW50 / $I_OW99 / $I_OWMAX us"
     echo '```'

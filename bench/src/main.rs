@@ -41,6 +41,10 @@ enum Cmd {
         /// Run only the case with this many flows (1 or 1000000).
         #[arg(long)]
         only: Option<u32>,
+        /// Keep the flow entries in a mapping of this file (on tmpfs, as
+        /// the switch keeps them in /run/vswitch), not anonymous memory.
+        #[arg(long)]
+        flow_file: Option<std::path::PathBuf>,
     },
     /// Accept TCP connections and close them at once (connection-rate server).
     AcceptServer {
@@ -115,8 +119,12 @@ fn main() {
             pipeline::run(batches, only);
             Ok(())
         }
-        Cmd::Nat { batches, only } => {
-            nat::run(batches, only);
+        Cmd::Nat {
+            batches,
+            only,
+            flow_file,
+        } => {
+            nat::run(batches, only, flow_file.as_deref());
             Ok(())
         }
         Cmd::Cluster(o) => cluster::run(&o),

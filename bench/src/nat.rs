@@ -22,8 +22,20 @@ const SNAT_IP: u32 = 0xc0a8_0001; // 192.168.0.1
 const NEXT_HOP: u32 = 0xc0a8_00fe;
 const UPLINK: u16 = 3;
 
-fn tables(flows: usize) -> (Arc<Tables>, Arc<Snapshot>) {
-    let t = Arc::new(Tables::with_conntrack(1 << 12, flows + 16));
+fn tables(flows: usize, file: Option<&std::path::Path>) -> (Arc<Tables>, Arc<Snapshot>) {
+    let t = Arc::new(match file {
+        // As the switch keeps it: entries in a file mapping (tmpfs) that a
+        // restarted switch takes over.
+        Some(path) => {
+            let _ = std::fs::remove_file(path);
+            let o = vswitch_io::flowfile::open(path, flows + 16).expect("flow file");
+            Tables::with_tracker(
+                1 << 12,
+                vswitch_engine::conntrack::Conntrack::with_memory(flows + 16, o.memory),
+            )
+        }
+        None => Tables::with_conntrack(1 << 12, flows + 16),
+    });
     t.fdb.set_limit(0, 1000);
     let port = crate::port_view;
     t.publish(Snapshot {
@@ -115,8 +127,8 @@ fn frame(t: &Tuple) -> [u8; 64] {
 }
 
 /// Returns (ns per packet, packets sent to the uplink, bytes per flow).
-fn case(flows: u32, batches: usize) -> (f64, u64, usize) {
-    let (t, snap) = tables(flows as usize);
+fn case(flows: u32, batches: usize, file: Option<&std::path::Path>) -> (f64, u64, usize) {
+    let (t, snap) = tables(flows as usize, file);
     // As the switch does at start (control::State::start).
     vswitch_io::hugepage::advise(&t.ct.lock().regions());
     {
@@ -175,10 +187,15 @@ fn case(flows: u32, batches: usize) -> (f64, u64, usize) {
 }
 
 /// Prints the table and one JSON line per case (median of `TRIALS`).
-pub fn run(batches: usize, only: Option<u32>) {
+/// `file`: keep the flow entries in a mapping of this file, as the switch
+/// does (otherwise anonymous memory).
+pub fn run(batches: usize, only: Option<u32>, file: Option<&std::path::Path>) {
     const TRIALS: usize = 5;
     let mhz = crate::cpu_mhz();
-    println!("NAT pipeline on memory: established SNAT flows, 64-byte TCP, batches of {BATCH}, median of {TRIALS} trials");
+    let memory = file.map_or("anonymous memory".to_string(), |f| {
+        format!("a mapping of {}", f.display())
+    });
+    println!("NAT pipeline on memory: established SNAT flows, 64-byte TCP, batches of {BATCH}, median of {TRIALS} trials; flow entries in {memory}");
     println!(
         "{:<10} {:>8} {:>11} {:>11} {:>14} {:>14}",
         "flows", "Mpps", "ns/packet", "cycles/pkt", "bytes/flow", "vs 1 flow"
@@ -190,7 +207,7 @@ pub fn run(batches: usize, only: Option<u32>) {
         }
         let mut trials: Vec<(f64, usize)> = (0..TRIALS)
             .map(|_| {
-                let (ns, sent, bpf) = case(flows, batches / TRIALS);
+                let (ns, sent, bpf) = case(flows, batches / TRIALS, file);
                 let expected = ((batches / TRIALS) * BATCH) as u64;
                 assert_eq!(sent, expected, "every segment must reach the uplink");
                 (ns, bpf)
@@ -214,7 +231,7 @@ pub fn run(batches: usize, only: Option<u32>) {
         );
         println!(
             "JSON {}",
-            serde_json::json!({"case": format!("pipeline_nat_{flows}_flows"), "mpps": mpps, "ns_per_packet": ns, "cycles_per_packet": cycles, "bytes_per_flow": bpf, "ratio_vs_1_flow": mpps / one, "mhz": mhz})
+            serde_json::json!({"case": format!("pipeline_nat_{flows}_flows{}", if file.is_some() { "_flow_file" } else { "" }), "mpps": mpps, "ns_per_packet": ns, "cycles_per_packet": cycles, "bytes_per_flow": bpf, "ratio_vs_1_flow": mpps / one, "mhz": mhz})
         );
     }
 }
