@@ -11,8 +11,10 @@ fi
 # clients and servers for the gateway and NAT tests; iptables: the
 # docker0-style reference in the benchmark; etcd-server: the etcd backend's
 # tests and benchmark; protobuf-compiler, libprotobuf-dev: building the etcd
-# client (cargo feature `etcd`).
-pkgs=(iproute2 iputils-ping iperf3 tcpdump netsniff-ng ethtool procps kmod nftables iptables curl dnsutils dnsmasq-base python3 etcd-server protobuf-compiler libprotobuf-dev)
+# client (cargo feature `etcd`); podman, runc, conmon,
+# containernetworking-plugins, busybox-static: a real container runtime that
+# drives the CNI plugin, and an image made offline; util-linux: nsenter.
+pkgs=(iproute2 iputils-ping iperf3 tcpdump netsniff-ng ethtool procps kmod nftables iptables curl dnsutils dnsmasq-base python3 etcd-server protobuf-compiler libprotobuf-dev podman runc conmon containernetworking-plugins busybox-static util-linux)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

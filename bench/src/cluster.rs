@@ -427,6 +427,8 @@ pub fn run(o: &Opts) -> Result<(), String> {
                 kind: vswitch_control::api::AttachKind::Tap,
                 ip: None,
                 mac: None,
+                owner: None,
+                aliases: Vec::new(),
             },
         )?;
     }

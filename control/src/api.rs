@@ -13,6 +13,10 @@ pub enum AttachKind {
     Veth,
 }
 
+fn yes() -> bool {
+    true
+}
+
 /// A request.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
@@ -35,7 +39,8 @@ pub enum Request {
     Attach {
         /// Network.
         network: String,
-        /// Namespace name (`/run/netns/NAME`).
+        /// Namespace: a name (`/run/netns/NAME`) or a path to a namespace
+        /// file (`/proc/PID/ns/net`).
         netns: String,
         /// Interface name inside it.
         ifname: String,
@@ -45,6 +50,12 @@ pub enum Request {
         ip: Option<String>,
         /// MAC address.
         mac: Option<String>,
+        /// Who made it (a CNI container id), for garbage collection.
+        #[serde(default)]
+        owner: Option<String>,
+        /// Names the container goes by on this network.
+        #[serde(default)]
+        aliases: Vec<String>,
     },
     /// Remove an attached interface.
     Detach {
@@ -121,6 +132,11 @@ pub enum Request {
         proto: Proto,
         /// Host address to listen on (default: all of the host's).
         host_ip: Option<String>,
+        /// Bind the host port (a proxy for the host's own processes, and
+        /// proof that the port is free); `false` when a runtime holds it
+        /// already (rootful podman's conmon).
+        #[serde(default = "yes")]
+        bind_host: bool,
     },
     /// Withdraw a published port.
     Unpublish {
@@ -258,6 +274,9 @@ pub struct PortInfo {
     pub mode: String,
     /// Container side, if created by `attach`.
     pub attached: Option<String>,
+    /// Who made the attachment (a CNI container id), if it said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// An FDB entry in listings.
@@ -340,6 +359,9 @@ pub struct ContainerInfo {
     pub mac: String,
     /// NETNS:IFNAME.
     pub attached: String,
+    /// Names it goes by on the network.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
 }
 
 /// A published port of a network.

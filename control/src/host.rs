@@ -14,7 +14,8 @@ pub type Opened = (Box<dyn Port>, String);
 
 /// What the control plane asks of the host.
 pub trait Host: Send {
-    /// Whether network namespace `ns` (`/run/netns/NAME`) exists.
+    /// Whether network namespace `ns` (a name in `/run/netns`, or a path
+    /// to a namespace file) exists.
     fn namespace_exists(&self, ns: &str) -> bool;
     /// Whether interface `name` exists in the switch's namespace.
     fn link_exists(&self, name: &str) -> bool;

@@ -1,6 +1,7 @@
 //! vswitch control plane: configuration, the management API, netlink work in
 //! container namespaces, and the state that publishes tables to the workers.
 pub mod api;
+pub mod cni;
 pub mod config;
 pub mod host;
 pub mod mgmt;

@@ -393,6 +393,10 @@ macro_rules! out {
 }
 
 fn main() -> ExitCode {
+    // Run by a container runtime as its CNI plugin.
+    if std::env::var_os("CNI_COMMAND").is_some() {
+        return vswitch_control::cni::main();
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -547,6 +551,8 @@ fn run(cli: Cli) -> Result<(), String> {
                     },
                     ip: ip.clone(),
                     mac: mac.clone(),
+                    owner: None,
+                    aliases: Vec::new(),
                 },
             )?;
             let a: Attached = parse(v)?;
@@ -743,6 +749,7 @@ fn run(cli: Cli) -> Result<(), String> {
                     host_port: host_port.clone(),
                     proto: (*proto).into(),
                     host_ip: host_ip.clone(),
+                    bind_host: true,
                 },
             )?;
             let p: PublishedPort = parse(v)?;

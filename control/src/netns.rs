@@ -14,6 +14,14 @@ pub enum NetnsError {
     /// The namespace does not exist.
     #[error("network namespace {0:?} not found (expected /run/netns/{0}; create it with `ip netns add {0}`)")]
     NoNamespace(String),
+    /// A path that is not a network namespace.
+    #[error("{path:?} is not a network namespace ({why}); give a name from `ip netns` or a path such as /run/netns/NAME or /proc/PID/ns/net")]
+    NotNamespace {
+        /// The path.
+        path: String,
+        /// What it is, or why it cannot be opened.
+        why: String,
+    },
     /// Entering it failed.
     #[error("cannot enter network namespace {ns:?}: {source}")]
     Enter {
@@ -37,8 +45,24 @@ fn nl(e: impl std::fmt::Display) -> NetnsError {
     NetnsError::Netlink(e.to_string())
 }
 
-/// Opens `/run/netns/NAME`.
+/// Opens a network namespace: `NAME` (`/run/netns/NAME`, as `ip netns`
+/// names them) or an absolute path to a namespace file, as container
+/// runtimes pass it (`/run/netns/netns-<uuid>`, `/proc/PID/ns/net`).
 pub fn open_ns(name: &str) -> Result<OwnedFd, NetnsError> {
+    if name.starts_with('/') {
+        let not = |why: String| NetnsError::NotNamespace {
+            path: name.to_string(),
+            why,
+        };
+        let fd = OwnedFd::from(std::fs::File::open(name).map_err(|e| not(e.to_string()))?);
+        // A namespace file lives on nsfs (a bind mount of one, as in
+        // /run/netns, too); entering it checks that it is a network one.
+        let fs = nix::sys::statfs::fstatfs(&fd).map_err(|e| not(e.to_string()))?;
+        if fs.filesystem_type() != nix::sys::statfs::NSFS_MAGIC {
+            return Err(not("not a namespace file".into()));
+        }
+        return Ok(fd);
+    }
     if name.is_empty() || name.contains('/') || name == "." || name == ".." {
         return Err(NetnsError::NoNamespace(name.to_string()));
     }

@@ -97,6 +97,12 @@ pub struct SavedAttachment {
     pub mac: String,
     /// Worker it runs on.
     pub worker: usize,
+    /// Who made it (a CNI container id).
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// Names it goes by on the network.
+    #[serde(default)]
+    pub aliases: Vec<String>,
 }
 
 /// A published port.
@@ -113,6 +119,13 @@ pub struct SavedPublished {
     pub host_ip: Option<std::net::Ipv4Addr>,
     /// Container address and port.
     pub target: std::net::SocketAddrV4,
+    /// Whether the switch binds the host port (see `Request::Publish`).
+    #[serde(default = "yes")]
+    pub bind_host: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The uplink.

@@ -12,8 +12,8 @@ impl State {
         ns: &str,
         ifname: &str,
         kind: AttachKind,
-        ip: Option<&str>,
-        mac: Option<&str>,
+        (ip, mac): (Option<&str>, Option<&str>),
+        (owner, aliases): (Option<String>, Vec<String>),
     ) -> Result<Attached, CmdError> {
         let Some(net) = self.networks.get(network).cloned() else {
             return err(format!(
@@ -21,6 +21,11 @@ impl State {
             ));
         };
         if !self.host.namespace_exists(ns) {
+            if ns.starts_with('/') {
+                return err(format!(
+                    "{ns:?} does not exist or is not a network namespace; give a name from `ip netns` or a path such as /run/netns/NAME or /proc/PID/ns/net"
+                ));
+            }
             return Err(netns::NetnsError::NoNamespace(ns.to_string()).into());
         }
         if ifname.is_empty() || ifname.len() > 15 {
@@ -114,6 +119,8 @@ impl State {
         };
         let attach = Some(Attachment {
             kind,
+            owner,
+            aliases,
             netns: ns.to_string(),
             ifname: ifname.to_string(),
             ip: ipam,
@@ -210,6 +217,20 @@ impl State {
         };
         let ip = rec.attach.as_ref().and_then(|a| a.ip);
         let net_id = self.networks.get(network).map(|n| n.id);
+        // Its published ports go with it (as a container's do in Docker).
+        let gone: Vec<(Proto, u16)> = self
+            .published
+            .iter()
+            .filter(|(_, p)| p.network == network && Some(p.ip) == ip)
+            .map(|(k, _)| *k)
+            .collect();
+        if !gone.is_empty() {
+            for k in &gone {
+                self.published.remove(k);
+            }
+            self.publish();
+            let _ = self.reapply_guard();
+        }
         if let (Some(ip), Some(l3)) = (
             ip,
             self.networks.get_mut(network).and_then(|n| n.l3.as_mut()),
@@ -259,6 +280,8 @@ impl State {
         }
         let attach = Some(Attachment {
             kind: a.kind,
+            owner: a.owner.clone(),
+            aliases: a.aliases.clone(),
             netns: a.netns.clone(),
             ifname: a.ifname.clone(),
             ip: a.ip,

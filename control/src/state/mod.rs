@@ -98,6 +98,10 @@ struct NetL3 {
 #[derive(Debug, Clone)]
 struct Attachment {
     kind: AttachKind,
+    /// Who made it (a CNI container id).
+    owner: Option<String>,
+    /// Names it goes by on the network.
+    aliases: Vec<String>,
     netns: String,
     ifname: String,
     ip: Option<Ipv4Addr>,
@@ -129,6 +133,8 @@ struct PubRec {
     ip: Ipv4Addr,
     port: u16,
     host_ip: Option<Ipv4Addr>,
+    /// The switch bound the host port (and proxies the host's processes).
+    bind_host: bool,
     _proxy: Option<Proxy>,
 }
 
@@ -330,14 +336,16 @@ impl State {
                 kind,
                 ip,
                 mac,
+                owner,
+                aliases,
             } => self
                 .attach(
                     &network,
                     &netns,
                     &ifname,
                     kind,
-                    ip.as_deref(),
-                    mac.as_deref(),
+                    (ip.as_deref(), mac.as_deref()),
+                    (owner, aliases),
                 )
                 .map(Reply::Attached),
             Request::Detach {
@@ -384,6 +392,7 @@ impl State {
                 host_port,
                 proto,
                 host_ip,
+                bind_host,
             } => self
                 .publish_port(
                     &network,
@@ -391,6 +400,7 @@ impl State {
                     host_port.as_deref(),
                     proto,
                     host_ip.as_deref(),
+                    bind_host,
                 )
                 .map(Reply::Published),
             Request::Unpublish {

@@ -255,7 +255,11 @@ impl State {
         host_port: Option<&str>,
         proto: Proto,
         host_ip: Option<&str>,
+        bind_host: bool,
     ) -> Result<PublishedPort, CmdError> {
+        if !bind_host && host_port.is_none() {
+            return err("a published port the switch does not bind needs its --host-port");
+        }
         let Some(net) = self.networks.get(network) else {
             return err(format!("no network {network:?} (see `vswitch network ls`)"));
         };
@@ -306,6 +310,9 @@ impl State {
         let mut chosen: Option<(u16, Option<Proxy>)> = None;
         let mut last_err = String::new();
         let try_port = |p: u16| -> Result<Option<Proxy>, String> {
+            if !bind_host {
+                return Ok(None);
+            }
             match proto {
                 Proto::Tcp => Proxy::start(SocketAddr::from((listen_ip, p)), target_addr).map(Some),
                 Proto::Udp => std::net::UdpSocket::bind((listen_ip, p))
@@ -365,6 +372,7 @@ impl State {
                 network: network.to_string(),
                 ip,
                 port,
+                bind_host,
                 host_ip,
                 _proxy: proxy,
             },

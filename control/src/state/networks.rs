@@ -254,6 +254,13 @@ impl State {
                     ip: ip.to_string(),
                     mac: mac.to_string(),
                     attached: at.clone(),
+                    aliases: self
+                        .ports
+                        .values()
+                        .filter_map(|p| p.attach.as_ref())
+                        .find(|a| a.ip == Some(*ip))
+                        .map(|a| a.aliases.clone())
+                        .unwrap_or_default(),
                 })
                 .collect();
         let published: Vec<_> = self

@@ -50,6 +50,8 @@ impl State {
                     ip: a.ip,
                     mac: a.mac.to_string(),
                     worker: p.worker,
+                    owner: a.owner.clone(),
+                    aliases: a.aliases.clone(),
                 }),
             }
         }
@@ -60,6 +62,7 @@ impl State {
                 host_port: *hp,
                 host_ip: p.host_ip,
                 target: std::net::SocketAddrV4::new(p.ip, p.port),
+                bind_host: p.bind_host,
             });
         }
         d.uplink = self.uplink.as_ref().map(|u| SavedUplink {
@@ -162,6 +165,7 @@ impl State {
                 Some(&p.host_port.to_string()),
                 p.proto,
                 p.host_ip.map(|i| i.to_string()).as_deref(),
+                p.bind_host,
             );
             if let Err(e) = r {
                 tracing::error!(network = %p.network, host_port = p.host_port, error = %e, "saved published port not restored");

@@ -190,6 +190,7 @@ impl State {
                     .attach
                     .as_ref()
                     .map(|a| format!("{}:{}", a.netns, a.ifname)),
+                owner: p.attach.as_ref().and_then(|a| a.owner.clone()),
             })
             .collect()
     }

@@ -232,6 +232,8 @@ fn attach(network: &str, ns: &str, kind: AttachKind) -> Request {
         kind,
         ip: None,
         mac: None,
+        owner: None,
+        aliases: Vec::new(),
     }
 }
 
@@ -451,6 +453,7 @@ fn the_uplink_guard_drops_the_switchs_ports_and_stays_after_a_stop() {
             host_port: None,
             proto: Proto::Udp,
             host_ip: None,
+            bind_host: true,
         },
     );
     let hp = p["host_port"].as_u64().unwrap();
