@@ -9,7 +9,8 @@
 //! the network on first use, `subnet`, `gateway`, `mtu`. Capabilities:
 //! `portMappings` (published through the switch's own DNAT, without binding
 //! the host port, which a runtime such as podman holds) and `aliases`
-//! (recorded on the attachment). `CNI_ARGS` `IP=` and `MAC=` are honoured.
+//! (recorded on the attachment). `CNI_ARGS` `IP=` and `MAC=` are honoured,
+//! and `K8S_POD_NAME=` is recorded as one more alias.
 //! Specification: <https://github.com/containernetworking/cni/blob/main/SPEC.md>.
 use crate::api::{AttachKind, Attached, NetworkDetail, PortInfo, Proto, Request, Response};
 use crate::config::NetworkConfig;
@@ -295,13 +296,19 @@ fn add(conf: &NetConf) -> Result<Value, CniError> {
         (Some(p), false) => format!("{ip}/{p}"),
         _ => ip,
     });
-    let aliases = conf
+    let mut aliases = conf
         .runtime_config
         .aliases
         .get(&conf.name)
         .or_else(|| conf.runtime_config.aliases.get(conf.network()))
         .cloned()
         .unwrap_or_default();
+    // A pod's name is a name too (Kubernetes and podman pass it).
+    if let Some(pod) = cni_arg("K8S_POD_NAME") {
+        if !aliases.contains(&pod) {
+            aliases.push(pod);
+        }
+    }
     let data = call(
         conf,
         Request::Attach {

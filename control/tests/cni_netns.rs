@@ -126,7 +126,9 @@ fn a_runtime_puts_containers_on_vswitch_through_the_cni_plugin() {
     let conf2 = json!({
         "cniVersion": "0.4.0", "name": "cninet", "type": "vswitch", "socket": sock, "kind": "veth"
     });
-    let (okb, r2) = cni("ADD", &conf2, &env("ctr2", &c2_path));
+    let mut e2 = env("ctr2", &c2_path);
+    e2.push(("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAME=db"));
+    let (okb, r2) = cni("ADD", &conf2, &e2);
     assert!(okb, "ADD by /proc path: {r2}");
     assert_eq!(
         r2["ips"][0]["version"], "4",
@@ -182,6 +184,14 @@ fn a_runtime_puts_containers_on_vswitch_through_the_cni_plugin() {
         .cloned()
         .unwrap();
     assert_eq!(c1_info["aliases"], json!(["web", "www"]), "{inspect}");
+    let c2_info = inspect["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["ip"] == c2_ip.as_str())
+        .cloned()
+        .unwrap();
+    assert_eq!(c2_info["aliases"], json!(["db"]), "the pod name: {inspect}");
     assert_eq!(inspect["published"][0]["host_port"], 18081);
 
     // CHECK: present, and an unknown container.

@@ -1,6 +1,10 @@
-//! The control plane's state: networks, ports, attachments. Only the control
-//! thread (and its housekeeping timer) touch it, under one mutex; workers see
-//! the snapshots it publishes and the FDB, never this.
+//! The control plane's state: networks, ports, attachments, published ports,
+//! the uplink, what the cluster programmed. One thread owns it
+//! (`server::control_loop`) and no lock guards it; workers see the snapshots
+//! it publishes and the FDB, never this. Each concern is a module below;
+//! side effects on the host go through [`Host`], and what the switch has been
+//! told is saved in the state directory before a change is answered
+//! (`persist`).
 use crate::api::{
     AttachKind, FdbInfo, NetworkInfo, PortAdded, PortInfo, Proto, Reply, Request, Response,
 };
