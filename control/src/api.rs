@@ -13,7 +13,8 @@ pub enum AttachKind {
     Veth,
 }
 
-fn yes() -> bool {
+/// `true` (a serde default).
+pub(crate) fn yes() -> bool {
     true
 }
 

@@ -251,13 +251,7 @@ fn inspect(conf: &NetConf) -> Result<Option<NetworkDetail>, CniError> {
     if !r.ok {
         return Ok(None);
     }
-    serde_json::from_value(r.data).map(Some).map_err(|e| {
-        fail(
-            IO_FAILURE,
-            "unexpected answer from the switch",
-            e.to_string(),
-        )
-    })
+    decode(r.data).map(Some)
 }
 
 fn add(conf: &NetConf) -> Result<Value, CniError> {
@@ -322,13 +316,7 @@ fn add(conf: &NetConf) -> Result<Value, CniError> {
             aliases,
         },
     )?;
-    let a: Attached = serde_json::from_value(data).map_err(|e| {
-        fail(
-            IO_FAILURE,
-            "unexpected answer from the switch",
-            e.to_string(),
-        )
-    })?;
+    let a: Attached = decode(data)?;
     for m in &conf.runtime_config.port_mappings {
         let proto = match m.protocol.as_deref().unwrap_or("tcp") {
             "tcp" => Proto::Tcp,
@@ -401,29 +389,53 @@ fn add(conf: &NetConf) -> Result<Value, CniError> {
     serde_json::to_value(result).map_err(|e| fail(IO_FAILURE, "result", e.to_string()))
 }
 
+/// An answer of the switch as `T`.
+fn decode<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, CniError> {
+    serde_json::from_value(v).map_err(|e| {
+        fail(
+            IO_FAILURE,
+            "unexpected answer from the switch",
+            e.to_string(),
+        )
+    })
+}
+
+/// The switch's ports on this configuration's network that `attach` made.
+fn attachments(conf: &NetConf) -> Result<Vec<PortInfo>, CniError> {
+    let ports: Vec<PortInfo> = decode(call(conf, Request::PortLs)?)?;
+    Ok(ports
+        .into_iter()
+        .filter(|p| p.network == conf.network() && p.attached.is_some())
+        .collect())
+}
+
+fn detach(conf: &NetConf, ns: &str, ifname: &str) -> Result<(), CniError> {
+    call(
+        conf,
+        Request::Detach {
+            network: conf.network().to_string(),
+            netns: ns.to_string(),
+            ifname: ifname.to_string(),
+        },
+    )
+    .map(|_| ())
+}
+
 /// The attachment of this container's interface, if the switch has it.
 fn find(conf: &NetConf) -> Result<Option<PortInfo>, CniError> {
     let ifname = env("CNI_IFNAME")?;
     let container = env("CNI_CONTAINERID")?;
     let netns = std::env::var("CNI_NETNS").unwrap_or_default();
-    let ports: Vec<PortInfo> =
-        serde_json::from_value(call(conf, Request::PortLs)?).map_err(|e| {
-            fail(
-                IO_FAILURE,
-                "unexpected answer from the switch",
-                e.to_string(),
-            )
-        })?;
+    let ports = attachments(conf)?;
     Ok(ports.into_iter().find(|p| {
-        p.network == conf.network()
-            && p.attached
-                .as_deref()
-                .and_then(|a| a.rsplit_once(':'))
-                .is_some_and(|(ns, i)| {
-                    i == ifname
-                        && (p.owner.as_deref() == Some(&container)
-                            || (!netns.is_empty() && ns == netns))
-                })
+        p.attached
+            .as_deref()
+            .and_then(|a| a.rsplit_once(':'))
+            .is_some_and(|(ns, i)| {
+                i == ifname
+                    && (p.owner.as_deref() == Some(&container)
+                        || (!netns.is_empty() && ns == netns))
+            })
     }))
 }
 
@@ -436,15 +448,7 @@ fn del(conf: &NetConf) -> Result<(), CniError> {
     let Some((ns, ifname)) = p.attached.as_deref().and_then(|a| a.rsplit_once(':')) else {
         return Ok(());
     };
-    call(
-        conf,
-        Request::Detach {
-            network: conf.network().to_string(),
-            netns: ns.to_string(),
-            ifname: ifname.to_string(),
-        },
-    )
-    .map(|_| ())
+    detach(conf, ns, ifname)
 }
 
 fn check(conf: &NetConf) -> Result<(), CniError> {
@@ -472,15 +476,8 @@ fn status(conf: &NetConf) -> Result<(), CniError> {
 /// GC (1.1): detaches what this plugin attached on the network for
 /// containers the runtime no longer lists.
 fn gc(conf: &NetConf) -> Result<(), CniError> {
-    let ports: Vec<PortInfo> =
-        serde_json::from_value(call(conf, Request::PortLs)?).map_err(|e| {
-            fail(
-                IO_FAILURE,
-                "unexpected answer from the switch",
-                e.to_string(),
-            )
-        })?;
-    for p in ports.iter().filter(|p| p.network == conf.network()) {
+    let ports = attachments(conf)?;
+    for p in &ports {
         let (Some(owner), Some((ns, ifname))) = (
             p.owner.as_deref(),
             p.attached.as_deref().and_then(|a| a.rsplit_once(':')),
@@ -492,14 +489,7 @@ fn gc(conf: &NetConf) -> Result<(), CniError> {
             .iter()
             .any(|v| v.container_id == owner && v.ifname == ifname);
         if !valid {
-            call(
-                conf,
-                Request::Detach {
-                    network: conf.network().to_string(),
-                    netns: ns.to_string(),
-                    ifname: ifname.to_string(),
-                },
-            )?;
+            detach(conf, ns, ifname)?;
         }
     }
     Ok(())

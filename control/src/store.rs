@@ -120,12 +120,8 @@ pub struct SavedPublished {
     /// Container address and port.
     pub target: std::net::SocketAddrV4,
     /// Whether the switch binds the host port (see `Request::Publish`).
-    #[serde(default = "yes")]
+    #[serde(default = "crate::api::yes")]
     pub bind_host: bool,
-}
-
-fn yes() -> bool {
-    true
 }
 
 /// The uplink.

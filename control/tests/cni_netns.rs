@@ -51,16 +51,7 @@ fn env<'a>(id: &'a str, netns: &'a str) -> Vec<(&'a str, &'a str)> {
 #[test]
 fn a_runtime_puts_containers_on_vswitch_through_the_cni_plugin() {
     let mut t = Topo::new("cn");
-    t.add_ns("ext");
-    let up = format!("{}u", t.prefix);
-    t.link(
-        "host",
-        &up,
-        &format!("{HOST_IP}/24"),
-        "ext",
-        &format!("{}x", t.prefix),
-        &format!("{EXT_IP}/24"),
-    );
+    let up = t.add_ext(&format!("{HOST_IP}/24"), &format!("{EXT_IP}/24"));
     t.start_switch(&format!(
         "[[workers]]\nidle = {{ mode = \"adaptive\", idle_after_us = 500, max_sleep_ms = 20 }}\n[uplink]\niface = \"{up}\"\n"
     ));
@@ -284,16 +275,7 @@ fn podman_runs_containers_on_vswitch() {
         panic!("podman is not installed (scripts/install-deps.sh installs it)");
     }
     let mut t = Topo::new("pm");
-    t.add_ns("ext");
-    let up = format!("{}u", t.prefix);
-    t.link(
-        "host",
-        &up,
-        "192.168.93.1/24",
-        "ext",
-        &format!("{}x", t.prefix),
-        "192.168.93.2/24",
-    );
+    let up = t.add_ext("192.168.93.1/24", "192.168.93.2/24");
     t.start_switch(&format!(
         "[[workers]]\nidle = {{ mode = \"adaptive\", idle_after_us = 500, max_sleep_ms = 20 }}\n[uplink]\niface = \"{up}\"\n"
     ));

@@ -16,17 +16,7 @@ const PY: &str = "/usr/bin/python3";
 
 fn topo(tag: &str, extra_cfg: &str) -> Topo {
     let mut t = Topo::new(tag);
-    t.add_ns("ext");
-    let up = format!("{}u", t.prefix);
-    let ex = format!("{}x", t.prefix);
-    t.link(
-        "host",
-        &up,
-        &format!("{HOST_IP}/24"),
-        "ext",
-        &ex,
-        &format!("{EXT_IP}/24"),
-    );
+    let up = t.add_ext(&format!("{HOST_IP}/24"), &format!("{EXT_IP}/24"));
     ok(&t.exec(
         "ext",
         &["ip", "addr", "add", &format!("{REMOTE}/32"), "dev", "lo"],

@@ -61,17 +61,7 @@ print("ok", n, flush=True)
 
 fn topo(tag: &str) -> Topo {
     let mut t = Topo::new(tag);
-    t.add_ns("ext");
-    let up = format!("{}u", t.prefix);
-    let ex = format!("{}x", t.prefix);
-    t.link(
-        "host",
-        &up,
-        &format!("{HOST_IP}/24"),
-        "ext",
-        &ex,
-        &format!("{EXT_IP}/24"),
-    );
+    t.add_ext(&format!("{HOST_IP}/24"), &format!("{EXT_IP}/24"));
     t.start_switch(WORKER);
     t
 }

@@ -189,8 +189,6 @@ pub struct State {
     statics: BTreeMap<(String, Mac), (SavedFdb, Option<PortId>)>,
     /// Putting back saved state: interfaces that exist are taken over.
     restoring: bool,
-    /// While restoring: the ids the switch's own ports had, by interface.
-    saved_ids: BTreeMap<String, PortId>,
     /// Where side effects on the host go.
     host: Box<dyn Host>,
 }
@@ -260,7 +258,6 @@ impl State {
             store,
             statics: BTreeMap::new(),
             restoring: false,
-            saved_ids: BTreeMap::new(),
             host,
         };
         if let Some(d) = saved {

@@ -7,6 +7,15 @@ use crate::api::{
 
 impl State {
     pub(super) fn uplink_add(&mut self, c: UplinkConfig) -> Result<(), CmdError> {
+        self.uplink_add_as(c, None)
+    }
+
+    /// Adds the uplink; `want_port`: the port id it had before a restart.
+    pub(super) fn uplink_add_as(
+        &mut self,
+        c: UplinkConfig,
+        want_port: Option<PortId>,
+    ) -> Result<(), CmdError> {
         if let Some(u) = &self.uplink {
             return err(format!(
                 "the uplink is already {:?}; `vswitch uplink rm` it first",
@@ -52,7 +61,16 @@ impl State {
                 self.has_overlay().then_some(vx),
             ))
             .map_err(CmdError)?;
-        let port = match self.port_add("(uplink)", &c.iface, PortKind::Packet, c.worker, None) {
+        let added = self.port_add_with(NewPort {
+            network: "(uplink)",
+            iface: &c.iface,
+            kind: PortKind::Packet,
+            worker: c.worker,
+            attach: None,
+            id: want_port,
+            opened: None,
+        });
+        let port = match added {
             Ok(p) => p,
             Err(e) => {
                 let _ = self.host.nft(&guard.remove_script());

@@ -4,15 +4,16 @@ use crate::api::{ContainerInfo, NetworkDetail, PublishedInfo};
 
 impl State {
     pub(super) fn network_create(&mut self, c: NetworkConfig) -> Result<(), CmdError> {
-        self.network_create_as(c, None)
+        self.network_create_as(c, None, None)
     }
 
-    /// Creates a network; `want_id`: the data-plane id it had before a
-    /// restart, when still free.
+    /// Creates a network; `want_id` and `want_port`: the data-plane id and
+    /// the host interface's port id it had before a restart, when free.
     pub(super) fn network_create_as(
         &mut self,
         c: NetworkConfig,
         want_id: Option<NetId>,
+        want_port: Option<PortId>,
     ) -> Result<(), CmdError> {
         config::validate_network(&c)?;
         let c = normalized(c);
@@ -85,7 +86,7 @@ impl State {
             }
             self.refresh_uplink(false);
         }
-        if let Err(e) = self.make_host_interface(&name, id, mtu) {
+        if let Err(e) = self.make_host_interface(&name, id, mtu, want_port) {
             let _ = self.network_rm(&name);
             return Err(e);
         }
@@ -99,6 +100,7 @@ impl State {
         name: &str,
         id: NetId,
         mtu: u32,
+        want_port: Option<PortId>,
     ) -> Result<(), CmdError> {
         let Some(net) = self.networks.get(name) else {
             return Ok(());
@@ -138,7 +140,7 @@ impl State {
             kind: PortKind::Tap,
             worker: None,
             attach: None,
-            id: None,
+            id: want_port,
             opened: Some(opened),
         })?;
         if let Some(p) = self.ports.get_mut(&port) {

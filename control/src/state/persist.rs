@@ -86,22 +86,13 @@ impl State {
     /// static FDB entries. What cannot be put back is logged and left out.
     pub(super) fn restore(&mut self, d: Desired) {
         self.restoring = true;
-        // Every port comes back under its id: the switch's own interfaces
-        // by name, and no new port may take an id a saved one will claim.
-        for n in &d.networks {
-            if let Some(p) = n.host_port {
-                self.saved_ids.insert(format!("vsgw{}", n.id), p);
-            }
-        }
-        if let Some(u) = &d.uplink {
-            if let Some(p) = u.port {
-                self.saved_ids.insert(u.config.iface.clone(), p);
-            }
-        }
-        let ids = self
-            .saved_ids
-            .values()
-            .copied()
+        // Every port comes back under its id, and no new port may take an
+        // id a saved one will claim.
+        let ids = d
+            .networks
+            .iter()
+            .filter_map(|n| n.host_port)
+            .chain(d.uplink.iter().filter_map(|u| u.port))
             .chain(d.ports.iter().map(|p| p.id))
             .chain(d.attachments.iter().map(|a| a.id));
         if let Some(max) = ids.max() {
@@ -111,7 +102,7 @@ impl State {
         nets.sort_by_key(|n| n.id);
         for n in nets {
             let name = n.config.name.clone();
-            match self.network_create_as(n.config, Some(n.id)) {
+            match self.network_create_as(n.config, Some(n.id), n.host_port) {
                 Ok(()) => {
                     if let Some(net) = self.networks.get_mut(&name) {
                         net.from_config = n.from_config;
@@ -123,7 +114,7 @@ impl State {
             }
         }
         if let Some(u) = d.uplink {
-            match self.uplink_add(u.config) {
+            match self.uplink_add_as(u.config, u.port) {
                 Ok(()) => {
                     if let Some(up) = self.uplink.as_mut() {
                         up.from_config = u.from_config;
@@ -184,7 +175,6 @@ impl State {
             }
         }
         self.restoring = false;
-        self.saved_ids.clear();
         self.announce();
         tracing::info!(
             networks = self.networks.len(),

@@ -96,7 +96,6 @@ impl State {
             return err(format!("interface {iface:?} is already a port"));
         }
         let want_worker = worker;
-        let id = id.or_else(|| self.saved_ids.get(iface).copied());
         let worker = self.pick_worker(worker)?;
         let id = match id {
             Some(id) if !self.ports.contains_key(&id) && (id as usize) < MAX_PORTS && id > 0 => id,

@@ -160,6 +160,17 @@ impl Topo {
         end_child(&mut c, sig, Duration::from_secs(5));
     }
 
+    /// An "ext" namespace behind the host's uplink: a veth `<prefix>u` in
+    /// "host" with `host_cidr`, `<prefix>x` in "ext" with `ext_cidr`.
+    /// Returns the uplink's name.
+    pub fn add_ext(&mut self, host_cidr: &str, ext_cidr: &str) -> String {
+        self.add_ns("ext");
+        let up = format!("{}u", self.prefix);
+        let ex = format!("{}x", self.prefix);
+        self.link("host", &up, host_cidr, "ext", &ex, ext_cidr);
+        up
+    }
+
     /// A veth pair between namespaces `a` and `b` with addresses (CIDR).
     pub fn link(&self, a: &str, a_if: &str, a_ip: &str, b: &str, b_if: &str, b_ip: &str) {
         ok(&sh(
