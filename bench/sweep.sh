@@ -100,7 +100,13 @@ start() {
     frame c1 c2 10.79.0.11 10.79.0.12 >"$TMP/tg.cfg"
 }
 
-stop() { kill "$SW"; wait "$SW" 2>/dev/null || true; SW=""; }
+# Each start begins from its configuration alone: what the switch made is
+# taken back first (a stopped switch leaves the containers' interfaces).
+stop() {
+    local c
+    for c in c1 c2; do "$BIN" --socket "$TMP/s.sock" detach sw --netns "$P$c" >/dev/null 2>&1 || true; done
+    kill "$SW"; wait "$SW" 2>/dev/null || true; SW=""
+}
 
 # One trial: frames/s delivered from $1 to $2 with frame file $3.
 trial() {
