@@ -44,8 +44,13 @@ P=vss$$
 TMP=$(mktemp -d)
 SW=""
 cleanup() {
-    [ -n "$SW" ] && { kill "$SW" 2>/dev/null || true; wait "$SW" 2>/dev/null || true; }
-    [ -n "$SW" ] && kill -CONT "$SW" 2>/dev/null
+    # Under `set -e` a failing last command here would end the cleanup
+    # before the namespaces go: every step tolerates failure.
+    if [ -n "$SW" ]; then
+        kill -CONT "$SW" 2>/dev/null || true
+        kill "$SW" 2>/dev/null || true
+        wait "$SW" 2>/dev/null || true
+    fi
     for n in h c1 c2 bh b1 b2; do ip netns del "$P$n" 2>/dev/null || true; done
     rm -rf "$TMP"
 }
