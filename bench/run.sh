@@ -386,6 +386,10 @@ for backend in gossip etcd; do
     grep '^RESULT' "$TMP/cl.txt" | sed 's/^RESULT //' >>"$TMP/cl.res"
 done
 
+echo "== container start: podman on a vswitch network (the CNI plugin) against podman's own bridge network"
+bash bench/container_start.sh "$BIN" | tee "$TMP/cs.txt" | grep -v '^RESULT'
+grep '^RESULT' "$TMP/cs.txt" | sed 's/^RESULT //' >>"$TMP/cl.res"
+
 echo "== pipeline on memory"
 # Field $3 of the case named $2 among the JSON lines of file $1.
 jv() {
@@ -456,7 +460,6 @@ echo "adaptive idle: $IDLE_CPU % of one core while idle; first packet after idle
     echo "pipeline cycles/packet: $P1 (1 MAC), $P100K (100,000 MACs), $P100KM (100,000 MACs, destinations on 3 ports)"
     echo "NAT pipeline cycles/packet: $N1 (1 flow), $N1M (1,000,000 flows: ${NRATIO}x the 1-flow rate); $NBYTES bytes per tracked flow"
     echo "NAT pipeline cycles/packet, flow entries in a tmpfs file mapping: $NF1 (1 flow), $NF1M (1,000,000 flows)"
-echo "NAT pipeline cycles/packet, flow entries in a tmpfs file mapping: $NF1 (1 flow), $NF1M (1,000,000 flows)"
     echo "VXLAN pipeline cycles/packet: encap $VENC, decap $VDEC"
     echo "adaptive idle: $IDLE_CPU % of one core while idle; first packet after idle one-way p50/p99/max $I_OW50 / $I_OW99 / $I_OWMAX us"
     echo '```'

@@ -13,8 +13,10 @@ fi
 # tests and benchmark; protobuf-compiler, libprotobuf-dev: building the etcd
 # client (cargo feature `etcd`); podman, runc, conmon,
 # containernetworking-plugins, busybox-static: a real container runtime that
-# drives the CNI plugin, and an image made offline; util-linux: nsenter.
-pkgs=(iproute2 iputils-ping iperf3 tcpdump netsniff-ng ethtool procps kmod nftables iptables curl dnsutils dnsmasq-base python3 etcd-server protobuf-compiler libprotobuf-dev podman runc conmon containernetworking-plugins busybox-static util-linux)
+# drives the CNI plugin, and an image made offline; docker.io: dockerd, which
+# drives the Docker network driver (never started as a service: see below);
+# util-linux: nsenter.
+pkgs=(iproute2 iputils-ping iperf3 tcpdump netsniff-ng ethtool procps kmod nftables iptables curl dnsutils dnsmasq-base python3 etcd-server protobuf-compiler libprotobuf-dev podman runc conmon containernetworking-plugins busybox-static docker.io util-linux)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -22,8 +24,18 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
+    # No package starts its service here (docker.io's would make docker0 and
+    # iptables rules in the host's namespace): the tests start dockerd and
+    # dnsmasq themselves, inside their own namespaces.
+    norc=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+        norc=1
+    fi
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    [ -z "$norc" ] || rm -f /usr/sbin/policy-rc.d
 fi
 # 2 MiB hugepages for UMEMs (ports fall back to ordinary pages without them).
 want=${VSWITCH_HUGEPAGES:-128}

@@ -58,6 +58,37 @@ pub enum Request {
         #[serde(default)]
         aliases: Vec<String>,
     },
+    /// Create a container interface in the switch's own namespace and
+    /// attach it, for a runtime that moves it into the container itself
+    /// and configures it there (Docker's `Join` names it as `SrcName`).
+    AttachHandoff {
+        /// Network.
+        network: String,
+        /// TAP or veth.
+        kind: AttachKind,
+        /// Address with prefix (the runtime's IPAM), if any.
+        ip: Option<String>,
+        /// MAC address.
+        mac: Option<String>,
+        /// Who made it (a Docker endpoint id): the attachment's key.
+        owner: String,
+        /// Names the container goes by on this network.
+        #[serde(default)]
+        aliases: Vec<String>,
+    },
+    /// A runtime moved a handed-off interface into this namespace (a path,
+    /// such as Docker's sandbox key).
+    AttachJoined {
+        /// The attachment's owner.
+        owner: String,
+        /// The container's namespace.
+        netns: String,
+    },
+    /// Remove every attachment `owner` made (none: nothing to do).
+    DetachOwner {
+        /// The owner.
+        owner: String,
+    },
     /// Remove an attached interface.
     Detach {
         /// Network.
@@ -275,9 +306,14 @@ pub struct PortInfo {
     pub mode: String,
     /// Container side, if created by `attach`.
     pub attached: Option<String>,
-    /// Who made the attachment (a CNI container id), if it said.
+    /// Who made the attachment (a CNI container or Docker endpoint id),
+    /// if it said.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// A handed-off interface's name outside the container (the one its
+    /// runtime moves, and gives back under that name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handoff: Option<String>,
 }
 
 /// An FDB entry in listings.
@@ -363,6 +399,9 @@ pub struct ContainerInfo {
     /// Names it goes by on the network.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub aliases: Vec<String>,
+    /// Who made the attachment (a CNI container or Docker endpoint id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// A published port of a network.
@@ -389,6 +428,10 @@ pub struct Attached {
     pub ip: Option<String>,
     /// The network's gateway.
     pub gateway: Option<String>,
+    /// A handed-off interface's name in the switch's namespace, for the
+    /// runtime to move.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handoff: Option<String>,
 }
 
 /// `port add`.

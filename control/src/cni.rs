@@ -225,10 +225,22 @@ fn run(cmd: &str, conf: NetConf) -> Result<Option<Value>, CniError> {
     }
 }
 
+/// The switch does not answer on its socket.
+fn unreachable(conf: &NetConf, why: impl Into<String>) -> CniError {
+    fail(
+        TRY_LATER,
+        format!(
+            "vswitch is not running: nothing answers on {} (start it with `vswitch run`)",
+            conf.socket().display()
+        ),
+        why,
+    )
+}
+
 /// One request to the switch; its refusal becomes a CNI error.
 fn call(conf: &NetConf, req: Request) -> Result<Value, CniError> {
-    let r: Response = crate::mgmt::request(&conf.socket(), &req)
-        .map_err(|e| fail(TRY_LATER, "the switch is not reachable", e))?;
+    let r: Response =
+        crate::mgmt::request(&conf.socket(), &req).map_err(|e| unreachable(conf, e))?;
     if r.ok {
         Ok(r.data)
     } else {
@@ -247,7 +259,7 @@ fn inspect(conf: &NetConf) -> Result<Option<NetworkDetail>, CniError> {
             name: conf.network().to_string(),
         },
     )
-    .map_err(|e| fail(TRY_LATER, "the switch is not reachable", e))?;
+    .map_err(|e| unreachable(conf, e))?;
     if !r.ok {
         return Ok(None);
     }

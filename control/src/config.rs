@@ -313,6 +313,38 @@ pub struct NetworkConfig {
     /// the outside (`network create --no-icc`).
     #[serde(default)]
     pub no_icc: bool,
+    /// Made by a runtime, which removes it too: a Docker network id.
+    /// `None`: made by the config file or the API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// The interface a runtime's container gets when the runtime leaves
+    /// the choice to the switch (Docker's endpoints); default TAP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attach_kind: Option<crate::api::AttachKind>,
+}
+
+impl NetworkConfig {
+    /// A bridge network named `name` with every default.
+    pub fn named(name: &str) -> Self {
+        NetworkConfig {
+            name: name.to_string(),
+            subnet: None,
+            gateway: None,
+            mtu: 0,
+            mac_limit: default_mac_limit(),
+            aging_secs: default_aging(),
+            driver: Driver::Bridge,
+            vni: None,
+            peers: Vec::new(),
+            learning: true,
+            ttl: default_ttl(),
+            df: false,
+            internal: false,
+            no_icc: false,
+            owner: None,
+            attach_kind: None,
+        }
+    }
 }
 
 /// How a network reaches beyond this host.

@@ -25,9 +25,17 @@ pub trait Host: Send {
     /// Opens the persistent TAP `name` inside namespace `ns`; `None` when
     /// there is no such interface.
     fn open_tap_in(&self, ns: &str, name: &str) -> Result<Option<Opened>, String>;
-    /// A veth pair: `host` here, `peer` in `ns`, both with `mtu`; the host
-    /// end kept quiet (no IPv6, no ARP).
-    fn create_veth(&self, host: &str, peer: &str, ns: &str, mtu: u32) -> Result<(), NetnsError>;
+    /// A veth pair: `host` here, `peer` in `ns` (`None`: here too), both
+    /// with `mtu`; the host end kept quiet (no IPv6, no ARP).
+    fn create_veth(
+        &self,
+        host: &str,
+        peer: &str,
+        ns: Option<&str>,
+        mtu: u32,
+    ) -> Result<(), NetnsError>;
+    /// The interface with MAC `mac` in `ns` (`None`: here), if any.
+    fn link_name_by_mac(&self, ns: Option<&str>, mac: [u8; 6]) -> Option<String>;
     /// Keeps the kernel quiet on an interface the switch owns.
     fn quiet_host_end(&self, name: &str);
     /// Moves interface `name` into `ns`.
@@ -47,8 +55,8 @@ pub trait Host: Send {
     ) -> Result<(), NetnsError>;
     /// A default route via `gw` in `ns`.
     fn add_default_route(&self, ns: &str, gw: Ipv4Addr) -> Result<(), NetnsError>;
-    /// Turns TX checksum offload off on `ifname` in `ns`.
-    fn tx_csum_off(&self, ns: &str, ifname: &str) -> Result<(), NetnsError>;
+    /// Turns TX checksum offload off on `ifname` in `ns` (`None`: here).
+    fn tx_csum_off(&self, ns: Option<&str>, ifname: &str) -> Result<(), NetnsError>;
     /// Deletes interface `name` in `ns` (`None`: here); `false` if absent.
     fn delete_link(&self, ns: Option<&str>, name: &str) -> Result<bool, NetnsError>;
     /// Index, MAC, MTU and addresses of `name`.
@@ -95,10 +103,20 @@ impl Host for Kernel {
         .map_err(|e| e.to_string())
     }
 
-    fn create_veth(&self, host: &str, peer: &str, ns: &str, mtu: u32) -> Result<(), NetnsError> {
+    fn create_veth(
+        &self,
+        host: &str,
+        peer: &str,
+        ns: Option<&str>,
+        mtu: u32,
+    ) -> Result<(), NetnsError> {
         netns::create_veth(host, peer, ns, mtu)?;
         netns::quiet_host_end(host);
         Ok(())
+    }
+
+    fn link_name_by_mac(&self, ns: Option<&str>, mac: [u8; 6]) -> Option<String> {
+        netns::link_name_by_mac(ns, mac).ok().flatten()
     }
 
     fn quiet_host_end(&self, name: &str) {
@@ -126,12 +144,16 @@ impl Host for Kernel {
         netns::add_default_route(ns, gw).map(|_| ())
     }
 
-    fn tx_csum_off(&self, ns: &str, ifname: &str) -> Result<(), NetnsError> {
+    fn tx_csum_off(&self, ns: Option<&str>, ifname: &str) -> Result<(), NetnsError> {
         let name = ifname.to_string();
-        netns::with_ns(ns, move || {
+        let off = move || {
             vswitch_io::ethtool::set_tx_csum(&name, false)
                 .map_err(|e| NetnsError::Other(e.to_string()))
-        })
+        };
+        match ns {
+            Some(ns) => netns::with_ns(ns, off),
+            None => off(),
+        }
     }
 
     fn delete_link(&self, ns: Option<&str>, name: &str) -> Result<bool, NetnsError> {

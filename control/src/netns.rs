@@ -145,9 +145,10 @@ pub fn link_exists(name: &str) -> bool {
 }
 
 /// Creates veth `host`<->`peer` in the switch's namespace, brings `host` up
-/// with `mtu`, and moves `peer` into namespace `ns`.
-pub fn create_veth(host: &str, peer: &str, ns: &str, mtu: u32) -> Result<(), NetnsError> {
-    let nsfd = open_ns(ns)?;
+/// with `mtu`, and moves `peer` into namespace `ns` (`None`: it stays here,
+/// for a runtime to move).
+pub fn create_veth(host: &str, peer: &str, ns: Option<&str>, mtu: u32) -> Result<(), NetnsError> {
+    let nsfd = ns.map(open_ns).transpose()?;
     let (host, peer) = (host.to_string(), peer.to_string());
     run_in(None, move |h| {
         Box::pin(async move {
@@ -162,6 +163,9 @@ pub fn create_veth(host: &str, peer: &str, ns: &str, mtu: u32) -> Result<(), Net
                 .execute()
                 .await
                 .map_err(nl)?;
+            let Some(nsfd) = nsfd else {
+                return Ok(());
+            };
             let pi = index_of(&h, &peer).await?;
             h.link()
                 .set(
@@ -173,6 +177,30 @@ pub fn create_veth(host: &str, peer: &str, ns: &str, mtu: u32) -> Result<(), Net
                 .await
                 .map_err(nl)?;
             Ok(())
+        })
+    })
+}
+
+/// The name of the interface with MAC `mac` in `ns` (`None`: the switch's
+/// own), if there is one.
+pub fn link_name_by_mac(ns: Option<&str>, mac: [u8; 6]) -> Result<Option<String>, NetnsError> {
+    use netlink_packet_route::link::LinkAttribute;
+    run_in(ns, move |h| {
+        Box::pin(async move {
+            let mut links = h.link().get().execute();
+            while let Some(l) = links.try_next().await.map_err(nl)? {
+                let has_mac = l
+                    .attributes
+                    .iter()
+                    .any(|a| matches!(a, LinkAttribute::Address(m) if m.as_slice() == mac));
+                if has_mac {
+                    return Ok(l.attributes.iter().find_map(|a| match a {
+                        LinkAttribute::IfName(n) => Some(n.clone()),
+                        _ => None,
+                    }));
+                }
+            }
+            Ok(None)
         })
     })
 }

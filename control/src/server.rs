@@ -65,6 +65,8 @@ pub struct RunOptions {
     pub socket_group: Option<String>,
     /// The state directory.
     pub state_dir: PathBuf,
+    /// Where to serve Docker's network driver API, if at all.
+    pub docker_plugin: Option<PathBuf>,
 }
 
 /// What the control thread is told.
@@ -150,21 +152,27 @@ pub fn run(cfg: Config, opts: &RunOptions) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     tracing::info!(socket = %socket.display(), state_dir = %opts.state_dir.display(), "vswitch running");
 
-    let to_control = tx.clone();
+    // Management requests, from the socket and from Docker's driver, are
+    // answered by the control thread.
+    let ask = |to_control: Sender<Msg>| {
+        move |req| {
+            let (reply, answer) = crossbeam::channel::bounded(1);
+            if to_control.send(Msg::Request(req, reply)).is_err() {
+                return Response::error("the switch is stopping");
+            }
+            answer
+                .recv()
+                .unwrap_or_else(|_| Response::error("the switch is stopping"))
+        }
+    };
+    let mgmt_ask = ask(tx.clone());
     std::thread::Builder::new()
         .name("vswitch-mgmt".into())
-        .spawn(move || {
-            mgmt::serve(listener, move |req| {
-                let (reply, answer) = crossbeam::channel::bounded(1);
-                if to_control.send(Msg::Request(req, reply)).is_err() {
-                    return Response::error("the switch is stopping");
-                }
-                answer
-                    .recv()
-                    .unwrap_or_else(|_| Response::error("the switch is stopping"))
-            })
-        })
+        .spawn(move || mgmt::serve(listener, mgmt_ask))
         .map_err(|e| e.to_string())?;
+    if let Some(path) = &opts.docker_plugin {
+        crate::docker::serve(path, ask(tx.clone()))?;
+    }
 
     // Under systemd (Type=notify): ready once the socket answers. Without
     // NOTIFY_SOCKET this does nothing.
@@ -193,6 +201,9 @@ pub fn run(cfg: Config, opts: &RunOptions) -> Result<(), String> {
     }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     let _ = std::fs::remove_file(socket);
+    if let Some(path) = &opts.docker_plugin {
+        let _ = std::fs::remove_file(path);
+    }
     let (ack, done) = crossbeam::channel::bounded(1);
     if tx.send(Msg::Stop(ack)).is_ok()
         && done

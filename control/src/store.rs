@@ -103,6 +103,11 @@ pub struct SavedAttachment {
     /// Names it goes by on the network.
     #[serde(default)]
     pub aliases: Vec<String>,
+    /// Made in the switch's namespace for a runtime to move (Docker):
+    /// `ifname` is its name there, `netns` the namespace the runtime put
+    /// it in (empty until then).
+    #[serde(default)]
+    pub handoff: bool,
 }
 
 /// A published port.

@@ -147,6 +147,64 @@ impl Guard {
     }
 }
 
+/// A published port that the host's own processes reach through the
+/// kernel: one whose host port a runtime holds (rootful podman's conmon),
+/// so that the switch's proxy cannot listen on it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalDnat {
+    /// TCP or UDP.
+    pub proto: super::api::Proto,
+    /// The host port.
+    pub port: u16,
+    /// The host address it is limited to (`None`: every local address).
+    pub host_ip: Option<Ipv4Addr>,
+    /// The container's address and port.
+    pub target: std::net::SocketAddrV4,
+    /// The host's interface on the container's network (`vsgwN`).
+    pub via: String,
+}
+
+/// Name of the `ip` table with the host's own path to such ports; one per
+/// network namespace, as is the switch.
+const LOCAL_TABLE: &str = "vswitch_local";
+
+/// The script that installs (or, with no ports, removes) the host's own
+/// path to `ports`: connections the host makes to a published port are
+/// translated to the container in the output hook, and leave through the
+/// network's host interface from the gateway's address (as the proxy's
+/// do), so the container's answer comes back the same way.
+pub fn local_dnat_script(ports: &[LocalDnat]) -> String {
+    let mut s = format!("table ip {LOCAL_TABLE}\ndelete table ip {LOCAL_TABLE}\n");
+    if ports.is_empty() {
+        return s;
+    }
+    let mut dnat = Vec::new();
+    let mut via: Vec<&str> = Vec::new();
+    for p in ports {
+        let daddr = match p.host_ip {
+            Some(ip) => format!("ip daddr {ip}"),
+            None => "fib daddr type local ip daddr != 127.0.0.0/8".to_string(),
+        };
+        dnat.push(format!(
+            "{daddr} {} dport {} dnat to {}",
+            p.proto, p.port, p.target
+        ));
+        if !via.contains(&p.via.as_str()) {
+            via.push(&p.via);
+        }
+    }
+    let masq: Vec<String> = via
+        .iter()
+        .map(|v| format!("oifname \"{v}\" ct status dnat masquerade"))
+        .collect();
+    s.push_str(&format!(
+        "table ip {LOCAL_TABLE} {{\n  chain output {{\n    type nat hook output priority -100; policy accept;\n    {}\n  }}\n  chain postrouting {{\n    type nat hook postrouting priority 100; policy accept;\n    {}\n  }}\n}}\n",
+        dnat.join("\n    "),
+        masq.join("\n    ")
+    ));
+    s
+}
+
 /// Runs an nftables script in one transaction (`nft -f -`).
 pub(crate) fn nft(script: &str) -> Result<(), String> {
     let mut child = Command::new("nft")
@@ -165,7 +223,7 @@ pub(crate) fn nft(script: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "nft refused the uplink guard: {}",
+            "nft refused the switch's rules: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         ))
     }

@@ -282,26 +282,10 @@ fn podman_runs_containers_on_vswitch() {
     let dir = std::env::temp_dir().join(format!("{}-podman", t.prefix));
     let _cleanup = Podman(dir.clone());
     let _ = std::fs::remove_dir_all(&dir);
-    for d in ["rootfs/bin", "rootfs/www", "cni", "net.d"] {
+    for d in ["cni", "net.d"] {
         std::fs::create_dir_all(dir.join(d)).unwrap();
     }
-    // The image: busybox and its applets, and a page to serve.
-    std::fs::copy("/bin/busybox", dir.join("rootfs/bin/busybox")).unwrap();
-    let applets = ok(&common::sh("/bin/busybox", &["--list"]));
-    for a in applets.lines().filter(|a| *a != "busybox") {
-        let _ = std::os::unix::fs::symlink("busybox", dir.join("rootfs/bin").join(a));
-    }
-    std::fs::write(dir.join("rootfs/www/index.html"), "hello from podman").unwrap();
-    ok(&common::sh(
-        "tar",
-        &[
-            "-C",
-            dir.join("rootfs").to_str().unwrap(),
-            "-cf",
-            dir.join("rootfs.tar").to_str().unwrap(),
-            ".",
-        ],
-    ));
+    let rootfs = common::busybox_rootfs(&dir, "hello from podman");
     std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_vswitch"), dir.join("cni/vswitch")).unwrap();
     let d = dir.to_str().unwrap();
     std::fs::write(
@@ -363,7 +347,7 @@ fn podman_runs_containers_on_vswitch() {
         "import",
         "--change",
         "CMD [\"/bin/sh\"]",
-        dir.join("rootfs.tar").to_str().unwrap(),
+        rootfs.to_str().unwrap(),
         "localhost/vsbox",
     ]);
     run(&[
@@ -428,6 +412,118 @@ fn podman_runs_containers_on_vswitch() {
         &ip,
     ]);
     assert!(ping.contains("2 packets received"), "{ping}");
+    // From the host itself, whose port 18082 conmon holds.
+    assert_eq!(
+        t.curl("host", "http://192.168.93.1:18082/"),
+        "hello from podman",
+        "the published port from the host"
+    );
+    // Out through the switch's SNAT to a server outside.
+    let www = dir.join("ext-www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.html"), "hello from outside").unwrap();
+    t.bg(
+        "ext",
+        &[
+            "busybox",
+            "httpd",
+            "-f",
+            "-p",
+            "192.168.93.2:8099",
+            "-h",
+            www.to_str().unwrap(),
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let out = run(&[
+        "run",
+        "--rm",
+        "--network",
+        "vsnet",
+        "localhost/vsbox",
+        "wget",
+        "-q",
+        "-O",
+        "-",
+        "http://192.168.93.2:8099/",
+    ]);
+    assert_eq!(out, "hello from outside", "egress through SNAT");
+    // `podman network reload` runs DEL and ADD again: the same address and
+    // MAC (podman passes them back as IP= and MAC=), reachable from the
+    // host and from other containers. Podman 4.3's second ADD carries no
+    // runtimeConfig, so the port mapping its DEL withdrew is not made
+    // again (docs/RUNTIMES.md).
+    run(&["network", "reload", "web"]);
+    assert_eq!(
+        run(&[
+            "inspect",
+            "web",
+            "--format",
+            "{{.NetworkSettings.Networks.vsnet.IPAddress}}"
+        ]),
+        ip
+    );
+    assert_eq!(
+        t.curl("host", &format!("http://{ip}:8080/")),
+        "hello from podman",
+        "reachable after a network reload"
+    );
+    // Twenty containers started at once get twenty addresses.
+    let ips: Vec<String> = std::thread::scope(|s| {
+        let runs: Vec<_> = (0..20)
+            .map(|i| {
+                let run = &run;
+                s.spawn(move || {
+                    let name = format!("c{i}");
+                    run(&[
+                        "run",
+                        "-d",
+                        "--name",
+                        &name,
+                        "--network",
+                        "vsnet",
+                        "localhost/vsbox",
+                        "sleep",
+                        "300",
+                    ]);
+                    run(&[
+                        "inspect",
+                        &name,
+                        "--format",
+                        "{{.NetworkSettings.Networks.vsnet.IPAddress}}",
+                    ])
+                })
+            })
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    let mut distinct = ips.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 20, "{ips:?}");
+    let names: Vec<String> = (0..20).map(|i| format!("c{i}")).collect();
+    let mut rm = vec!["rm", "-f", "-t", "0"];
+    rm.extend(names.iter().map(String::as_str));
+    run(&rm);
+    // With the switch stopped, podman says why a container cannot start.
+    t.stop_switch();
+    let o = podman(&[
+        "run",
+        "--rm",
+        "--network",
+        "vsnet",
+        "localhost/vsbox",
+        "true",
+    ]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success(),
+        "a container started without the switch"
+    );
+    assert!(e.contains("vswitch is not running"), "{e}");
+    t.start_switch(&format!(
+        "[[workers]]\nidle = {{ mode = \"adaptive\", idle_after_us = 500, max_sleep_ms = 20 }}\n[uplink]\niface = \"{up}\"\n"
+    ));
     run(&["rm", "-f", "web"]);
     let ports = t.json(&["port", "ls", "--json"]);
     assert!(

@@ -4,13 +4,30 @@ use super::*;
 use crate::api::Attached;
 use crate::store::SavedAttachment;
 
+/// Where an attachment's interface goes.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Placement<'a> {
+    /// Made inside namespace `ns` as `ifname`, with its address and
+    /// default route (`vswitch attach`, CNI).
+    In {
+        /// Namespace name or path.
+        ns: &'a str,
+        /// Interface name inside it.
+        ifname: &'a str,
+    },
+    /// Left in the switch's namespace for the runtime to move and
+    /// configure (Docker's `Join`); `owner` keys it.
+    Handoff {
+        /// The runtime's id for it.
+        owner: &'a str,
+    },
+}
+
 impl State {
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn attach(
         &mut self,
         network: &str,
-        ns: &str,
-        ifname: &str,
+        place: Placement<'_>,
         kind: AttachKind,
         (ip, mac): (Option<&str>, Option<&str>),
         (owner, aliases): (Option<String>, Vec<String>),
@@ -20,24 +37,7 @@ impl State {
                 "no network {network:?} (create it with `vswitch network create {network}`)"
             ));
         };
-        if !self.host.namespace_exists(ns) {
-            if ns.starts_with('/') {
-                return err(format!(
-                    "{ns:?} does not exist or is not a network namespace; give a name from `ip netns` or a path such as /run/netns/NAME or /proc/PID/ns/net"
-                ));
-            }
-            return Err(netns::NetnsError::NoNamespace(ns.to_string()).into());
-        }
-        if ifname.is_empty() || ifname.len() > 15 {
-            return err(format!("interface name {ifname:?} must be 1-15 characters"));
-        }
-        if self.ports.values().any(|p| {
-            p.attach
-                .as_ref()
-                .is_some_and(|a| a.netns == ns && a.ifname == ifname)
-        }) {
-            return err(format!("{ns}:{ifname} is already attached"));
-        }
+        self.check_placement(place)?;
         let mut ipam: Option<Ipv4Addr> = None;
         let addrs = match ip {
             None if net.l3.is_some() => {
@@ -101,7 +101,10 @@ impl State {
             Some(m) => m
                 .parse()
                 .map_err(|e: vswitch_engine::wire::mac::MacParseError| CmdError(e.to_string()))?,
-            None => derived_mac(network, ns, ifname),
+            None => match place {
+                Placement::In { ns, ifname } => derived_mac(network, ns, ifname),
+                Placement::Handoff { owner } => derived_mac(network, "", owner),
+            },
         };
         if mac.is_multicast() || mac.is_zero() {
             return err(format!("--mac {mac} must be a unicast address"));
@@ -117,57 +120,30 @@ impl State {
             }
             seq = seq.wrapping_add(1);
         };
-        let attach = Some(Attachment {
+        let (netns, ifname, handoff) = match place {
+            Placement::In { ns, ifname } => (ns.to_string(), ifname.to_string(), false),
+            Placement::Handoff { .. } => (String::new(), tmp.clone(), true),
+        };
+        let attach = Attachment {
             kind,
             owner,
             aliases,
-            netns: ns.to_string(),
-            ifname: ifname.to_string(),
+            netns,
+            ifname,
             ip: ipam,
             mac,
-        });
-        let gw = net.l3.as_ref().map(|l| l.gw);
-        let mtu = net.cfg.mtu;
-        let gso = interface_gso(&net.cfg);
-        let result = match kind {
-            AttachKind::Veth => (|| {
-                self.host.create_veth(&host, &tmp, ns, mtu)?;
-                self.host
-                    .configure(Some(ns), &tmp, ifname, mac.bytes(), mtu, gso, addrs)?;
-                if let Some(g) = gw {
-                    self.host.add_default_route(ns, g)?;
-                }
-                self.host.tx_csum_off(ns, ifname)?;
-                self.port_add(network, &host, PortKind::Afxdp, None, attach)
-            })(),
-            AttachKind::Tap => (|| {
-                // Persistent: the container keeps it if the switch dies.
-                let opened = self.open_port(PortKind::Tap, &tmp, true)?;
-                let id = self.port_add_with(NewPort {
-                    network,
-                    iface: &tmp,
-                    kind: PortKind::Tap,
-                    worker: None,
-                    attach,
-                    id: None,
-                    opened: Some(opened),
-                })?;
-                self.host.move_to_ns(&tmp, ns)?;
-                self.host
-                    .configure(Some(ns), &tmp, ifname, mac.bytes(), mtu, gso, addrs)?;
-                if let Some(g) = gw {
-                    self.host.add_default_route(ns, g)?;
-                }
-                Ok(id)
-            })(),
+            handoff,
         };
+        let label = attach.label();
+        let gw = net.l3.as_ref().map(|l| l.gw);
+        let result = self.make_interface(network, place, attach, (&host, &tmp), addrs);
         match result {
             Ok(id) => {
                 if let (Some(ip), Some(l3)) = (
                     ipam,
                     self.networks.get_mut(network).and_then(|n| n.l3.as_mut()),
                 ) {
-                    l3.hosts.insert(ip, (mac, format!("{ns}:{ifname}")));
+                    l3.hosts.insert(ip, (mac, label));
                     self.publish();
                 }
                 Ok(Attached {
@@ -175,6 +151,7 @@ impl State {
                     mac: mac.to_string(),
                     ip: ipam.map(|i| i.to_string()),
                     gateway: gw.map(|g| g.to_string()),
+                    handoff: handoff.then_some(tmp),
                 })
             }
             Err(e) => {
@@ -190,10 +167,158 @@ impl State {
                 }
                 let _ = self.host.delete_link(None, &host);
                 let _ = self.host.delete_link(None, &tmp);
-                let _ = self.host.delete_link(Some(ns), &tmp);
+                if let Placement::In { ns, .. } = place {
+                    let _ = self.host.delete_link(Some(ns), &tmp);
+                }
                 Err(e)
             }
         }
+    }
+
+    /// Refuses a placement that cannot be made: a namespace that is not
+    /// one, a bad name, an interface or owner already attached.
+    fn check_placement(&self, place: Placement<'_>) -> Result<(), CmdError> {
+        let attachments = || self.ports.values().filter_map(|p| p.attach.as_ref());
+        match place {
+            Placement::In { ns, ifname } => {
+                if !self.host.namespace_exists(ns) {
+                    if ns.starts_with('/') {
+                        return err(format!(
+                            "{ns:?} does not exist or is not a network namespace; give a name from `ip netns` or a path such as /run/netns/NAME or /proc/PID/ns/net"
+                        ));
+                    }
+                    return Err(netns::NetnsError::NoNamespace(ns.to_string()).into());
+                }
+                if ifname.is_empty() || ifname.len() > 15 {
+                    return err(format!("interface name {ifname:?} must be 1-15 characters"));
+                }
+                if attachments().any(|a| a.netns == ns && a.ifname == ifname) {
+                    return err(format!("{ns}:{ifname} is already attached"));
+                }
+            }
+            Placement::Handoff { owner } => {
+                if owner.is_empty() {
+                    return err("a handed-off interface needs an owner (the runtime's id for it)");
+                }
+                if attachments().any(|a| a.owner.as_deref() == Some(owner)) {
+                    return err(format!("{owner} has an interface already"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the interface (`host`: a veth's switch end; `tmp`: the
+    /// container's end, or the TAP) and its port; inside the container
+    /// for [`Placement::In`], in the switch's namespace for a handoff.
+    fn make_interface(
+        &mut self,
+        network: &str,
+        place: Placement<'_>,
+        attach: Attachment,
+        (host, tmp): (&str, &str),
+        addrs: Vec<(std::net::IpAddr, u8)>,
+    ) -> Result<PortId, CmdError> {
+        let Some(net) = self.networks.get(network) else {
+            return err(format!("no network {network:?}"));
+        };
+        let gw = net.l3.as_ref().map(|l| l.gw);
+        let mtu = net.cfg.mtu;
+        let gso = interface_gso(&net.cfg);
+        let mac = attach.mac.bytes();
+        let kind = attach.kind;
+        // Inside the container: its name, address and route; a handoff
+        // only gets its MAC, MTU and GSO size (the runtime does the rest).
+        let finish = |host: &dyn Host| -> Result<(), CmdError> {
+            match place {
+                Placement::In { ns, ifname } => {
+                    host.configure(Some(ns), tmp, ifname, mac, mtu, gso, addrs)?;
+                    if let Some(g) = gw {
+                        host.add_default_route(ns, g)?;
+                    }
+                }
+                Placement::Handoff { .. } => {
+                    host.configure(None, tmp, tmp, mac, mtu, gso, Vec::new())?;
+                }
+            }
+            Ok(())
+        };
+        let ns = match place {
+            Placement::In { ns, .. } => Some(ns),
+            Placement::Handoff { .. } => None,
+        };
+        match kind {
+            AttachKind::Veth => {
+                self.host.create_veth(host, tmp, ns, mtu)?;
+                finish(self.host.as_ref())?;
+                let inner = match place {
+                    Placement::In { ifname, .. } => ifname,
+                    Placement::Handoff { .. } => tmp,
+                };
+                self.host.tx_csum_off(ns, inner)?;
+                self.port_add(network, host, PortKind::Afxdp, None, Some(attach))
+            }
+            AttachKind::Tap => {
+                // Persistent: the container keeps it if the switch dies.
+                let opened = self.open_port(PortKind::Tap, tmp, true)?;
+                let id = self.port_add_with(NewPort {
+                    network,
+                    iface: tmp,
+                    kind: PortKind::Tap,
+                    worker: None,
+                    attach: Some(attach),
+                    id: None,
+                    opened: Some(opened),
+                })?;
+                if let Some(ns) = ns {
+                    self.host.move_to_ns(tmp, ns)?;
+                }
+                finish(self.host.as_ref())?;
+                Ok(id)
+            }
+        }
+    }
+
+    /// A runtime put handed-off interface of `owner` into namespace `ns`.
+    pub(super) fn attach_joined(&mut self, owner: &str, ns: &str) -> Result<(), CmdError> {
+        let Some(p) = self.ports.values_mut().find(|p| {
+            p.attach
+                .as_ref()
+                .is_some_and(|a| a.handoff && a.owner.as_deref() == Some(owner))
+        }) else {
+            return err(format!("{owner} has no handed-off interface"));
+        };
+        let net = p.net.clone();
+        let Some(a) = p.attach.as_mut() else {
+            return err("unreachable");
+        };
+        a.netns = ns.to_string();
+        let (ip, label) = (a.ip, a.label());
+        if let (Some(ip), Some(l3)) = (ip, self.networks.get_mut(&net).and_then(|n| n.l3.as_mut()))
+        {
+            if let Some(h) = l3.hosts.get_mut(&ip) {
+                h.1 = label;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the attachments `owner` made, wherever they are.
+    pub(super) fn detach_owner(&mut self, owner: &str) -> Result<(), CmdError> {
+        let ids: Vec<PortId> = self
+            .ports
+            .values()
+            .filter(|p| {
+                p.attach
+                    .as_ref()
+                    .is_some_and(|a| a.owner.as_deref() == Some(owner))
+            })
+            .map(|p| p.id)
+            .collect();
+        for id in ids {
+            self.detach_port(id)?;
+        }
+        Ok(())
     }
 
     pub(super) fn detach(&mut self, network: &str, ns: &str, ifname: &str) -> Result<(), CmdError> {
@@ -212,10 +337,20 @@ impl State {
                 "{ns}:{ifname} is not attached to network {network:?} (see `vswitch port ls`)"
             ));
         };
+        self.detach_port(id)
+    }
+
+    /// Removes attached port `id`: its address, its published ports, its
+    /// flows and its interface.
+    fn detach_port(&mut self, id: PortId) -> Result<(), CmdError> {
         let Some(rec) = self.remove_port(id) else {
             return Ok(());
         };
-        let ip = rec.attach.as_ref().and_then(|a| a.ip);
+        let network = rec.net.as_str();
+        let Some(a) = rec.attach.as_ref() else {
+            return Ok(());
+        };
+        let ip = a.ip;
         let net_id = self.networks.get(network).map(|n| n.id);
         // Its published ports go with it (as a container's do in Docker).
         let gone: Vec<(Proto, u16)> = self
@@ -247,9 +382,18 @@ impl State {
             PortKind::Afxdp => {
                 self.host.delete_link(None, &rec.iface)?;
             }
-            // Persistent: closing it left it in the container.
+            // Persistent: closing it left it where it is: in the container,
+            // or a handoff's back here or still in the runtime's namespace.
+            PortKind::Tap if a.handoff => {
+                if !self.host.delete_link(None, &a.ifname)? && !a.netns.is_empty() {
+                    let ns = Some(a.netns.as_str());
+                    if let Some(name) = self.host.link_name_by_mac(ns, a.mac.bytes()) {
+                        self.host.delete_link(ns, &name)?;
+                    }
+                }
+            }
             PortKind::Tap => {
-                self.host.delete_link(Some(ns), ifname)?;
+                self.host.delete_link(Some(&a.netns), &a.ifname)?;
             }
             PortKind::Packet => {}
         }
@@ -264,12 +408,24 @@ impl State {
     /// Nothing in the container is touched. An interface whose container is
     /// gone is removed and the attachment dropped.
     pub(super) fn readopt(&mut self, a: &SavedAttachment) -> Result<(), CmdError> {
-        let who = format!("{}:{}", a.netns, a.ifname);
         let mac: Mac = a
             .mac
             .parse()
             .map_err(|e: vswitch_engine::wire::mac::MacParseError| CmdError(e.to_string()))?;
-        if !self.host.namespace_exists(&a.netns) {
+        let attach = Attachment {
+            kind: a.kind,
+            owner: a.owner.clone(),
+            aliases: a.aliases.clone(),
+            netns: a.netns.clone(),
+            ifname: a.ifname.clone(),
+            ip: a.ip,
+            mac,
+            handoff: a.handoff,
+        };
+        let who = attach.label();
+        // A handoff's interface is wherever its runtime put it: the
+        // container's namespace being gone says nothing here.
+        if !a.handoff && !self.host.namespace_exists(&a.netns) {
             if a.kind == AttachKind::Veth {
                 let _ = self.host.delete_link(None, &a.host_iface);
             }
@@ -278,15 +434,6 @@ impl State {
                 a.network
             ));
         }
-        let attach = Some(Attachment {
-            kind: a.kind,
-            owner: a.owner.clone(),
-            aliases: a.aliases.clone(),
-            netns: a.netns.clone(),
-            ifname: a.ifname.clone(),
-            ip: a.ip,
-            mac,
-        });
         let opened = match a.kind {
             AttachKind::Veth => {
                 if !self.host.link_exists(&a.host_iface) {
@@ -296,6 +443,25 @@ impl State {
                     ));
                 }
                 self.open_port(PortKind::Afxdp, &a.host_iface, false)?
+            }
+            AttachKind::Tap if a.handoff => {
+                let found = if self.host.link_exists(&a.ifname) {
+                    Some(self.open_port(PortKind::Tap, &a.ifname, true)?)
+                } else {
+                    match self.host.link_name_by_mac(Some(&a.netns), mac.bytes()) {
+                        Some(name) if !a.netns.is_empty() => {
+                            self.host.open_tap_in(&a.netns, &name).map_err(CmdError)?
+                        }
+                        _ => None,
+                    }
+                };
+                let Some(o) = found else {
+                    return err(format!(
+                        "{who}: its TAP is gone; the attachment to {:?} was removed",
+                        a.network
+                    ));
+                };
+                o
             }
             AttachKind::Tap => {
                 let found = self
@@ -320,7 +486,7 @@ impl State {
             iface: &a.host_iface,
             kind,
             worker: Some(a.worker).filter(|w| *w < self.workers.len()),
-            attach,
+            attach: Some(attach),
             id: Some(a.id),
             opened: Some(opened),
         })?;

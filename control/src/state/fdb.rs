@@ -123,12 +123,11 @@ impl State {
     }
 
     pub(super) fn local_port_of(&self, network: &str, port: &str) -> Result<PortId, CmdError> {
-        let Some(p) = self.ports.values().find(|p| {
-            p.iface == port
-                || p.attach
-                    .as_ref()
-                    .is_some_and(|a| format!("{}:{}", a.netns, a.ifname) == port)
-        }) else {
+        let Some(p) = self
+            .ports
+            .values()
+            .find(|p| p.iface == port || p.attach.as_ref().is_some_and(|a| a.label() == port))
+        else {
             return err(format!("no port {port:?} (give the switch-side interface or NETNS:IFNAME from `vswitch port ls`)"));
         };
         if p.net != network {

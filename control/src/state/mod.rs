@@ -73,7 +73,7 @@ mod sync;
 mod tests;
 
 use crate::store::{Desired, SavedFdb, Store};
-use attach::derived_mac;
+use attach::{derived_mac, Placement};
 use ports::NewPort;
 
 #[derive(Debug, Clone)]
@@ -102,14 +102,32 @@ struct NetL3 {
 #[derive(Debug, Clone)]
 struct Attachment {
     kind: AttachKind,
-    /// Who made it (a CNI container id).
+    /// Who made it (a CNI container or Docker endpoint id).
     owner: Option<String>,
     /// Names it goes by on the network.
     aliases: Vec<String>,
+    /// The container's namespace (a handoff's: empty until the runtime
+    /// says where it put the interface).
     netns: String,
+    /// The interface's name in it (a handoff's: its name in the switch's
+    /// namespace, which the runtime gives back when it returns it).
     ifname: String,
     ip: Option<Ipv4Addr>,
     mac: Mac,
+    /// Made in the switch's namespace for a runtime to move (Docker).
+    handoff: bool,
+}
+
+impl Attachment {
+    /// `NETNS:IFNAME`, or a handoff's name while the runtime has not put
+    /// it anywhere.
+    fn label(&self) -> String {
+        if self.netns.is_empty() {
+            self.ifname.clone()
+        } else {
+            format!("{}:{}", self.netns, self.ifname)
+        }
+    }
 }
 
 /// The uplink and what the switch knows of the host's routing.
@@ -189,6 +207,9 @@ pub struct State {
     statics: BTreeMap<(String, Mac), (SavedFdb, Option<PortId>)>,
     /// Putting back saved state: interfaces that exist are taken over.
     restoring: bool,
+    /// The host's own path to published ports may be installed (an earlier
+    /// switch process may have left it): the next change rewrites it.
+    had_local_dnat: std::cell::Cell<bool>,
     /// Where side effects on the host go.
     host: Box<dyn Host>,
 }
@@ -258,6 +279,7 @@ impl State {
             store,
             statics: BTreeMap::new(),
             restoring: false,
+            had_local_dnat: std::cell::Cell::new(true),
             host,
         };
         if let Some(d) = saved {
@@ -342,13 +364,35 @@ impl State {
             } => self
                 .attach(
                     &network,
-                    &netns,
-                    &ifname,
+                    Placement::In {
+                        ns: &netns,
+                        ifname: &ifname,
+                    },
                     kind,
                     (ip.as_deref(), mac.as_deref()),
                     (owner, aliases),
                 )
                 .map(Reply::Attached),
+            Request::AttachHandoff {
+                network,
+                kind,
+                ip,
+                mac,
+                owner,
+                aliases,
+            } => self
+                .attach(
+                    &network,
+                    Placement::Handoff { owner: &owner },
+                    kind,
+                    (ip.as_deref(), mac.as_deref()),
+                    (Some(owner.clone()), aliases),
+                )
+                .map(Reply::Attached),
+            Request::AttachJoined { owner, netns } => {
+                self.attach_joined(&owner, &netns).map(|_| Reply::Done)
+            }
+            Request::DetachOwner { owner } => self.detach_owner(&owner).map(|_| Reply::Done),
             Request::Detach {
                 network,
                 netns,

@@ -251,7 +251,38 @@ impl State {
             .collect()
     }
 
+    /// The published ports the host reaches through the kernel (those the
+    /// switch does not bind).
+    fn local_dnat(&self) -> Vec<crate::uplink::LocalDnat> {
+        self.published
+            .iter()
+            .filter(|(_, p)| !p.bind_host)
+            .filter_map(|((proto, hp), p)| {
+                let id = self.networks.get(&p.network)?.id;
+                Some(crate::uplink::LocalDnat {
+                    proto: *proto,
+                    port: *hp,
+                    host_ip: p.host_ip,
+                    target: std::net::SocketAddrV4::new(p.ip, p.port),
+                    via: format!("vsgw{id}"),
+                })
+            })
+            .collect()
+    }
+
+    /// Installs the uplink's guard and the host's own path to published
+    /// ports, as the published ports now are.
     pub(super) fn reapply_guard(&self) -> Result<(), CmdError> {
+        let local = self.local_dnat();
+        let had = self.had_local_dnat.replace(!local.is_empty());
+        if !local.is_empty() {
+            self.host
+                .nft(&crate::uplink::local_dnat_script(&local))
+                .map_err(CmdError)?;
+        } else if had {
+            // Best effort: a host without nftables never had the table.
+            let _ = self.host.nft(&crate::uplink::local_dnat_script(&local));
+        }
         if let Some(u) = &self.uplink {
             self.host
                 .nft(&u.guard.script(

@@ -249,6 +249,13 @@ impl State {
             .filter(|p| p.network == name)
             .collect();
         let n = &self.networks[name];
+        let attachment = |ip: &Ipv4Addr| {
+            self.ports
+                .values()
+                .filter(|p| p.net == name)
+                .filter_map(|p| p.attach.as_ref())
+                .find(|a| a.ip == Some(*ip))
+        };
         let containers: Vec<_> =
             n.l3.iter()
                 .flat_map(|l| l.hosts.iter())
@@ -256,13 +263,10 @@ impl State {
                     ip: ip.to_string(),
                     mac: mac.to_string(),
                     attached: at.clone(),
-                    aliases: self
-                        .ports
-                        .values()
-                        .filter_map(|p| p.attach.as_ref())
-                        .find(|a| a.ip == Some(*ip))
+                    aliases: attachment(ip)
                         .map(|a| a.aliases.clone())
                         .unwrap_or_default(),
+                    owner: attachment(ip).and_then(|a| a.owner.clone()),
                 })
                 .collect();
         let published: Vec<_> = self

@@ -52,6 +52,7 @@ impl State {
                     worker: p.worker,
                     owner: a.owner.clone(),
                     aliases: a.aliases.clone(),
+                    handoff: a.handoff,
                 }),
             }
         }
@@ -196,7 +197,9 @@ impl State {
             let owner = |ip: Ipv4Addr| {
                 self.ports
                     .values()
-                    .find(|p| p.attach.as_ref().is_some_and(|a| a.ip == Some(ip)))
+                    .find(|p| {
+                        p.net == n.cfg.name && p.attach.as_ref().is_some_and(|a| a.ip == Some(ip))
+                    })
                     .map(|p| p.id)
             };
             let mut who: Vec<(Ipv4Addr, Mac, Option<PortId>)> = l3
@@ -409,6 +412,9 @@ impl State {
                 network: network.clone(),
                 netns: netns.clone(),
                 ifname: ifname.clone(),
+            },
+            Request::AttachHandoff { owner, .. } => Request::DetachOwner {
+                owner: owner.clone(),
             },
             Request::PortAdd { iface, .. } => Request::PortRm {
                 iface: iface.clone(),

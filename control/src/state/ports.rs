@@ -162,6 +162,12 @@ impl State {
             ));
         }
         if let Some(a) = &self.ports[&id].attach {
+            if a.handoff {
+                return err(format!(
+                    "port {iface:?} is a container's, made for its runtime ({}); remove the container or disconnect it from the network",
+                    a.owner.as_deref().unwrap_or("?")
+                ));
+            }
             return err(format!(
                 "port {iface:?} was made by attach; use `vswitch detach {} --netns {} --ifname {}`",
                 self.ports[&id].net, a.netns, a.ifname
@@ -185,11 +191,13 @@ impl State {
                     .as_ref()
                     .map_or("up".to_string(), |r| format!("gone: {r}")),
                 mode: p.mode.clone(),
-                attached: p
+                attached: p.attach.as_ref().map(|a| a.label()),
+                owner: p.attach.as_ref().and_then(|a| a.owner.clone()),
+                handoff: p
                     .attach
                     .as_ref()
-                    .map(|a| format!("{}:{}", a.netns, a.ifname)),
-                owner: p.attach.as_ref().and_then(|a| a.owner.clone()),
+                    .filter(|a| a.handoff)
+                    .map(|a| a.ifname.clone()),
             })
             .collect()
     }
@@ -202,10 +210,7 @@ impl State {
                 port: p.iface.clone(),
                 network: p.net.clone(),
                 kind: p.kind,
-                attached: p
-                    .attach
-                    .as_ref()
-                    .map(|a| format!("{}:{}", a.netns, a.ifname)),
+                attached: p.attach.as_ref().map(|a| a.label()),
                 stats: p.stats.snapshot(),
             })
             .collect();

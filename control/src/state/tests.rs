@@ -21,12 +21,40 @@ struct World {
     persistent: BTreeSet<String>,
     /// Veth pairs: host end → (namespace, the peer's name now).
     veths: BTreeMap<String, (String, String)>,
+    /// MACs set, by (namespace, name).
+    macs: BTreeMap<(String, String), [u8; 6]>,
     nft: Vec<String>,
     fail_configure: bool,
 }
 
 #[derive(Clone, Default)]
 struct Fake(Arc<Mutex<World>>);
+
+impl World {
+    /// Moves and renames an interface (`None`: the switch's namespace), as
+    /// the kernel does: it keeps its MAC, and a veth its peer.
+    fn rename(
+        &mut self,
+        ns: Option<&str>,
+        from: &str,
+        to_ns: Option<&str>,
+        to: &str,
+    ) -> Result<(), NetnsError> {
+        if !self.links.remove(&key(ns, from)) {
+            return Err(NetnsError::NoLink(from.into()));
+        }
+        self.links.insert(key(to_ns, to));
+        if let Some(m) = self.macs.remove(&key(ns, from)) {
+            self.macs.insert(key(to_ns, to), m);
+        }
+        for peer in self.veths.values_mut() {
+            if *peer == key(ns, from) {
+                *peer = key(to_ns, to);
+            }
+        }
+        Ok(())
+    }
+}
 
 impl Fake {
     fn w(&self) -> std::sync::MutexGuard<'_, World> {
@@ -71,28 +99,37 @@ impl Host for Fake {
     fn open_tap_in(&self, ns: &str, name: &str) -> Result<Option<Opened>, String> {
         Ok(self.has(ns, name).then(|| mem(name)))
     }
-    fn create_veth(&self, host: &str, peer: &str, ns: &str, _mtu: u32) -> Result<(), NetnsError> {
+    fn create_veth(
+        &self,
+        host: &str,
+        peer: &str,
+        ns: Option<&str>,
+        _mtu: u32,
+    ) -> Result<(), NetnsError> {
         let mut w = self.w();
         w.links.insert(key(None, host));
-        w.links.insert(key(Some(ns), peer));
-        w.veths.insert(host.into(), (ns.into(), peer.into()));
+        w.links.insert(key(ns, peer));
+        w.veths.insert(host.into(), key(ns, peer));
         Ok(())
+    }
+    fn link_name_by_mac(&self, ns: Option<&str>, mac: [u8; 6]) -> Option<String> {
+        let ns = ns.unwrap_or("");
+        self.w()
+            .macs
+            .iter()
+            .find(|((n, _), m)| n == ns && **m == mac)
+            .map(|((_, name), _)| name.clone())
     }
     fn quiet_host_end(&self, _name: &str) {}
     fn move_to_ns(&self, name: &str, ns: &str) -> Result<(), NetnsError> {
-        let mut w = self.w();
-        if !w.links.remove(&key(None, name)) {
-            return Err(NetnsError::NoLink(name.into()));
-        }
-        w.links.insert(key(Some(ns), name));
-        Ok(())
+        self.w().rename(None, name, Some(ns), name)
     }
     fn configure(
         &self,
         ns: Option<&str>,
         from: &str,
         to: &str,
-        _mac: [u8; 6],
+        mac: [u8; 6],
         _mtu: u32,
         _gso: Option<u32>,
         addrs: Vec<(IpAddr, u8)>,
@@ -101,22 +138,15 @@ impl Host for Fake {
         if w.fail_configure {
             return Err(NetnsError::Other("configure refused (test)".into()));
         }
-        if !w.links.remove(&key(ns, from)) {
-            return Err(NetnsError::NoLink(from.into()));
-        }
-        w.links.insert(key(ns, to));
+        w.rename(ns, from, ns, to)?;
         w.addrs.insert(key(ns, to), addrs);
-        for (pns, peer) in w.veths.values_mut() {
-            if Some(pns.as_str()) == ns && peer == from {
-                *peer = to.to_string();
-            }
-        }
+        w.macs.insert(key(ns, to), mac);
         Ok(())
     }
     fn add_default_route(&self, _ns: &str, _gw: Ipv4Addr) -> Result<(), NetnsError> {
         Ok(())
     }
-    fn tx_csum_off(&self, _ns: &str, _ifname: &str) -> Result<(), NetnsError> {
+    fn tx_csum_off(&self, _ns: Option<&str>, _ifname: &str) -> Result<(), NetnsError> {
         Ok(())
     }
     fn delete_link(&self, ns: Option<&str>, name: &str) -> Result<bool, NetnsError> {
@@ -220,7 +250,7 @@ fn ok(s: &mut State, req: Request) -> serde_json::Value {
 fn net(name: &str, subnet: &str) -> Request {
     Request::NetworkCreate(NetworkConfig {
         subnet: Some(subnet.into()),
-        ..toml::from_str(&format!("name = \"{name}\"")).unwrap()
+        ..NetworkConfig::named(name)
     })
 }
 
@@ -470,5 +500,86 @@ fn the_uplink_guard_drops_the_switchs_ports_and_stays_after_a_stop() {
     let mut s = b.start(&Bed::config("")).unwrap();
     ok(&mut s, Request::UplinkRm);
     assert!(b.host.w().nft.last().unwrap().contains("delete table"));
+    s.shutdown();
+}
+
+fn handoff(network: &str, owner: &str, kind: AttachKind, ip: &str) -> Request {
+    Request::AttachHandoff {
+        network: network.into(),
+        kind,
+        ip: Some(ip.into()),
+        mac: None,
+        owner: owner.into(),
+        aliases: Vec::new(),
+    }
+}
+
+#[test]
+fn a_handed_off_interface_is_found_wherever_its_runtime_put_it() {
+    let b = Bed::new("handoff");
+    let mut s = b.start(&Bed::config("")).unwrap();
+    ok(&mut s, net("d", "10.6.0.0/24"));
+    // Docker's CreateEndpoint: made here, with the runtime's address.
+    let tap = ok(&mut s, handoff("d", "ep1", AttachKind::Tap, "10.6.0.5/24"));
+    let veth = ok(&mut s, handoff("d", "ep2", AttachKind::Veth, "10.6.0.6/24"));
+    let (tname, vname) = (
+        tap["handoff"].as_str().unwrap().to_string(),
+        veth["handoff"].as_str().unwrap().to_string(),
+    );
+    assert!(b.host.has("", &tname) && b.host.has("", &vname));
+    assert_eq!(tap["ip"], "10.6.0.5");
+    assert!(
+        b.host.w().addrs[&key(None, &tname)].is_empty(),
+        "the runtime sets the address, not the switch"
+    );
+    let again = s.handle(handoff("d", "ep1", AttachKind::Tap, "10.6.0.7/24"));
+    assert!(
+        again.error.unwrap().contains("ep1"),
+        "one interface per owner"
+    );
+    // Join: the runtime moves both into its sandbox and renames them.
+    ok(
+        &mut s,
+        Request::AttachJoined {
+            owner: "ep1".into(),
+            netns: "c1".into(),
+        },
+    );
+    {
+        let mut w = b.host.w();
+        w.rename(None, &tname, Some("c1"), "eth0").unwrap();
+        w.rename(None, &vname, Some("c1"), "eth1").unwrap();
+    }
+    let ports = serde_json::to_value(s.port_infos()).unwrap();
+    s.shutdown();
+    drop(s);
+    // A restart takes both over: the TAP by its MAC in the sandbox, the
+    // veth by its end here.
+    let mut s = b.start(&Bed::config("")).unwrap();
+    assert_eq!(serde_json::to_value(s.port_infos()).unwrap(), ports);
+    // DeleteEndpoint after Docker moved the TAP back under its name, and
+    // with the veth still in the sandbox.
+    b.host.w().rename(Some("c1"), "eth0", None, &tname).unwrap();
+    ok(
+        &mut s,
+        Request::DetachOwner {
+            owner: "ep1".into(),
+        },
+    );
+    ok(
+        &mut s,
+        Request::DetachOwner {
+            owner: "ep2".into(),
+        },
+    );
+    ok(
+        &mut s,
+        Request::DetachOwner {
+            owner: "ep2".into(),
+        },
+    );
+    assert!(!b.host.has("", &tname) && !b.host.has("c1", "eth1"));
+    assert!(s.networks["d"].l3.as_ref().unwrap().hosts.is_empty());
+    assert_eq!(s.port_infos().len(), 1, "only the gateway's port is left");
     s.shutdown();
 }

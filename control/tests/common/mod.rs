@@ -17,6 +17,10 @@ pub struct Topo {
     children: Vec<Child>,
     pub sock: PathBuf,
     dir: PathBuf,
+    /// Start the switch with `nsenter --net=` (the host's mount namespace,
+    /// as a service runs) instead of `ip netns exec` (a mount namespace of
+    /// its own, which misses mounts made later, such as Docker's sandboxes).
+    pub host_mounts: bool,
     _serial: MutexGuard<'static, ()>,
 }
 
@@ -73,6 +77,7 @@ impl Topo {
             switch: None,
             children: Vec::new(),
             dir,
+            host_mounts: false,
             _serial: serial,
         };
         t.add_ns("host");
@@ -257,15 +262,17 @@ impl Topo {
         let cfg = self.write_config(config);
         let log = std::fs::File::create(self.dir.join("vswitch.log")).expect("log file");
         let ns = self.ns("host");
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &ns,
-                env!("CARGO_BIN_EXE_vswitch"),
-                "run",
-                "--config",
-            ])
+        let mut launch = if self.host_mounts {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/run/netns/{ns}"));
+            c
+        } else {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", &ns]);
+            c
+        };
+        let child = launch
+            .args([env!("CARGO_BIN_EXE_vswitch"), "run", "--config"])
             .arg(&cfg)
             .arg("--socket")
             .arg(&self.sock)
@@ -300,7 +307,7 @@ impl Topo {
         self.dir.join("state")
     }
 
-    /// The running switch's PID (`ip netns exec` execs it).
+    /// The running switch's PID (`ip netns exec` and `nsenter` exec it).
     pub fn switch_pid(&self) -> u32 {
         self.switch.as_ref().expect("switch started").id()
     }
@@ -411,6 +418,21 @@ impl Topo {
         o.trim().to_string()
     }
 
+    /// The body `url` answers from namespace `from`, trying for up to 5 s
+    /// (empty if it never answers).
+    pub fn curl(&self, from: &str, url: &str) -> String {
+        let mut body = String::new();
+        for _ in 0..50 {
+            let o = self.exec(from, &["curl", "-s", "-m", "2", url]);
+            body = String::from_utf8_lossy(&o.stdout).trim().to_string();
+            if !body.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        body
+    }
+
     pub fn ping(&self, from: &str, to: &str, count: u32) -> bool {
         self.exec(
             from,
@@ -447,3 +469,31 @@ impl Drop for Topo {
 
 pub const ADAPTIVE: &str =
     "[[workers]]\nidle = { mode = \"adaptive\", idle_after_us = 500, max_sleep_ms = 50 }\n";
+
+/// A container image's root file system as a tar in `dir`: busybox and its
+/// applets, and `page` as /www/index.html.
+pub fn busybox_rootfs(dir: &std::path::Path, page: &str) -> PathBuf {
+    let root = dir.join("rootfs");
+    for d in ["bin", "www"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .expect("/bin/busybox (busybox-static; scripts/install-deps.sh installs it)");
+    let applets = ok(&sh("/bin/busybox", &["--list"]));
+    for a in applets.lines().filter(|a| *a != "busybox") {
+        let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(a));
+    }
+    std::fs::write(root.join("www/index.html"), page).unwrap();
+    let tar = dir.join("rootfs.tar");
+    ok(&sh(
+        "tar",
+        &[
+            "-C",
+            root.to_str().unwrap(),
+            "-cf",
+            tar.to_str().unwrap(),
+            ".",
+        ],
+    ));
+    tar
+}

@@ -55,6 +55,14 @@ pub(crate) enum Cmd {
         /// again.
         #[arg(long, env = "VSWITCH_STATE_DIR", default_value = "/var/lib/vswitch")]
         state_dir: PathBuf,
+        /// Also serve Docker's network driver API, so that `docker network
+        /// create -d vswitch` makes vswitch networks.
+        #[arg(long)]
+        docker_plugin: bool,
+        /// Where to serve it: dockerd finds a plugin named NAME at
+        /// /run/docker/plugins/NAME.sock.
+        #[arg(long, default_value = vswitch_control::docker::DEFAULT_SOCKET, requires = "docker_plugin")]
+        docker_plugin_socket: PathBuf,
     },
     /// Networks (bridge domains).
     #[command(subcommand)]

@@ -66,6 +66,8 @@ fn run(cli: Cli) -> Result<(), String> {
             cluster_etcd,
             socket_group,
             state_dir,
+            docker_plugin,
+            docker_plugin_socket,
         } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -96,6 +98,7 @@ fn run(cli: Cli) -> Result<(), String> {
                     socket: cli.socket.clone(),
                     socket_group: socket_group.clone(),
                     state_dir: state_dir.clone(),
+                    docker_plugin: docker_plugin.then(|| docker_plugin_socket.clone()),
                 },
             )
         }
@@ -120,6 +123,7 @@ fn run(cli: Cli) -> Result<(), String> {
                     aging_secs: a.aging,
                     internal: a.internal,
                     no_icc: a.no_icc,
+                    ..NetworkConfig::named(&a.name)
                 }),
             )?;
             out!("{}", a.name);
