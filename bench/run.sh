@@ -53,7 +53,7 @@ PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    for n in bh ba bb vh va vb ta tb ih ia ib nh nc ne sh sc se kA kB kc1 kc2 xA xB xa1 xa2 xb1 xb2; do ip netns del "$P-$n" 2>/dev/null || true; done
+    for n in bh ba bb vh va vb wa wb ta tb ih ia ib nh nc ne sh sc se kA kB kc1 kc2 xA xB xa1 xa2 xb1 xb2; do ip netns del "$P-$n" 2>/dev/null || true; done
     # The cluster bench cleans up after itself; this covers it being killed.
     { ip netns list | awk '{print $1}' | grep "^$P-c" || true; } | while read -r n; do ip netns del "$n" 2>/dev/null || true; done
     rm -rf "$TMP"
@@ -156,7 +156,7 @@ for c in ba bb; do
     NS "$c" ip addr add "10.99.0.$i/24" dev eth0; NS "$c" ip link set eth0 up; i=$((i+1))
 done
 NS ba ping -c 2 -i 0.2 10.99.0.2 >/dev/null
-mkns vh; mkns va; mkns vb; mkns ta; mkns tb
+mkns vh; mkns va; mkns vb; mkns wa; mkns wb; mkns ta; mkns tb
 cat >"$TMP/vs.toml" <<CFG
 [[workers]]
 core = $WORKER_CORE
@@ -172,8 +172,10 @@ V attach bench --netns "$P-va" --kind veth --ip 10.98.0.11/24
 V attach bench --netns "$P-vb" --kind veth --ip 10.98.0.12/24
 V attach bench --netns "$P-ta" --kind tap --ip 10.98.0.13/24
 V attach bench --netns "$P-tb" --kind tap --ip 10.98.0.14/24
-NS va ping -c 2 -i 0.2 10.98.0.12 >/dev/null; NS ta ping -c 2 -i 0.2 10.98.0.14 >/dev/null
-KP=(); KT=(); KTA=(); K5=(); K9=(); VP=(); VT=(); VTA=(); VTV=(); V5=(); V9=(); VV5=()
+V attach bench --netns "$P-wa" --kind veth-xdp --ip 10.98.0.15/24
+V attach bench --netns "$P-wb" --kind veth-xdp --ip 10.98.0.16/24
+NS va ping -c 2 -i 0.2 10.98.0.12 >/dev/null; NS ta ping -c 2 -i 0.2 10.98.0.14 >/dev/null; NS wa ping -c 2 -i 0.2 10.98.0.16 >/dev/null
+KP=(); KT=(); KTA=(); K5=(); K9=(); VP=(); VPP=(); VT=(); VTA=(); VTV=(); VTX=(); V5=(); V9=(); VV5=()
 for t in $(seq "$TRIALS"); do
     kill -STOP "$VPID"
     KP+=("$(pps ba bb 10.99.0.2 10.99.0.1)")
@@ -181,19 +183,21 @@ for t in $(seq "$TRIALS"); do
     KTA+=("$(TCP_CC=$ALT_CC tcp ba bb 10.99.0.2)")
     rtt ba bb 10.99.0.2; read -r a b <"$TMP/rtt"; K5+=("$a"); K9+=("$b")
     kill -CONT "$VPID"; sleep 0.2
-    VP+=("$(pps va vb 10.98.0.12 10.98.0.11)")
+    VP+=("$(pps wa wb 10.98.0.16 10.98.0.15)")
+    VPP+=("$(pps va vb 10.98.0.12 10.98.0.11)")
     VT+=("$(tcp ta tb 10.98.0.14)")
     VTA+=("$(TCP_CC=$ALT_CC tcp ta tb 10.98.0.14)")
     VTV+=("$(tcp va vb 10.98.0.12)")
+    VTX+=("$(tcp wa wb 10.98.0.16)")
     rtt ta tb 10.98.0.14; read -r a b <"$TMP/rtt"; V5+=("$a"); V9+=("$b")
     rtt va vb 10.98.0.12; read -r a b <"$TMP/rtt"; VV5+=("$a")
-    echo "trial $t: 64B frames delivered bridge/vswitch ${KP[-1]}/${VP[-1]} per s; iperf3 TCP bridge ${KT[-1]}, vswitch TAP ${VT[-1]}, veth ${VTV[-1]} Gbit/s, with $ALT_CC bridge ${KTA[-1]}, vswitch TAP ${VTA[-1]} Gbit/s; RTT p50 bridge ${K5[-1]}, vswitch TAP ${V5[-1]}, veth ${VV5[-1]} us"
+    echo "trial $t: 64B frames delivered bridge/vswitch veth-xdp/vswitch veth ${KP[-1]}/${VP[-1]}/${VPP[-1]} per s; iperf3 TCP bridge ${KT[-1]}, vswitch TAP ${VT[-1]}, veth ${VTV[-1]}, veth-xdp ${VTX[-1]} Gbit/s, with $ALT_CC bridge ${KTA[-1]}, vswitch TAP ${VTA[-1]} Gbit/s; RTT p50 bridge ${K5[-1]}, vswitch TAP ${V5[-1]}, veth ${VV5[-1]} us"
 done
 K_PPS=$(med "${KP[@]}"); K_TCP=$(med "${KT[@]}"); K_TCPA=$(med "${KTA[@]}"); K_P50=$(med "${K5[@]}"); K_P99=$(med "${K9[@]}")
-V_PPS=$(med "${VP[@]}"); V_TCP=$(med "${VT[@]}"); V_TCPA=$(med "${VTA[@]}"); V_TCPV=$(med "${VTV[@]}")
+V_PPS=$(med "${VP[@]}"); V_PPSP=$(med "${VPP[@]}"); V_TCP=$(med "${VT[@]}"); V_TCPA=$(med "${VTA[@]}"); V_TCPV=$(med "${VTV[@]}"); V_TCPX=$(med "${VTX[@]}")
 V_P50=$(med "${V5[@]}"); V_P99=$(med "${V9[@]}"); VV_P50=$(med "${VV5[@]}")
 echo "Linux bridge, medians: 64B frames delivered $K_PPS/s; iperf3 TCP $K_TCP Gbit/s ($ALT_CC: $K_TCPA); UDP RTT p50/p99 $K_P50 / $K_P99 us"
-echo "vswitch, medians: 64B frames delivered (veth/AF_XDP) $V_PPS/s; iperf3 TCP (TAP) $V_TCP ($ALT_CC: $V_TCPA), (veth/AF_XDP) $V_TCPV Gbit/s; UDP RTT p50/p99 (TAP) $V_P50 / $V_P99 us, p50 (veth) $VV_P50 us"
+echo "vswitch, medians: 64B frames delivered (veth/AF_XDP) $V_PPS/s, (veth/AF_PACKET) $V_PPSP/s; iperf3 TCP (TAP) $V_TCP ($ALT_CC: $V_TCPA), (veth/AF_PACKET) $V_TCPV, (veth/AF_XDP) $V_TCPX Gbit/s; UDP RTT p50/p99 (TAP) $V_P50 / $V_P99 us, p50 (veth) $VV_P50 us"
 "$BIN" --socket "$SOCK" stats
 kill "$VPID"; wait "$VPID" 2>/dev/null || true
 oneway ba bb 10.99.0.2; read -r K_OW50 K_OW99 K_OWMAX <"$TMP/oneway"; echo "Linux bridge: one-way latency of packets after 300 ms idle, p50/p99/max: $K_OW50 / $K_OW99 / $K_OWMAX us"
@@ -356,9 +360,9 @@ CFG
     start_switch "x$h" "$TMP/x$h.toml" "$TMP/x$h.sock"; XPIDS+=("$SWPID")
 done
 "$BIN" --socket "$TMP/xA.sock" attach ov --netns "$P-xa1" --kind tap --ip 10.94.0.11/24 >/dev/null
-"$BIN" --socket "$TMP/xA.sock" attach ov --netns "$P-xa2" --kind veth --ip 10.94.0.21/24 >/dev/null
+"$BIN" --socket "$TMP/xA.sock" attach ov --netns "$P-xa2" --kind veth-xdp --ip 10.94.0.21/24 >/dev/null
 "$BIN" --socket "$TMP/xB.sock" attach ov --netns "$P-xb1" --kind tap --ip 10.94.0.12/24 >/dev/null
-"$BIN" --socket "$TMP/xB.sock" attach ov --netns "$P-xb2" --kind veth --ip 10.94.0.22/24 >/dev/null
+"$BIN" --socket "$TMP/xB.sock" attach ov --netns "$P-xb2" --kind veth-xdp --ip 10.94.0.22/24 >/dev/null
 NS xa1 ping -c 2 -i 0.2 10.94.0.12 >/dev/null; NS xa2 ping -c 2 -i 0.2 10.94.0.22 >/dev/null
 KXT=(); KXP=(); VXT=(); VXP=(); KXTA=(); VXTA=()
 for t in $(seq "$TRIALS"); do
@@ -422,9 +426,11 @@ VDEC=$(jv "$TMP/vx.txt" pipeline_vxlan_decap cycles_per_packet)
 
 cat >"$RES" <<R
 # metric unit kernel vswitch [lower]
-frames64_delivered_veth pps $K_PPS $V_PPS
+frames64_delivered_veth_xdp pps $K_PPS $V_PPS
+frames64_delivered_veth_packet pps $K_PPS $V_PPSP
 iperf3_tcp_tap Gbit/s $K_TCP $V_TCP
-iperf3_tcp_veth Gbit/s $K_TCP $V_TCPV
+iperf3_tcp_veth_packet Gbit/s $K_TCP $V_TCPV
+iperf3_tcp_veth_xdp Gbit/s $K_TCP $V_TCPX
 iperf3_tcp_tap_$ALT_CC Gbit/s $K_TCPA $V_TCPA
 rtt_p50_tap us $K_P50 $V_P50 lower
 rtt_p99_tap us $K_P99 $V_P99 lower

@@ -20,7 +20,7 @@
 # is reported for both; the normalized one is the verdict.
 #
 #   bash bench/sweep.sh                    # STARTS=16 TRIALS=3 SECS=2 (~13 minutes)
-#   KINDS=veth MODES=busy bash bench/sweep.sh
+#   KINDS=veth-xdp MODES=busy bash bench/sweep.sh
 #   NOISE=1 bash bench/sweep.sh            # also as many figures from one start: the noise floor
 #
 # Prints one line per start, a summary per kind and mode (slowest, median,
@@ -35,7 +35,7 @@ TRIALS=${TRIALS:-3}
 SECS=${SECS:-2}
 WORKER_CORE=${WORKER_CORE:-1}
 GEN_CORE=${GEN_CORE:-0}
-KINDS=${KINDS:-veth tap}
+KINDS=${KINDS:-veth-xdp tap}
 MODES=${MODES:-busy adaptive}
 BIN=${VSWITCH_BIN:-$PWD/target/release/vswitch}
 [ -x "$BIN" ] || { echo "sweep: build first (cargo build --release) or set VSWITCH_BIN" >&2; exit 1; }

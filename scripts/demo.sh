@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Demo: a host namespace running vswitch, four "containers" (namespaces):
-# three on network blue (two TAP, one veth/AF_XDP) and one on red, and an
+# three on network blue (two TAP, one veth) and one on red, and an
 # "external" namespace behind the host's uplink. Containers ping, run iperf3,
 # fetch a page from outside through SNAT, and serve one on a published port;
 # the switch's FDB, connection table and counters are shown. Everything is
@@ -44,7 +44,7 @@ done
 echo "== iperf3 TCP, TAP container to TAP container"
 ip netns exec "$P-c2" iperf3 -s -1 -B 10.77.1.12 >/dev/null & S=$!
 sleep 0.3; ip netns exec "$P-c1" iperf3 -c 10.77.1.12 -t 3 | grep -E 'sender|receiver'; wait $S
-echo "== iperf3 TCP, TAP container to veth (AF_XDP) container"
+echo "== iperf3 TCP, TAP container to veth container (AF_PACKET with virtio-net headers on the switch end)"
 ip netns exec "$P-c3" iperf3 -s -1 -B 10.77.1.13 >/dev/null & S=$!
 sleep 0.3; ip netns exec "$P-c1" iperf3 -c 10.77.1.13 -t 3 | grep -E 'sender|receiver'; wait $S
 echo "== gateway and NAT: uplink ${P}u, SNAT to 192.168.200.1"

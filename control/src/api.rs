@@ -9,8 +9,32 @@ use serde::{Deserialize, Serialize};
 pub enum AttachKind {
     /// A TAP device moved into the namespace (virtio-net offloads, fastest TCP).
     Tap,
-    /// A veth pair, AF_XDP on the host end (fastest small packets).
+    /// A veth pair; the switch's end is an AF_PACKET socket with virtio-net
+    /// headers, so large TCP segments cross whole and the container keeps
+    /// its TSO and checksum offload.
     Veth,
+    /// A veth pair with an AF_XDP socket on the switch's end: the most
+    /// small packets per second, but MTU-sized TCP segments (an XDP program
+    /// on a veth turns its peer's TSO off, and the switch turns the
+    /// container's checksum offload off: AF_XDP carries no checksum state).
+    #[serde(rename = "veth-xdp")]
+    VethXdp,
+}
+
+impl AttachKind {
+    /// A veth pair, however its switch end is opened.
+    pub fn is_veth(self) -> bool {
+        matches!(self, AttachKind::Veth | AttachKind::VethXdp)
+    }
+
+    /// How the switch opens its end.
+    pub fn port_kind(self) -> PortKind {
+        match self {
+            AttachKind::Tap => PortKind::Tap,
+            AttachKind::Veth => PortKind::Packet,
+            AttachKind::VethXdp => PortKind::Afxdp,
+        }
+    }
 }
 
 /// `true` (a serde default).

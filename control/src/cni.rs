@@ -153,13 +153,15 @@ pub fn main() -> std::process::ExitCode {
         }
         Ok(None) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            println!(
-                "{}",
-                json!({ "cniVersion": version, "code": e.code, "msg": e.msg, "details": e.details })
-            );
+            println!("{}", error_object(&version, &e));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The error object a runtime reads (SPEC.md, "Error").
+fn error_object(version: &str, e: &CniError) -> Value {
+    json!({ "cniVersion": version, "code": e.code, "msg": e.msg, "details": e.details })
 }
 
 impl NetConf {
@@ -370,12 +372,24 @@ fn add(conf: &NetConf) -> Result<Value, CniError> {
             return Err(e);
         }
     }
+    Ok(add_result(conf, &ifname, &netns, &a, prefix.as_deref()))
+}
+
+/// The `ADD` result in the configuration's version: the interface, its
+/// address with the gateway, and the default route.
+fn add_result(
+    conf: &NetConf,
+    ifname: &str,
+    netns: &str,
+    a: &Attached,
+    prefix: Option<&str>,
+) -> Value {
     let v4 = conf.cni_version.starts_with("0.");
     let mut ips = Vec::new();
     let mut routes = Vec::new();
     if let Some(ip) = &a.ip {
         let mut e = json!({
-            "address": format!("{ip}/{}", prefix.as_deref().unwrap_or("32")),
+            "address": format!("{ip}/{}", prefix.unwrap_or("32")),
             "interface": 0,
         });
         if let Some(gw) = &a.gateway {
@@ -387,7 +401,7 @@ fn add(conf: &NetConf) -> Result<Value, CniError> {
         }
         ips.push(e);
     }
-    let result = AddResult {
+    json!(AddResult {
         cni_version: if conf.cni_version.is_empty() {
             "1.0.0".into()
         } else {
@@ -397,8 +411,7 @@ fn add(conf: &NetConf) -> Result<Value, CniError> {
         ips,
         routes,
         dns: json!({}),
-    };
-    serde_json::to_value(result).map_err(|e| fail(IO_FAILURE, "result", e.to_string()))
+    })
 }
 
 /// An answer of the switch as `T`.
@@ -505,4 +518,81 @@ fn gc(conf: &NetConf) -> Result<(), CniError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conf(v: Value) -> NetConf {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn version_lists_what_it_speaks_and_other_versions_are_refused() {
+        let v = run("VERSION", conf(json!({ "cniVersion": "1.0.0" })))
+            .unwrap()
+            .unwrap();
+        assert_eq!(v["supportedVersions"], json!(["0.4.0", "1.0.0", "1.1.0"]));
+        assert_eq!(v["cniVersion"], "1.0.0");
+        for cmd in ["ADD", "DEL", "CHECK", "STATUS", "GC"] {
+            let e = run(cmd, conf(json!({ "cniVersion": "0.3.1", "name": "n" }))).unwrap_err();
+            assert_eq!(e.code, INCOMPATIBLE_VERSION, "{cmd}");
+            assert!(e.details.contains("1.1.0"), "{cmd}: {}", e.details);
+        }
+        let e = run("FROB", conf(json!({ "cniVersion": "1.0.0" }))).unwrap_err();
+        assert_eq!(e.code, INVALID_ENV);
+    }
+
+    #[test]
+    fn errors_are_cni_error_objects() {
+        let e = fail(TRY_LATER, "vswitch is not running", "connect: refused");
+        assert_eq!(
+            error_object("1.0.0", &e),
+            json!({ "cniVersion": "1.0.0", "code": 11, "msg": "vswitch is not running", "details": "connect: refused" })
+        );
+        // An unreachable switch is a "try again later" naming the socket.
+        let c =
+            conf(json!({ "cniVersion": "1.0.0", "name": "n", "socket": "/nonexistent/vs.sock" }));
+        let e = call(&c, Request::NetworkLs).unwrap_err();
+        assert_eq!(e.code, TRY_LATER);
+        assert!(e.msg.contains("/nonexistent/vs.sock"), "{}", e.msg);
+    }
+
+    #[test]
+    fn results_are_in_the_configurations_version() {
+        let a = Attached {
+            port: 3,
+            mac: "02:00:00:00:00:05".into(),
+            ip: Some("10.1.0.5".into()),
+            gateway: Some("10.1.0.1".into()),
+            handoff: None,
+        };
+        let old = add_result(
+            &conf(json!({ "cniVersion": "0.4.0", "name": "n" })),
+            "eth0",
+            "/run/netns/x",
+            &a,
+            Some("24"),
+        );
+        assert_eq!(old["cniVersion"], "0.4.0");
+        assert_eq!(old["ips"][0]["version"], "4");
+        assert_eq!(old["ips"][0]["address"], "10.1.0.5/24");
+        let new = add_result(
+            &conf(json!({ "cniVersion": "1.0.0", "name": "n" })),
+            "eth0",
+            "/run/netns/x",
+            &a,
+            Some("24"),
+        );
+        assert!(new["ips"][0].get("version").is_none(), "{new}");
+        assert_eq!(
+            new["routes"],
+            json!([{ "dst": "0.0.0.0/0", "gw": "10.1.0.1" }])
+        );
+        assert_eq!(
+            new["interfaces"],
+            json!([{ "name": "eth0", "mac": "02:00:00:00:00:05", "sandbox": "/run/netns/x" }])
+        );
+    }
 }

@@ -373,7 +373,8 @@ pub enum PortKind {
     Afxdp,
     /// TAP device with virtio-net headers.
     Tap,
-    /// AF_PACKET socket with virtio-net headers (the uplink only).
+    /// AF_PACKET socket with virtio-net headers (the uplink, veth
+    /// containers).
     Packet,
 }
 

@@ -548,7 +548,8 @@ fn network_config(c: &CreateNetwork) -> Result<NetworkConfig, DriverError> {
         cfg.attach_kind = Some(match k.as_str() {
             "tap" => AttachKind::Tap,
             "veth" => AttachKind::Veth,
-            _ => return fail(format!("vswitch.kind={k:?} must be tap or veth")),
+            "veth-xdp" => AttachKind::VethXdp,
+            _ => return fail(format!("vswitch.kind={k:?} must be tap, veth or veth-xdp")),
         });
     }
     crate::config::validate_network(&cfg).map_err(|e| DriverError(e.to_string()))?;
@@ -610,7 +611,7 @@ mod tests {
             ),
             (
                 json!({ GENERIC: { "vswitch.kind": "macvlan" } }),
-                "tap or veth",
+                "tap, veth or veth-xdp",
             ),
             (json!({ ENABLE_IPV6: true }), "IPv6"),
             (json!({ GENERIC: { MTU: "big" } }), "not a number"),

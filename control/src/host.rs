@@ -38,6 +38,9 @@ pub trait Host: Send {
     fn link_name_by_mac(&self, ns: Option<&str>, mac: [u8; 6]) -> Option<String>;
     /// Keeps the kernel quiet on an interface the switch owns.
     fn quiet_host_end(&self, name: &str);
+    /// Keeps the kernel from answering ARP on the switch's end of a veth,
+    /// which an AF_PACKET port shares with it.
+    fn no_arp(&self, name: &str) -> Result<(), NetnsError>;
     /// Moves interface `name` into `ns`.
     fn move_to_ns(&self, name: &str, ns: &str) -> Result<(), NetnsError>;
     /// Renames `from` to `to` in `ns` (`None`: here) and sets its MAC, MTU,
@@ -121,6 +124,10 @@ impl Host for Kernel {
 
     fn quiet_host_end(&self, name: &str) {
         netns::quiet_host_end(name)
+    }
+
+    fn no_arp(&self, name: &str) -> Result<(), NetnsError> {
+        netns::no_arp(name)
     }
 
     fn move_to_ns(&self, name: &str, ns: &str) -> Result<(), NetnsError> {

@@ -158,8 +158,18 @@ pub fn create_veth(host: &str, peer: &str, ns: Option<&str>, mtu: u32) -> Result
                 .await
                 .map_err(nl)?;
             let hi = index_of(&h, &host).await?;
+            // NOARP: the switch's end is not the host's; without it the
+            // host's kernel, which also sees what the container sends,
+            // would answer the container's ARP for the host's addresses
+            // (the gateway's among them) with this end's MAC.
             h.link()
-                .set(LinkUnspec::new_with_index(hi).mtu(mtu).up().build())
+                .set(
+                    LinkUnspec::new_with_index(hi)
+                        .mtu(mtu)
+                        .arp(false)
+                        .up()
+                        .build(),
+                )
                 .execute()
                 .await
                 .map_err(nl)?;
@@ -280,6 +290,22 @@ pub fn delete_link(ns: Option<&str>, name: &str) -> Result<bool, NetnsError> {
             };
             h.link().del(i).execute().await.map_err(nl)?;
             Ok(true)
+        })
+    })
+}
+
+/// Sets NOARP on interface `name` of the switch's namespace: the kernel
+/// answers no ARP request that arrives on it.
+pub fn no_arp(name: &str) -> Result<(), NetnsError> {
+    let name = name.to_string();
+    run_in(None, move |h| {
+        Box::pin(async move {
+            let i = index_of(&h, &name).await?;
+            h.link()
+                .set(LinkUnspec::new_with_index(i).arp(false).build())
+                .execute()
+                .await
+                .map_err(nl)
         })
     })
 }

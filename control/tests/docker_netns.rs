@@ -237,6 +237,50 @@ fn docker_runs_containers_on_vswitch_through_its_network_driver() {
         "the published port from the host itself"
     );
 
+    // An address asked for with --ip.
+    dockerd.run(&[
+        "run",
+        "-d",
+        "--name",
+        "fixed",
+        "--network",
+        "n1",
+        "--ip",
+        "10.84.0.50",
+        "vsbox",
+        "sleep",
+        "300",
+    ]);
+    assert_eq!(dockerd.ip_of("fixed", "n1"), "10.84.0.50");
+    let inspect = t.json(&["network", "inspect", &n1_name]);
+    assert!(
+        inspect["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["ip"] == "10.84.0.50"),
+        "{inspect}"
+    );
+    dockerd.run(&["rm", "-f", "fixed"]);
+
+    // An internal network: no way out, no default route.
+    dockerd.run(&[
+        "network",
+        "create",
+        "-d",
+        &driver,
+        "--internal",
+        "--subnet",
+        "10.86.0.0/24",
+        "n3",
+    ]);
+    let routes = dockerd.run(&["run", "--rm", "--network", "n3", "vsbox", "ip", "route"]);
+    assert!(
+        routes.contains("10.86.0.0/24") && !routes.contains("default"),
+        "{routes}"
+    );
+    dockerd.run(&["network", "rm", "n3"]);
+
     // Container to container, and out through SNAT to an external server.
     let ping = dockerd.run(&[
         "run",
@@ -317,7 +361,7 @@ fn docker_runs_containers_on_vswitch_through_its_network_driver() {
     let eps = endpoints(&t);
     assert_eq!(eps.len(), 2, "web is on both networks: {eps:?}");
     assert!(
-        eps.iter().any(|p| p["kind"] == "afxdp") && eps.iter().any(|p| p["kind"] == "tap"),
+        eps.iter().any(|p| p["kind"] == "packet") && eps.iter().any(|p| p["kind"] == "tap"),
         "one TAP, one veth: {eps:?}"
     );
     dockerd.run(&["network", "disconnect", "n2", "web"]);

@@ -160,7 +160,8 @@ fn aging_and_mac_move() {
     assert_ne!(moved, first, "MAC did not move to c3's port");
 }
 
-/// iperf3 TCP between two TAP containers and between two veth containers.
+/// iperf3 TCP between two containers of each kind (TAP, veth on AF_PACKET,
+/// veth on AF_XDP) and across kinds.
 /// Only correctness here; throughput lives in the benchmark.
 ///
 /// The worker busy-polls on the last core, as deployed: that is where frames
@@ -170,7 +171,7 @@ fn aging_and_mac_move() {
 #[test]
 fn iperf3_tcp_tap_and_veth() {
     let mut t = Topo::new("tcp");
-    for c in ["t1", "t2", "v1", "v2"] {
+    for c in ["t1", "t2", "v1", "v2", "x1", "x2"] {
         t.add_ns(c);
     }
     let last = std::thread::available_parallelism().map_or(1, |n| n.get()) - 1;
@@ -182,10 +183,14 @@ fn iperf3_tcp_tap_and_veth() {
     attach(&t, "blue", "t2", "tap", "10.63.0.2/24");
     attach(&t, "blue", "v1", "veth", "10.63.0.3/24");
     attach(&t, "blue", "v2", "veth", "10.63.0.4/24");
+    attach(&t, "blue", "x1", "veth-xdp", "10.63.0.5/24");
+    attach(&t, "blue", "x2", "veth-xdp", "10.63.0.6/24");
     for (srv, cli, ip) in [
         ("t2", "t1", "10.63.0.2"),
         ("v2", "v1", "10.63.0.4"),
+        ("x2", "x1", "10.63.0.6"),
         ("v1", "t1", "10.63.0.3"),
+        ("x1", "v1", "10.63.0.5"),
     ] {
         let mut s = t.spawn_in(srv, &["iperf3", "-s", "-1", "-B", ip]);
         std::thread::sleep(Duration::from_millis(300));

@@ -144,6 +144,32 @@ fn egress_snat_dns_icmp_and_host_untouched() {
     assert!(r.contains("via 10.70.0.1"), "{r}");
     // The switch answers ARP and ICMP echo for the gateway.
     assert!(t.ping("c1", "10.70.0.1", 2), "gateway ping\n{}", t.log());
+    // And only the switch: the host's kernel, which also sees what a veth
+    // container sends (its AF_PACKET port takes a copy), answers nothing.
+    let gw_mac = t.json(&["network", "inspect", "app"])["gateway_mac"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cap = t.spawn_in(
+        "c2",
+        &["timeout", "3", "tcpdump", "-l", "-eni", "eth0", "arp"],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = t.exec("c2", &["ip", "neigh", "flush", "dev", "eth0"]);
+    assert!(
+        t.ping("c2", "10.70.0.1", 2),
+        "gateway ping from veth\n{}",
+        t.log()
+    );
+    let arp = String::from_utf8_lossy(&cap.wait_with_output().unwrap().stdout).into_owned();
+    let replies: Vec<&str> = arp.lines().filter(|l| l.contains("is-at")).collect();
+    assert!(!replies.is_empty(), "no ARP reply seen: {arp}");
+    assert!(
+        replies
+            .iter()
+            .all(|l| l.contains(&format!("10.70.0.1 is-at {gw_mac}"))),
+        "only the switch answers for the gateway ({gw_mac}): {arp}"
+    );
 
     http_server(&mut t, "ext", 8080, "hello from outside");
     http_server(&mut t, "host", 9090, "the host's own service");

@@ -248,15 +248,17 @@ impl State {
             Placement::Handoff { .. } => None,
         };
         match kind {
-            AttachKind::Veth => {
+            AttachKind::Veth | AttachKind::VethXdp => {
                 self.host.create_veth(host, tmp, ns, mtu)?;
                 finish(self.host.as_ref())?;
-                let inner = match place {
-                    Placement::In { ifname, .. } => ifname,
-                    Placement::Handoff { .. } => tmp,
-                };
-                self.host.tx_csum_off(ns, inner)?;
-                self.port_add(network, host, PortKind::Afxdp, None, Some(attach))
+                if kind == AttachKind::VethXdp {
+                    let inner = match place {
+                        Placement::In { ifname, .. } => ifname,
+                        Placement::Handoff { .. } => tmp,
+                    };
+                    self.host.tx_csum_off(ns, inner)?;
+                }
+                self.port_add(network, host, kind.port_kind(), None, Some(attach))
             }
             AttachKind::Tap => {
                 // Persistent: the container keeps it if the switch dies.
@@ -379,7 +381,7 @@ impl State {
         }
         match rec.kind {
             // Deleting the host end deletes its peer in the container too.
-            PortKind::Afxdp => {
+            PortKind::Afxdp | PortKind::Packet => {
                 self.host.delete_link(None, &rec.iface)?;
             }
             // Persistent: closing it left it where it is: in the container,
@@ -395,7 +397,6 @@ impl State {
             PortKind::Tap => {
                 self.host.delete_link(Some(&a.netns), &a.ifname)?;
             }
-            PortKind::Packet => {}
         }
         Ok(())
     }
@@ -426,7 +427,7 @@ impl State {
         // A handoff's interface is wherever its runtime put it: the
         // container's namespace being gone says nothing here.
         if !a.handoff && !self.host.namespace_exists(&a.netns) {
-            if a.kind == AttachKind::Veth {
+            if a.kind.is_veth() {
                 let _ = self.host.delete_link(None, &a.host_iface);
             }
             return err(format!(
@@ -435,14 +436,16 @@ impl State {
             ));
         }
         let opened = match a.kind {
-            AttachKind::Veth => {
+            AttachKind::Veth | AttachKind::VethXdp => {
                 if !self.host.link_exists(&a.host_iface) {
                     return err(format!(
                         "{who}: its veth (host end {}) is gone; the attachment to {:?} was removed",
                         a.host_iface, a.network
                     ));
                 }
-                self.open_port(PortKind::Afxdp, &a.host_iface, false)?
+                // Made by a switch that opened it with AF_XDP, perhaps.
+                self.host.no_arp(&a.host_iface)?;
+                self.open_port(a.kind.port_kind(), &a.host_iface, false)?
             }
             AttachKind::Tap if a.handoff => {
                 let found = if self.host.link_exists(&a.ifname) {
@@ -477,10 +480,7 @@ impl State {
                 o
             }
         };
-        let kind = match a.kind {
-            AttachKind::Veth => PortKind::Afxdp,
-            AttachKind::Tap => PortKind::Tap,
-        };
+        let kind = a.kind.port_kind();
         let id = self.port_add_with(NewPort {
             network: &a.network,
             iface: &a.host_iface,

@@ -121,6 +121,9 @@ impl Host for Fake {
             .map(|((_, name), _)| name.clone())
     }
     fn quiet_host_end(&self, _name: &str) {}
+    fn no_arp(&self, _name: &str) -> Result<(), NetnsError> {
+        Ok(())
+    }
     fn move_to_ns(&self, name: &str, ns: &str) -> Result<(), NetnsError> {
         self.w().rename(None, name, Some(ns), name)
     }

@@ -77,7 +77,9 @@ pub(crate) enum Cmd {
         /// Interface name inside the namespace.
         #[arg(long, default_value = "eth0")]
         ifname: String,
-        /// TAP (virtio-net offloads) or veth (AF_XDP on the host end).
+        /// tap (virtio-net offloads), veth (AF_PACKET with virtio-net
+        /// headers on the switch's end: large TCP segments) or veth-xdp
+        /// (AF_XDP on the switch's end: the most small packets per second).
         #[arg(long, value_enum, default_value = "tap")]
         kind: KindArg,
         /// Address with prefix, e.g. 10.1.0.2/24.
@@ -240,6 +242,7 @@ pub(crate) enum ConntrackCmd {
 pub(crate) enum KindArg {
     Tap,
     Veth,
+    VethXdp,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]

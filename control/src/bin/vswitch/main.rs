@@ -183,6 +183,7 @@ fn run(cli: Cli) -> Result<(), String> {
                     kind: match kind {
                         KindArg::Tap => AttachKind::Tap,
                         KindArg::Veth => AttachKind::Veth,
+                        KindArg::VethXdp => AttachKind::VethXdp,
                     },
                     ip: ip.clone(),
                     mac: mac.clone(),
