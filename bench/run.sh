@@ -379,7 +379,7 @@ done
 K_VX_TCP=$(med "${KXT[@]}"); K_VX_PPS=$(med "${KXP[@]}"); V_VX_TCP=$(med "${VXT[@]}"); V_VX_PPS=$(med "${VXP[@]}")
 K_VX_TCPA=$(med "${KXTA[@]}"); V_VX_TCPA=$(med "${VXTA[@]}")
 echo "kernel VXLAN, medians: iperf3 TCP across hosts $K_VX_TCP Gbit/s ($ALT_CC: $K_VX_TCPA); 64B frames delivered across hosts $K_VX_PPS/s"
-echo "vswitch, medians: iperf3 TCP across hosts (TAP containers) $V_VX_TCP Gbit/s ($ALT_CC: $V_VX_TCPA); 64B frames delivered across hosts (veth containers) $V_VX_PPS/s"
+echo "vswitch, medians: iperf3 TCP across hosts (TAP containers) $V_VX_TCP Gbit/s ($ALT_CC: $V_VX_TCPA); 64B frames delivered across hosts (veth/AF_XDP containers) $V_VX_PPS/s"
 "$BIN" --socket "$TMP/xA.sock" stats
 "$BIN" --socket "$TMP/xB.sock" stats
 

@@ -401,16 +401,6 @@ pub enum CreateError {
     PortsExhausted,
 }
 
-/// murmur3's fmix64: a full avalanche of 64 bits.
-#[inline]
-fn fmix64(mut x: u64) -> u64 {
-    x ^= x >> 33;
-    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    x ^= x >> 33;
-    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    x ^ (x >> 33)
-}
-
 /// The packed tuple `k` hashed with the table's random `seed`. Keyed, as the
 /// kernel keys its conntrack hash: a sender who picks its source address
 /// and port (a published port takes new flows from anyone) cannot aim flows
@@ -419,9 +409,10 @@ fn fmix64(mut x: u64) -> u64 {
 /// the function does not tell where a tuple lands.
 #[inline]
 fn hash_key(k: u128, seed: u64) -> u64 {
+    use crate::hash::fmix64;
     let lo = fmix64((k as u64) ^ seed);
     let hi = ((k >> 64) as u64) ^ seed.rotate_left(29);
-    fmix64(lo ^ hi.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+    fmix64(lo ^ hi.wrapping_mul(crate::hash::FIB))
 }
 
 /// A random 64-bit value (std's per-process random keys, hashed).

@@ -179,13 +179,13 @@ impl Fdb {
     /// The first candidate bucket of key word `k`.
     #[inline]
     fn b1(&self, k: u64) -> usize {
-        (k.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> self.shift) as usize
+        (k.wrapping_mul(crate::hash::FIB) >> self.shift) as usize
     }
 
     /// The second candidate bucket of `k`, whose first is `b1`.
     #[inline]
     fn b2(&self, k: u64, b1: usize) -> usize {
-        let b2 = (k.wrapping_mul(0xc2b2_ae3d_27d4_eb4f) >> self.shift) as usize;
+        let b2 = (k.wrapping_mul(crate::hash::FIB2) >> self.shift) as usize;
         if b2 == b1 {
             (b1 ^ 1) & self.mask
         } else {

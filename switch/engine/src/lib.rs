@@ -9,6 +9,7 @@
 pub mod clock;
 pub mod conntrack;
 pub mod fdb;
+pub mod hash;
 pub mod memport;
 pub mod packet;
 pub mod pipeline;

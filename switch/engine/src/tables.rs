@@ -24,11 +24,7 @@ pub struct IntHasher(u64);
 impl std::hash::Hasher for IntHasher {
     #[inline]
     fn finish(&self) -> u64 {
-        let mut k = self.0;
-        k ^= k >> 33;
-        k = k.wrapping_mul(0xff51_afd7_ed55_8ccd);
-        k ^= k >> 33;
-        k
+        crate::hash::mix_half(self.0)
     }
     #[inline]
     fn write(&mut self, bytes: &[u8]) {

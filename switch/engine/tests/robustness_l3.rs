@@ -575,3 +575,67 @@ fn hostile_frames_through_gateway_nat_and_overlay() {
         assert!(drops_of(d) > 0, "no {d:?} drop");
     }
 }
+
+/// A plain VXLAN packet from the peer to the host's VTEP whose inner frame
+/// comes from `inner_src`.
+fn vxlan_with_source(inner_src: Mac) -> Vec<u8> {
+    let mut inner = eth(C_MACS[0], inner_src, 0x0800);
+    let mut ip = vec![0x45, 0, 0, 28, 0, 0, 0x40, 0, 64, 17, 0, 0];
+    ip.extend_from_slice(&0x0a00_0063u32.to_be_bytes());
+    ip.extend_from_slice(&C_IPS[0].to_be_bytes());
+    let c = csum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    inner.extend_from_slice(&ip);
+    inner.extend_from_slice(&[0x13, 0x88, 0x13, 0x89, 0, 8, 0, 0]);
+    let mut udp = vec![0xc0, 0x01, 0x12, 0xb5];
+    udp.extend_from_slice(&((16 + inner.len()) as u16).to_be_bytes());
+    udp.extend_from_slice(&[0, 0, 0x08, 0, 0, 0]);
+    udp.extend_from_slice(&(VNI << 8).to_be_bytes());
+    udp.extend_from_slice(&inner);
+    let mut f = eth(UP_MAC, NH_MAC, 0x0800);
+    let mut oip = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0];
+    oip[2..4].copy_from_slice(&((20 + udp.len()) as u16).to_be_bytes());
+    oip.extend_from_slice(&PEER_VTEP.to_be_bytes());
+    oip.extend_from_slice(&HOST.to_be_bytes());
+    let c = csum(&oip);
+    oip[10..12].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&oip);
+    f.extend_from_slice(&udp);
+    f
+}
+
+/// Inner sources learned from a tunnel obey the network's MAC limit as a
+/// local port's do, and each refusal is counted (on the uplink); the frames
+/// themselves are still delivered.
+#[test]
+fn tunnel_learns_over_the_limit_are_refused_and_counted() {
+    let tables = Tables::new(1024);
+    tables.fdb.set_limit(1, 2);
+    let stats: Vec<_> = (0..5).map(|_| Arc::new(PortStats::default())).collect();
+    tables.publish(snapshot(&stats));
+    let snap = tables.snap.load_full();
+    let mut batch: Vec<Packet> = (0..4)
+        .map(|i| Packet::from_slice(&vxlan_with_source(Mac(0x0200_0000_0c00 + i))))
+        .collect();
+    let (mut pool, mut txq, mut pipe) = (
+        PacketPool::default(),
+        TxQueues::default(),
+        Pipeline::default(),
+    );
+    let mut drops = BatchDrops::default();
+    pipe.run(
+        &tables, &snap, UPLINK, 1, &mut batch, &mut pool, &mut txq, &mut drops,
+    );
+    drops.flush(&stats[UPLINK as usize]);
+    assert_eq!(tables.fdb.learned_count(1), 2, "the limit holds");
+    assert_eq!(
+        stats[UPLINK as usize].drops_of(DropReason::LearnLimit),
+        2,
+        "two sources refused, and counted"
+    );
+    assert_eq!(
+        txq.len(),
+        4,
+        "the frames still go on (flooded: C_MACS[0] is not on the overlay)"
+    );
+}

@@ -54,3 +54,43 @@ pub fn run(batch: &mut [Packet], in_port: PortId, fdb: &Fdb, net: NetId, hdrs: &
     }
     std::hint::black_box(touched);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eth(dst: u64, src: u64) -> Packet {
+        let mut f = vec![0u8; 60];
+        f[0..6].copy_from_slice(&Mac(dst).bytes());
+        f[6..12].copy_from_slice(&Mac(src).bytes());
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        Packet::from_slice(&f)
+    }
+
+    #[test]
+    fn frames_get_their_macs_and_what_cannot_be_switched_is_dropped() {
+        let fdb = Fdb::new(1024);
+        let mut batch = vec![
+            eth(0x0200_0000_0002, 0x0200_0000_0001),
+            // A multicast source: never a real sender.
+            eth(0x0200_0000_0002, 0x0100_5e00_0001),
+            // An all-zero source.
+            eth(0x0200_0000_0002, 0),
+            // Shorter than an Ethernet header.
+            Packet::from_slice(&[0u8; 10]),
+        ];
+        let mut hdrs = Vec::new();
+        run(&mut batch, 7, &fdb, 0, &mut hdrs);
+        assert_eq!(hdrs.len(), 4);
+        assert_eq!(hdrs[0].dst, Mac(0x0200_0000_0002));
+        assert_eq!(hdrs[0].src, Mac(0x0200_0000_0001));
+        assert_eq!(hdrs[0].action, Action::Flood, "undecided until forward");
+        assert_eq!(hdrs[1].action, Action::Drop(DropReason::BadSrcMac));
+        assert_eq!(hdrs[2].action, Action::Drop(DropReason::BadSrcMac));
+        assert_eq!(hdrs[3].action, Action::Drop(DropReason::Runt));
+        assert!(
+            batch.iter().all(|p| p.meta.in_port == 7),
+            "ingress recorded"
+        );
+    }
+}

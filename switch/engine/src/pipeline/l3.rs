@@ -18,7 +18,7 @@ use crate::conntrack::{
 use crate::fdb::Fdb;
 use crate::packet::Packet;
 use crate::port::PortId;
-use crate::stats::DropReason;
+use crate::stats::{BatchDrops, DropReason};
 use crate::tables::{L3View, NetworkView, Snapshot, Tables, UplinkView};
 use crate::wire::checksum;
 use crate::wire::mac::Mac;
@@ -483,6 +483,14 @@ impl<'a> Ctx<'a> {
             last_emit: None,
             decap: Default::default(),
         }
+    }
+
+    /// Counts, into `drops`, the inner sources decapsulation could not
+    /// learn in this batch.
+    pub fn count_refused_learns(&mut self, drops: &mut BatchDrops) {
+        let (limit, full) = std::mem::take(&mut self.decap.refused);
+        drops.add_n(DropReason::LearnLimit, limit);
+        drops.add_n(DropReason::LearnTableFull, full);
     }
 
     /// Hashes the tuples of a batch's frames that will be looked up in
@@ -1144,7 +1152,7 @@ mod tests {
                 f[21] = 0;
             }
             if len > 17 && rnd() % 2 == 0 {
-                let t = (len - 14 - (rnd() % 8) as usize) as u16;
+                let t = (len - 14).saturating_sub((rnd() % 8) as usize) as u16;
                 f[16..18].copy_from_slice(&t.to_be_bytes());
             }
             if len >= 34 && rnd() % 4 != 0 {

@@ -158,6 +158,7 @@ impl Pipeline {
         if let Some(u) = snap.uplink.as_ref().filter(|u| u.port == in_port) {
             let mut ctx = l3::Ctx::new(tables, snap, now, in_port);
             l3::from_uplink(&mut ctx, u, batch, &mut self.actions, &mut self.parsed);
+            ctx.count_refused_learns(drops);
             drop(ctx);
             let mut out = Out {
                 tables,

@@ -57,10 +57,7 @@ fn flow_port(inner: &[u8]) -> u16 {
     // MACs, then (IPv4) the address pair and the first L4 word.
     let mut k = w64(0) ^ (w32(8) << 29);
     k = k.rotate_left(23) ^ w64(26) ^ (w32(34) << 17);
-    k ^= k >> 33;
-    k = k.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    k ^= k >> 33;
-    49152 + (k % 16384) as u16
+    49152 + (crate::hash::mix_half(k) % 16384) as u16
 }
 
 /// The outer headers for one remote VTEP, built once and reused while the
@@ -407,6 +404,10 @@ pub struct DecapCache {
     learn: Option<(NetId, Mac, PortId)>,
     /// The last inner destination looked up, and where it is.
     pub dst: Option<(NetId, Mac, Option<PortId>)>,
+    /// Inner sources not learned: over the network's MAC limit, and with
+    /// the table full (counted on the uplink, as a local port counts its
+    /// own).
+    pub refused: (u32, u32),
 }
 
 /// Outcome of decapsulating a frame from the uplink.
@@ -495,8 +496,13 @@ pub fn decap<'a>(
     }
     let again = cache.learn == Some((net.id, inner_src, from));
     if ov.learning && !again && !inner_src.is_multicast() && !inner_src.is_zero() {
-        if let Learn::Moved { from: old } = tables.fdb.learn(net.id, inner_src, from, now) {
-            tracing::debug!(mac = %inner_src, old, to = from, "MAC moved");
+        match tables.fdb.learn(net.id, inner_src, from, now) {
+            Learn::Moved { from: old } => {
+                tracing::debug!(mac = %inner_src, old, to = from, "MAC moved");
+            }
+            Learn::Limit => cache.refused.0 += 1,
+            Learn::Full => cache.refused.1 += 1,
+            Learn::Refreshed | Learn::Learned | Learn::Static => {}
         }
         cache.learn = Some((net.id, inner_src, from));
     }
