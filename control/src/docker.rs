@@ -49,7 +49,12 @@ pub fn serve(
     call: impl Fn(Request) -> Response + Send + 'static,
 ) -> Result<(), String> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            format!(
+                "cannot make {} for Docker's plugin socket: {e}; give another --docker-plugin-socket",
+                dir.display()
+            )
+        })?;
     }
     // A socket left by an earlier switch process.
     let _ = std::fs::remove_file(path);
@@ -132,7 +137,7 @@ struct EndpointCall {
     options: Option<Map<String, Value>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct EndpointInterface {
     #[serde(default)]
@@ -286,11 +291,7 @@ impl<F: Fn(Request) -> Response> DockerDriver<F> {
 
     fn create_endpoint(&self, c: EndpointCall) -> Answer {
         let net = self.network_or_fail(&c.network_id)?;
-        let iface = c.interface.unwrap_or(EndpointInterface {
-            address: String::new(),
-            address_ipv6: String::new(),
-            mac_address: String::new(),
-        });
+        let iface = c.interface.unwrap_or_default();
         if !iface.address_ipv6.is_empty() {
             return fail("vswitch networks carry no IPv6 yet: create the network without --ipv6");
         }
@@ -336,8 +337,7 @@ impl<F: Fn(Request) -> Response> DockerDriver<F> {
         }
         let mut answer = json!({ "InterfaceName": { "SrcName": src, "DstPrefix": "eth" } });
         // An internal network gives no way out: no default route through it.
-        let gw = self.inspect(&net.config.name)?;
-        if let (false, Some(g)) = (net.config.internal, gw.network.config.gateway.as_ref()) {
+        if let (false, Some(g)) = (net.config.internal, net.config.gateway.as_ref()) {
             answer["Gateway"] = json!(g);
         }
         Ok(answer)

@@ -171,7 +171,11 @@ pub fn run(cfg: Config, opts: &RunOptions) -> Result<(), String> {
         .spawn(move || mgmt::serve(listener, mgmt_ask))
         .map_err(|e| e.to_string())?;
     if let Some(path) = &opts.docker_plugin {
-        crate::docker::serve(path, ask(tx.clone()))?;
+        if let Err(e) = crate::docker::serve(path, ask(tx.clone())) {
+            let _ = std::fs::remove_file(socket);
+            stop_control(&tx);
+            return Err(e);
+        }
     }
 
     // Under systemd (Type=notify): ready once the socket answers. Without
@@ -204,15 +208,24 @@ pub fn run(cfg: Config, opts: &RunOptions) -> Result<(), String> {
     if let Some(path) = &opts.docker_plugin {
         let _ = std::fs::remove_file(path);
     }
-    let (ack, done) = crossbeam::channel::bounded(1);
-    if tx.send(Msg::Stop(ack)).is_ok()
-        && done
-            .recv_timeout(std::time::Duration::from_secs(10))
-            .is_err()
-    {
-        tracing::warn!("the control thread did not stop within 10 s");
-        return Ok(());
+    if stop_control(&tx) {
+        let _ = control.join();
     }
-    let _ = control.join();
     Ok(())
+}
+
+/// Tells the control thread to stop and waits up to 10 s for it; `false`
+/// if it did not stop in that time.
+fn stop_control(tx: &Sender<Msg>) -> bool {
+    let (ack, done) = crossbeam::channel::bounded(1);
+    if tx.send(Msg::Stop(ack)).is_err() {
+        return true;
+    }
+    let stopped = done
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .is_ok();
+    if !stopped {
+        tracing::warn!("the control thread did not stop within 10 s");
+    }
+    stopped
 }
