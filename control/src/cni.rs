@@ -229,8 +229,13 @@ fn run(cmd: &str, conf: NetConf) -> Result<Option<Value>, CniError> {
 
 /// The switch does not answer on its socket.
 fn unreachable(conf: &NetConf, why: impl Into<String>) -> CniError {
+    unreachable_as(TRY_LATER, conf, why)
+}
+
+/// [`unreachable`] with another code (`STATUS` answers "not available").
+fn unreachable_as(code: u32, conf: &NetConf, why: impl Into<String>) -> CniError {
     fail(
-        TRY_LATER,
+        code,
         format!(
             "vswitch is not running: nothing answers on {} (start it with `vswitch run`)",
             conf.socket().display()
@@ -495,7 +500,7 @@ fn check(conf: &NetConf) -> Result<(), CniError> {
 fn status(conf: &NetConf) -> Result<(), CniError> {
     crate::mgmt::request(&conf.socket(), &Request::NetworkLs)
         .map(|_| ())
-        .map_err(|e| fail(NOT_AVAILABLE, "the switch is not reachable", e))
+        .map_err(|e| unreachable_as(NOT_AVAILABLE, conf, e))
 }
 
 /// GC (1.1): detaches what this plugin attached on the network for

@@ -419,22 +419,7 @@ fn podman_runs_containers_on_vswitch() {
         "the published port from the host"
     );
     // Out through the switch's SNAT to a server outside.
-    let www = dir.join("ext-www");
-    std::fs::create_dir_all(&www).unwrap();
-    std::fs::write(www.join("index.html"), "hello from outside").unwrap();
-    t.bg(
-        "ext",
-        &[
-            "busybox",
-            "httpd",
-            "-f",
-            "-p",
-            "192.168.93.2:8099",
-            "-h",
-            www.to_str().unwrap(),
-        ],
-    );
-    std::thread::sleep(Duration::from_millis(300));
+    t.serve_http("ext", "192.168.93.2:8099", "hello from outside");
     let out = run(&[
         "run",
         "--rm",

@@ -296,22 +296,7 @@ fn docker_runs_containers_on_vswitch_through_its_network_driver() {
         &web_ip,
     ]);
     assert!(ping.contains("2 packets received"), "{ping}");
-    let ext_www = dir.join("ext-www");
-    std::fs::create_dir_all(&ext_www).unwrap();
-    std::fs::write(ext_www.join("index.html"), "hello from outside").unwrap();
-    t.bg(
-        "ext",
-        &[
-            "busybox",
-            "httpd",
-            "-f",
-            "-p",
-            &format!("{EXT_IP}:8099"),
-            "-h",
-            ext_www.to_str().unwrap(),
-        ],
-    );
-    std::thread::sleep(Duration::from_millis(300));
+    t.serve_http("ext", &format!("{EXT_IP}:8099"), "hello from outside");
     let out = dockerd.run(&[
         "run",
         "--rm",

@@ -4,19 +4,6 @@ mod common;
 use common::{ok, Topo, ADAPTIVE};
 use std::time::Duration;
 
-fn attach(t: &Topo, net: &str, c: &str, kind: &str, ip: &str) {
-    t.vs_ok(&[
-        "attach",
-        net,
-        "--netns",
-        &t.ns(c),
-        "--kind",
-        kind,
-        "--ip",
-        ip,
-    ]);
-}
-
 /// Three containers on one network, one on another: every pair of the first
 /// reaches each other, nothing reaches the other network, and the FDB shows
 /// each container's MAC on its own port.
@@ -29,12 +16,12 @@ fn ping_isolation_and_fdb() {
     t.start_switch(ADAPTIVE);
     t.vs_ok(&["network", "create", "blue", "--subnet", "10.61.0.0/24"]);
     t.vs_ok(&["network", "create", "red"]);
-    attach(&t, "blue", "c1", "tap", "10.61.0.11/24");
-    attach(&t, "blue", "c2", "veth", "10.61.0.2/24");
-    attach(&t, "blue", "c3", "tap", "10.61.0.3/24");
+    t.attach("blue", "c1", "tap", "10.61.0.11/24");
+    t.attach("blue", "c2", "veth", "10.61.0.2/24");
+    t.attach("blue", "c3", "tap", "10.61.0.3/24");
     // Same addresses on purpose (red is a plain L2 network, addressed by
     // hand): only the switch keeps red apart.
-    attach(&t, "red", "r1", "tap", "10.61.0.9/24");
+    t.attach("red", "r1", "tap", "10.61.0.9/24");
 
     let red_before = t.port_stats(&format!("{}:eth0", t.ns("r1")));
     for (a, b) in [
@@ -109,9 +96,9 @@ fn aging_and_mac_move() {
         "--aging",
         "2",
     ]);
-    attach(&t, "blue", "c1", "tap", "10.62.0.11/24");
-    attach(&t, "blue", "c2", "tap", "10.62.0.2/24");
-    attach(&t, "blue", "c3", "veth", "10.62.0.3/24");
+    t.attach("blue", "c1", "tap", "10.62.0.11/24");
+    t.attach("blue", "c2", "tap", "10.62.0.2/24");
+    t.attach("blue", "c3", "veth", "10.62.0.3/24");
     let mac1 = t.mac_of("c1", "eth0");
     let mac2 = t.mac_of("c2", "eth0");
     // Permanent neighbour entries both ways: no ARP before the ping, and no
@@ -179,12 +166,12 @@ fn iperf3_tcp_tap_and_veth() {
         "[[workers]]\ncore = {last}\nidle = {{ mode = \"busy\" }}\n"
     ));
     t.vs_ok(&["network", "create", "blue", "--subnet", "10.63.0.0/24"]);
-    attach(&t, "blue", "t1", "tap", "10.63.0.11/24");
-    attach(&t, "blue", "t2", "tap", "10.63.0.2/24");
-    attach(&t, "blue", "v1", "veth", "10.63.0.3/24");
-    attach(&t, "blue", "v2", "veth", "10.63.0.4/24");
-    attach(&t, "blue", "x1", "veth-xdp", "10.63.0.5/24");
-    attach(&t, "blue", "x2", "veth-xdp", "10.63.0.6/24");
+    t.attach("blue", "t1", "tap", "10.63.0.11/24");
+    t.attach("blue", "t2", "tap", "10.63.0.2/24");
+    t.attach("blue", "v1", "veth", "10.63.0.3/24");
+    t.attach("blue", "v2", "veth", "10.63.0.4/24");
+    t.attach("blue", "x1", "veth-xdp", "10.63.0.5/24");
+    t.attach("blue", "x2", "veth-xdp", "10.63.0.6/24");
     for (srv, cli, ip) in [
         ("t2", "t1", "10.63.0.2"),
         ("v2", "v1", "10.63.0.4"),
@@ -217,10 +204,10 @@ fn survives_interface_deleted_underneath() {
     }
     t.start_switch(ADAPTIVE);
     t.vs_ok(&["network", "create", "blue", "--subnet", "10.64.0.0/24"]);
-    attach(&t, "blue", "c1", "tap", "10.64.0.11/24");
-    attach(&t, "blue", "c2", "tap", "10.64.0.2/24");
-    attach(&t, "blue", "c3", "veth", "10.64.0.3/24");
-    attach(&t, "blue", "c4", "veth", "10.64.0.4/24");
+    t.attach("blue", "c1", "tap", "10.64.0.11/24");
+    t.attach("blue", "c2", "tap", "10.64.0.2/24");
+    t.attach("blue", "c3", "veth", "10.64.0.3/24");
+    t.attach("blue", "c4", "veth", "10.64.0.4/24");
     assert!(t.ping("c1", "10.64.0.3", 1));
     ok(&t.exec("c2", &["ip", "link", "del", "eth0"]));
     ok(&t.exec("c4", &["ip", "link", "del", "eth0"]));
@@ -273,8 +260,8 @@ fn bad_config_and_commands_rejected() {
 
     t.start_switch(ADAPTIVE);
     t.vs_ok(&["network", "create", "blue", "--subnet", "10.65.0.0/24"]);
-    attach(&t, "blue", "c1", "tap", "10.65.0.11/24");
-    attach(&t, "blue", "c2", "veth", "10.65.0.2/24");
+    t.attach("blue", "c1", "tap", "10.65.0.11/24");
+    t.attach("blue", "c2", "veth", "10.65.0.2/24");
     for (args, want) in [
         (vec!["network", "create", "blue"], "already exists"),
         (vec!["network", "create", "bad name"], "network name"),

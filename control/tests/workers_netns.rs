@@ -9,26 +9,6 @@ use std::time::Duration;
 const HOST_IP: &str = "192.168.95.1";
 const EXT_IP: &str = "192.168.95.2";
 
-/// Serves `body` over HTTP on `port` in namespace `ns` (busybox httpd).
-fn serve(t: &mut Topo, ns: &str, addr: &str, body: &str) {
-    let dir = std::env::temp_dir().join(format!("{}-{ns}-www", t.prefix));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("index.html"), body).unwrap();
-    t.bg(
-        ns,
-        &[
-            "busybox",
-            "httpd",
-            "-f",
-            "-p",
-            addr,
-            "-h",
-            dir.to_str().unwrap(),
-        ],
-    );
-    std::thread::sleep(Duration::from_millis(300));
-}
-
 #[test]
 fn frames_cross_between_two_workers() {
     let mut t = Topo::new("w2");
@@ -44,16 +24,7 @@ fn frames_cross_between_two_workers() {
         ("c3", "tap", "10.66.0.13/24"),
     ] {
         t.add_ns(c);
-        t.vs_ok(&[
-            "attach",
-            "two",
-            "--netns",
-            &t.ns(c),
-            "--kind",
-            kind,
-            "--ip",
-            ip,
-        ]);
+        t.attach("two", c, kind, ip);
     }
     // The ports are spread over both workers.
     let ports = t.json(&["port", "ls", "--json"]);
@@ -101,12 +72,7 @@ fn frames_cross_between_two_workers() {
     );
 
     // Out through SNAT from every container, whichever worker the uplink is on.
-    serve(
-        &mut t,
-        "ext",
-        &format!("{EXT_IP}:8099"),
-        "hello from outside",
-    );
+    t.serve_http("ext", &format!("{EXT_IP}:8099"), "hello from outside");
     for c in ["c1", "c2", "c3"] {
         assert_eq!(
             t.curl(c, &format!("http://{EXT_IP}:8099/")),
@@ -117,7 +83,7 @@ fn frames_cross_between_two_workers() {
         );
     }
     // A published port on c2, from outside and from c1 and c3 (hairpin).
-    serve(&mut t, "c2", "10.66.0.12:8080", "hello from c2");
+    t.serve_http("c2", "10.66.0.12:8080", "hello from c2");
     t.vs_ok(&["publish", "two", "10.66.0.12:8080", "--host-port", "18095"]);
     let url = format!("http://{HOST_IP}:18095/");
     assert_eq!(t.curl("ext", &url), "hello from c2", "published port");

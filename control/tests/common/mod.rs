@@ -418,6 +418,34 @@ impl Topo {
         o.trim().to_string()
     }
 
+    /// Attaches namespace `c` to network `net` as a `kind` container with
+    /// address `ip` (CIDR).
+    pub fn attach(&self, net: &str, c: &str, kind: &str, ip: &str) {
+        self.vs_ok(&[
+            "attach",
+            net,
+            "--netns",
+            &self.ns(c),
+            "--kind",
+            kind,
+            "--ip",
+            ip,
+        ]);
+    }
+
+    /// Serves `body` as `/` over HTTP on `addr` (IP:PORT) from namespace
+    /// `ns` (busybox httpd), until the topology is dropped.
+    pub fn serve_http(&mut self, ns: &str, addr: &str, body: &str) {
+        let dir = self
+            .dir
+            .join(format!("www-{ns}-{}", addr.replace(':', "-")));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("index.html"), body).unwrap();
+        let d = dir.to_str().unwrap().to_string();
+        self.bg(ns, &["busybox", "httpd", "-f", "-p", addr, "-h", &d]);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
     /// The body `url` answers from namespace `from`, trying for up to 5 s
     /// (empty if it never answers).
     pub fn curl(&self, from: &str, url: &str) -> String {
