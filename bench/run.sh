@@ -12,11 +12,20 @@
 # The L2, NAT and VXLAN figures (kernel against vswitch) are medians of
 # $TRIALS trials that alternate the two datapaths.
 #
-# Cores are configuration: the switch worker runs on $WORKER_CORE; traffic
-# generators and the containers' processes (iperf3, servers, clients) run on
-# $GEN_CORE, in the kernel runs too, so both datapaths see the same
-# placement of the applications (the brief's layout: one core for the
-# worker, one shared by the generator and the containers' stacks).
+# Cores are configuration: the switch worker runs on $WORKER_CORE. Every
+# end-to-end row is measured in two layouts, alternating in each trial:
+#  - equal cores (the headline): both datapaths get every core. The
+#    applications (iperf3, servers, clients) are not pinned and trafgen
+#    sends from every core, in the kernel's runs and in vswitch's; vswitch
+#    places its worker on $WORKER_CORE.
+#  - pinned (rows *_pinned): the applications and trafgen run on
+#    $GEN_CORE only, in both runs. The kernel's datapath runs in the
+#    applications' context, so it gets that one core while vswitch gets it
+#    plus its worker's.
+# LAYOUTS="equal pinned" by default; name one to run only that.
+# At a fixed offered load (FIX_TCP for iperf3, FIX_PPS for 64-byte frames),
+# the CPU each datapath costs, whole machine (/proc/stat), in the equal
+# layout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-5}
@@ -25,7 +34,21 @@ GEN_CORE=${GEN_CORE:-0}
 TRIALS=${TRIALS:-3}
 CLUSTER_HOSTS=${CLUSTER_HOSTS:-16}
 SWEEP_STARTS=${SWEEP_STARTS:-16}
-APP="taskset -c $GEN_CORE"
+LAYOUTS=${LAYOUTS:-equal pinned}
+FIX_TCP=${FIX_TCP:-5G}
+FIX_PPS=${FIX_PPS:-100000}
+NCPU=$(nproc)
+# Sets the layout $1: APP prefixes the applications, TG_APP and TG_CPUS
+# place trafgen; SFX names the rows.
+layout() {
+    case $1 in
+        equal) APP=""; TG_APP=""; TG_CPUS=$NCPU; SFX="_equal" ;;
+        pinned) APP="taskset -c $GEN_CORE"; TG_APP="taskset -c $GEN_CORE"; TG_CPUS=1; SFX="_pinned" ;;
+        *) echo "unknown layout $1 (LAYOUTS: equal, pinned)"; exit 1 ;;
+    esac
+    LAYOUT=$1
+}
+layout "${LAYOUTS%% *}"
 # iperf3 runs with the kernel's default congestion control (what a user
 # gets) and again with ALT_CC: the two pace the same datapath very
 # differently (docs/ARCHITECTURE.md, "Performance notes").
@@ -51,9 +74,9 @@ TMP=$(mktemp -d)
 RES=$TMP/results.txt
 PIDS=()
 cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; kill -CONT "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    for n in bh ba bb vh va vb wa wb ta tb ih ia ib nh nc ne sh sc se kA kB kc1 kc2 xA xB xa1 xa2 xb1 xb2; do ip netns del "$P-$n" 2>/dev/null || true; done
+    for n in bh ba bb vh va vb wa wb ta tb ih ia ib ic id nh nc ne sh sc se kA kB kc1 kc2 xA xB xa1 xa2 xb1 xb2; do ip netns del "$P-$n" 2>/dev/null || true; done
     # The cluster bench cleans up after itself; this covers it being killed.
     { ip netns list | awk '{print $1}' | grep "^$P-c" || true; } | while read -r n; do ip netns del "$n" 2>/dev/null || true; done
     rm -rf "$TMP"
@@ -76,10 +99,24 @@ pps() {
 CFG
     local before after t0 t1
     before=$(rxp "$dst"); t0=$(date +%s.%N)
-    NS "$src" taskset -c "$GEN_CORE" timeout -s INT "$DURATION" trafgen --dev eth0 --conf "$TMP/t.cfg" --cpus 1 -q >/dev/null 2>&1 || true
+    NS "$src" $TG_APP timeout -s INT "$DURATION" trafgen --dev eth0 --conf "$TMP/t.cfg" --cpus "$TG_CPUS" ${RATE:+--rate "${RATE}pps"} -q >/dev/null 2>&1 || true
     t1=$(date +%s.%N); sleep 0.2; after=$(rxp "$dst")
     python3 -c "print(round(($after-$before)/($t1-$t0)))"
 }
+
+# Samples: rec KEY VALUE; medk KEY prints the median of KEY's values.
+rec() { echo "$1 $2" >>"$TMP/samples"; }
+medk() { python3 - "$TMP/samples" "$1" <<'PY'
+import statistics, sys
+v = [float(l.split()[1]) for l in open(sys.argv[1]) if l.split()[0] == sys.argv[2] and l.split()[1] != "nan"]
+print(round(statistics.median(v), 3) if v else "nan")
+PY
+}
+# The last value recorded for $L.$1 (or $1 when it has a dot or no layout).
+last() { awk -v k="$1" -v kl="${L:-}.$1" '$1==kl||$1==k{v=$2} END{print v}' "$TMP/samples"; }
+# Busy CPU time of the whole machine so far, in seconds (user, nice,
+# system, irq, softirq; not idle, iowait or steal).
+cpu_busy() { awk -v hz="$(getconf CLK_TCK)" '/^cpu /{print ($2+$3+$4+$7+$8)/hz}' /proc/stat; }
 
 # Median of the arguments.
 med() { printf '%s\n' "$@" | python3 -c "import sys,statistics;print(round(statistics.median(float(x) for x in sys.stdin.read().split()),3))"; }
@@ -89,7 +126,7 @@ med() { printf '%s\n' "$@" | python3 -c "import sys,statistics;print(round(stati
 tcp() {
     ip netns exec "$P-$2" $APP iperf3 -s -1 -B "$3" >/dev/null 2>&1 & local s=$!
     sleep 0.4
-    NS "$1" $APP iperf3 -c "$3" -t "$DURATION" ${TCP_CC:+-C "$TCP_CC"} -J >"$TMP/i.json" || true
+    NS "$1" $APP iperf3 -c "$3" -t "$DURATION" ${TCP_CC:+-C "$TCP_CC"} ${TCP_RATE:+-b "$TCP_RATE"} -J >"$TMP/i.json" || true
     wait $s 2>/dev/null || true
     python3 -c "import json;print(round(json.load(open('$TMP/i.json'))['end']['sum_received']['bits_per_second']/1e9,3))"
 }
@@ -175,36 +212,39 @@ V attach bench --netns "$P-tb" --kind tap --ip 10.98.0.14/24
 V attach bench --netns "$P-wa" --kind veth-xdp --ip 10.98.0.15/24
 V attach bench --netns "$P-wb" --kind veth-xdp --ip 10.98.0.16/24
 NS va ping -c 2 -i 0.2 10.98.0.12 >/dev/null; NS ta ping -c 2 -i 0.2 10.98.0.14 >/dev/null; NS wa ping -c 2 -i 0.2 10.98.0.16 >/dev/null
-KP=(); KT=(); KTA=(); K5=(); K9=(); VP=(); VPP=(); VT=(); VTA=(); VTV=(); VTX=(); V5=(); V9=(); VV5=()
 for t in $(seq "$TRIALS"); do
-    kill -STOP "$VPID"
-    KP+=("$(pps ba bb 10.99.0.2 10.99.0.1)")
-    KT+=("$(tcp ba bb 10.99.0.2)")
-    KTA+=("$(TCP_CC=$ALT_CC tcp ba bb 10.99.0.2)")
-    rtt ba bb 10.99.0.2; read -r a b <"$TMP/rtt"; K5+=("$a"); K9+=("$b")
-    kill -CONT "$VPID"; sleep 0.2
-    VP+=("$(pps wa wb 10.98.0.16 10.98.0.15)")
-    VPP+=("$(pps va vb 10.98.0.12 10.98.0.11)")
-    VT+=("$(tcp ta tb 10.98.0.14)")
-    VTA+=("$(TCP_CC=$ALT_CC tcp ta tb 10.98.0.14)")
-    VTV+=("$(tcp va vb 10.98.0.12)")
-    VTX+=("$(tcp wa wb 10.98.0.16)")
-    rtt ta tb 10.98.0.14; read -r a b <"$TMP/rtt"; V5+=("$a"); V9+=("$b")
-    rtt va vb 10.98.0.12; read -r a b <"$TMP/rtt"; VV5+=("$a")
-    echo "trial $t: 64B frames delivered bridge/vswitch veth-xdp/vswitch veth ${KP[-1]}/${VP[-1]}/${VPP[-1]} per s; iperf3 TCP bridge ${KT[-1]}, vswitch TAP ${VT[-1]}, veth ${VTV[-1]}, veth-xdp ${VTX[-1]} Gbit/s, with $ALT_CC bridge ${KTA[-1]}, vswitch TAP ${VTA[-1]} Gbit/s; RTT p50 bridge ${K5[-1]}, vswitch TAP ${V5[-1]}, veth ${VV5[-1]} us"
+    for L in $LAYOUTS; do
+        layout "$L"
+        kill -STOP "$VPID"
+        rec "$L.k_pps" "$(pps ba bb 10.99.0.2 10.99.0.1)"
+        rec "$L.k_tcp" "$(tcp ba bb 10.99.0.2)"
+        rec "$L.k_tcpa" "$(TCP_CC=$ALT_CC tcp ba bb 10.99.0.2)"
+        rtt ba bb 10.99.0.2; read -r a b <"$TMP/rtt"; rec "$L.k_p50" "$a"; rec "$L.k_p99" "$b"
+        kill -CONT "$VPID"; sleep 0.2
+        rec "$L.v_pps" "$(pps wa wb 10.98.0.16 10.98.0.15)"
+        rec "$L.v_ppsp" "$(pps va vb 10.98.0.12 10.98.0.11)"
+        rec "$L.v_tcp" "$(tcp ta tb 10.98.0.14)"
+        rec "$L.v_tcpa" "$(TCP_CC=$ALT_CC tcp ta tb 10.98.0.14)"
+        rec "$L.v_tcpv" "$(tcp va vb 10.98.0.12)"
+        rec "$L.v_tcpx" "$(tcp wa wb 10.98.0.16)"
+        rtt ta tb 10.98.0.14; read -r a b <"$TMP/rtt"; rec "$L.v_p50" "$a"; rec "$L.v_p99" "$b"
+        rtt va vb 10.98.0.12; read -r a b <"$TMP/rtt"; rec "$L.vv_p50" "$a"
+        echo "trial $t, $L layout: 64B frames delivered bridge/vswitch veth-xdp/vswitch veth $(last k_pps)/$(last v_pps)/$(last v_ppsp) per s; iperf3 TCP bridge $(last k_tcp), vswitch TAP $(last v_tcp), veth $(last v_tcpv), veth-xdp $(last v_tcpx) Gbit/s, with $ALT_CC bridge $(last k_tcpa), vswitch TAP $(last v_tcpa) Gbit/s; RTT p50 bridge $(last k_p50), vswitch TAP $(last v_p50), veth $(last vv_p50) us"
+    done
 done
-K_PPS=$(med "${KP[@]}"); K_TCP=$(med "${KT[@]}"); K_TCPA=$(med "${KTA[@]}"); K_P50=$(med "${K5[@]}"); K_P99=$(med "${K9[@]}")
-V_PPS=$(med "${VP[@]}"); V_PPSP=$(med "${VPP[@]}"); V_TCP=$(med "${VT[@]}"); V_TCPA=$(med "${VTA[@]}"); V_TCPV=$(med "${VTV[@]}"); V_TCPX=$(med "${VTX[@]}")
-V_P50=$(med "${V5[@]}"); V_P99=$(med "${V9[@]}"); VV_P50=$(med "${VV5[@]}")
-echo "Linux bridge, medians: 64B frames delivered $K_PPS/s; iperf3 TCP $K_TCP Gbit/s ($ALT_CC: $K_TCPA); UDP RTT p50/p99 $K_P50 / $K_P99 us"
-echo "vswitch, medians: 64B frames delivered (veth/AF_XDP) $V_PPS/s, (veth/AF_PACKET) $V_PPSP/s; iperf3 TCP (TAP) $V_TCP ($ALT_CC: $V_TCPA), (veth/AF_PACKET) $V_TCPV, (veth/AF_XDP) $V_TCPX Gbit/s; UDP RTT p50/p99 (TAP) $V_P50 / $V_P99 us, p50 (veth) $VV_P50 us"
+for L in $LAYOUTS; do
+    echo "Linux bridge, $L layout, medians: 64B frames delivered $(medk "$L.k_pps")/s; iperf3 TCP $(medk "$L.k_tcp") Gbit/s ($ALT_CC: $(medk "$L.k_tcpa")); UDP RTT p50/p99 $(medk "$L.k_p50") / $(medk "$L.k_p99") us"
+    echo "vswitch, $L layout, medians: 64B frames delivered (veth/AF_XDP) $(medk "$L.v_pps")/s, (veth/AF_PACKET) $(medk "$L.v_ppsp")/s; iperf3 TCP (TAP) $(medk "$L.v_tcp") ($ALT_CC: $(medk "$L.v_tcpa")), (veth/AF_PACKET) $(medk "$L.v_tcpv"), (veth/AF_XDP) $(medk "$L.v_tcpx") Gbit/s; UDP RTT p50/p99 (TAP) $(medk "$L.v_p50") / $(medk "$L.v_p99") us, p50 (veth) $(medk "$L.vv_p50") us"
+done
 "$BIN" --socket "$SOCK" stats
-kill "$VPID"; wait "$VPID" 2>/dev/null || true
+# Kept (stopped) for the CPU cost at a fixed load, below.
+kill -STOP "$VPID"
+layout equal
 oneway ba bb 10.99.0.2; read -r K_OW50 K_OW99 K_OWMAX <"$TMP/oneway"; echo "Linux bridge: one-way latency of packets after 300 ms idle, p50/p99/max: $K_OW50 / $K_OW99 / $K_OWMAX us"
 
 
 echo "== vswitch, adaptive idle mode (edge gateway): CPU while idle, first packet after idle"
-mkns ih; mkns ia; mkns ib
+mkns ih; mkns ia; mkns ib; mkns ic; mkns id
 cat >"$TMP/idle.toml" <<CFG
 [[workers]]
 core = $WORKER_CORE
@@ -217,7 +257,9 @@ SOCK2=$TMP/idle.sock
 start_switch ih "$TMP/idle.toml" "$SOCK2"; IPID=$SWPID
 "$BIN" --socket "$SOCK2" attach edge --netns "$P-ia" --kind tap --ip 10.97.0.11/24 >/dev/null
 "$BIN" --socket "$SOCK2" attach edge --netns "$P-ib" --kind tap --ip 10.97.0.12/24 >/dev/null
-NS ia ping -c 2 -i 0.2 10.97.0.12 >/dev/null
+"$BIN" --socket "$SOCK2" attach edge --netns "$P-ic" --kind veth-xdp --ip 10.97.0.13/24 >/dev/null
+"$BIN" --socket "$SOCK2" attach edge --netns "$P-id" --kind veth-xdp --ip 10.97.0.14/24 >/dev/null
+NS ia ping -c 2 -i 0.2 10.97.0.12 >/dev/null; NS ic ping -c 2 -i 0.2 10.97.0.14 >/dev/null
 sleep 1
 ticks() { awk '{print $14 + $15}' "/proc/$IPID/stat"; }
 T0=$(ticks); S0=$(date +%s.%N); sleep "$DURATION"; T1=$(ticks); S1=$(date +%s.%N)
@@ -227,12 +269,40 @@ echo "CPU of the whole switch process while idle: $IDLE_CPU % of one core"
 oneway ia ib 10.97.0.12; read -r I_OW50 I_OW99 I_OWMAX <"$TMP/oneway"
 echo "one-way latency of packets after 300 ms idle (first packet wakes the worker), p50/p99/max: $I_OW50 / $I_OW99 / $I_OWMAX us"
 
+echo "== CPU cost at a fixed offered load (equal layout): iperf3 TCP at $FIX_TCP bit/s, 64-byte frames at $FIX_PPS/s; whole machine, /proc/stat"
+# Runs a measuring function ("$@", which prints its figure) and writes
+# "figure busy-CPU-seconds" to $TMP/cost.
+cost() {
+    local c0 c1 v
+    c0=$(cpu_busy); v=$("$@"); c1=$(cpu_busy)
+    echo "$v $(python3 -c "print(round($c1 - $c0, 3))")" >"$TMP/cost"
+}
+# CPU-seconds per GB (TCP, figure in Gbit/s) and per million packets
+# (frames, figure in frames/s), from $TMP/cost.
+per_gb() { read -r g c <"$TMP/cost"; python3 -c "g=$g*$DURATION/8; print(round($c/g, 3) if g > 0 else 'nan')"; }
+per_mp() { read -r r c <"$TMP/cost"; python3 -c "m=$r*$DURATION/1e6; print(round($c/m, 3) if m > 0 else 'nan')"; }
+kill -STOP "$IPID"
+for t in $(seq "$TRIALS"); do
+    TCP_RATE=$FIX_TCP cost tcp ba bb 10.99.0.2; rec k_tcp_fix "$(cut -d' ' -f1 "$TMP/cost")"; rec k_tcp_cpu "$(per_gb)"
+    RATE=$FIX_PPS cost pps ba bb 10.99.0.2 10.99.0.1; rec k_pps_fix "$(cut -d' ' -f1 "$TMP/cost")"; rec k_pps_cpu "$(per_mp)"
+    kill -CONT "$VPID"; sleep 0.2
+    TCP_RATE=$FIX_TCP cost tcp ta tb 10.98.0.14; rec vb_tcp_fix "$(cut -d' ' -f1 "$TMP/cost")"; rec vb_tcp_cpu "$(per_gb)"
+    RATE=$FIX_PPS cost pps wa wb 10.98.0.16 10.98.0.15; rec vb_pps_fix "$(cut -d' ' -f1 "$TMP/cost")"; rec vb_pps_cpu "$(per_mp)"
+    kill -STOP "$VPID"; kill -CONT "$IPID"; sleep 0.2
+    TCP_RATE=$FIX_TCP cost tcp ia ib 10.97.0.12; rec va_tcp_fix "$(cut -d' ' -f1 "$TMP/cost")"; rec va_tcp_cpu "$(per_gb)"
+    RATE=$FIX_PPS cost pps ic id 10.97.0.14 10.97.0.13; rec va_pps_fix "$(cut -d' ' -f1 "$TMP/cost")"; rec va_pps_cpu "$(per_mp)"
+    kill -STOP "$IPID"
+    echo "trial $t: CPU-s per GB at $FIX_TCP bit/s bridge/vswitch busy/vswitch adaptive $(last k_tcp_cpu)/$(last vb_tcp_cpu)/$(last va_tcp_cpu); CPU-s per million frames at $FIX_PPS/s $(last k_pps_cpu)/$(last vb_pps_cpu)/$(last va_pps_cpu)"
+done
+echo "achieved at the fixed load, medians: TCP bridge/busy/adaptive $(medk k_tcp_fix)/$(medk vb_tcp_fix)/$(medk va_tcp_fix) Gbit/s; frames $(medk k_pps_fix)/$(medk vb_pps_fix)/$(medk va_pps_fix) per s"
+kill "$VPID" "$IPID"; kill -CONT "$VPID" "$IPID"; wait "$VPID" "$IPID" 2>/dev/null || true
+
 # iperf3 TCP, server in $1 on port $2, client in $3 to $4:$5; prints Gbit/s
 # (TCP_CC as for tcp).
 tcp_to() {
     ip netns exec "$P-$1" $APP iperf3 -s -1 -p "$2" >/dev/null 2>&1 & local s=$!
     sleep 0.4
-    NS "$3" $APP iperf3 -c "$4" -p "$5" -t "$DURATION" ${TCP_CC:+-C "$TCP_CC"} -J >"$TMP/i.json" || true
+    NS "$3" $APP iperf3 -c "$4" -p "$5" -t "$DURATION" ${TCP_CC:+-C "$TCP_CC"} ${TCP_RATE:+-b "$TCP_RATE"} -J >"$TMP/i.json" || true
     wait $s 2>/dev/null || true
     python3 -c "import json;print(round(json.load(open('$TMP/i.json'))['end']['sum_received']['bits_per_second']/1e9,3))"
 }
@@ -293,28 +363,67 @@ if [ -n "$EXT_RPS" ]; then
 fi
 NS sc ping -c 2 -i 0.2 192.168.94.2 >/dev/null
 ip netns exec "$P-sc" $APP "$BENCH" accept-server --bind 0.0.0.0:8080 --threads 4 & PIDS+=("$!"); sleep 0.3
-KS=(); KD=(); KC=(); KCI=(); VS=(); VD=(); VC=(); VCI=(); KSA=(); KDA=(); VSA=(); VDA=()
+for t in $(seq "$TRIALS"); do
+    for L in $LAYOUTS; do
+        layout "$L"
+        kill -STOP "$NPID"
+        rec "$L.k_snat" "$(tcp_to ne 5201 nc 192.168.95.2 5201)"
+        rec "$L.k_dnat" "$(tcp_to nc 5201 ne 192.168.95.1 15201)"
+        rec "$L.k_snata" "$(TCP_CC=$ALT_CC tcp_to ne 5201 nc 192.168.95.2 5201)"
+        rec "$L.k_dnata" "$(TCP_CC=$ALT_CC tcp_to nc 5201 ne 192.168.95.1 15201)"
+        rec "$L.k_cps" "$(cps ne 192.168.95.1 18080)"; KF=$(cat "$TMP/cfail")
+        rec "$L.k_cpsi" "$(cps ne 192.168.95.1 18080 16)"; KF="$KF, $(cat "$TMP/cfail")"
+        kill -CONT "$NPID"; sleep 0.2
+        rec "$L.v_snat" "$(tcp_to se 5201 sc 192.168.94.2 5201)"
+        rec "$L.v_dnat" "$(tcp_to sc 5201 se 192.168.94.1 15201)"
+        rec "$L.v_snata" "$(TCP_CC=$ALT_CC tcp_to se 5201 sc 192.168.94.2 5201)"
+        rec "$L.v_dnata" "$(TCP_CC=$ALT_CC tcp_to sc 5201 se 192.168.94.1 15201)"
+        rec "$L.v_cps" "$(cps se 192.168.94.1 18080)"; VF=$(cat "$TMP/cfail")
+        rec "$L.v_cpsi" "$(cps se 192.168.94.1 18080 16)"; VF="$VF, $(cat "$TMP/cfail")"
+        echo "trial $t, $L layout: iperf3 TCP SNAT iptables/vswitch $(last k_snat)/$(last v_snat), DNAT $(last k_dnat)/$(last v_dnat) Gbit/s, with $ALT_CC SNAT $(last k_snata)/$(last v_snata), DNAT $(last k_dnata)/$(last v_dnata) Gbit/s; new TCP connections/s, blocking clients $(last k_cps)/$(last v_cps), 16 in flight per client $(last k_cpsi)/$(last v_cpsi) (failed connects $KF / $VF)"
+    done
+done
+for L in $LAYOUTS; do
+    echo "iptables, $L layout, medians: iperf3 TCP container -> external (MASQUERADE) $(medk "$L.k_snat"), external -> published port (DNAT) $(medk "$L.k_dnat") Gbit/s ($ALT_CC: $(medk "$L.k_snata"), $(medk "$L.k_dnata")); new TCP connections/s to a published port $(medk "$L.k_cps") (4 blocking clients), $(medk "$L.k_cpsi") (4 clients, 16 in flight each)"
+    echo "vswitch, $L layout, medians: iperf3 TCP container -> external (SNAT) $(medk "$L.v_snat"), external -> published port (DNAT) $(medk "$L.v_dnat") Gbit/s ($ALT_CC: $(medk "$L.v_snata"), $(medk "$L.v_dnata")); new TCP connections/s to a published port $(medk "$L.v_cps") (4 blocking clients), $(medk "$L.v_cpsi") (4 clients, 16 in flight each)"
+done
+layout equal
+echo "== NAT at a fixed offered load (equal layout): iperf3 TCP container -> external at $FIX_TCP bit/s, CPU-s per GB"
 for t in $(seq "$TRIALS"); do
     kill -STOP "$NPID"
-    KS+=("$(tcp_to ne 5201 nc 192.168.95.2 5201)")
-    KD+=("$(tcp_to nc 5201 ne 192.168.95.1 15201)")
-    KSA+=("$(TCP_CC=$ALT_CC tcp_to ne 5201 nc 192.168.95.2 5201)")
-    KDA+=("$(TCP_CC=$ALT_CC tcp_to nc 5201 ne 192.168.95.1 15201)")
-    KC+=("$(cps ne 192.168.95.1 18080)"); KF=$(cat "$TMP/cfail")
-    KCI+=("$(cps ne 192.168.95.1 18080 16)"); KF="$KF, $(cat "$TMP/cfail")"
+    TCP_RATE=$FIX_TCP cost tcp_to ne 5201 nc 192.168.95.2 5201; rec k_snat_cpu "$(per_gb)"
     kill -CONT "$NPID"; sleep 0.2
-    VS+=("$(tcp_to se 5201 sc 192.168.94.2 5201)")
-    VD+=("$(tcp_to sc 5201 se 192.168.94.1 15201)")
-    VSA+=("$(TCP_CC=$ALT_CC tcp_to se 5201 sc 192.168.94.2 5201)")
-    VDA+=("$(TCP_CC=$ALT_CC tcp_to sc 5201 se 192.168.94.1 15201)")
-    VC+=("$(cps se 192.168.94.1 18080)"); VF=$(cat "$TMP/cfail")
-    VCI+=("$(cps se 192.168.94.1 18080 16)"); VF="$VF, $(cat "$TMP/cfail")"
-    echo "trial $t: iperf3 TCP SNAT iptables/vswitch ${KS[-1]}/${VS[-1]}, DNAT ${KD[-1]}/${VD[-1]} Gbit/s, with $ALT_CC SNAT ${KSA[-1]}/${VSA[-1]}, DNAT ${KDA[-1]}/${VDA[-1]} Gbit/s; new TCP connections/s, blocking clients ${KC[-1]}/${VC[-1]}, 16 in flight per client ${KCI[-1]}/${VCI[-1]} (failed connects $KF / $VF)"
+    TCP_RATE=$FIX_TCP cost tcp_to se 5201 sc 192.168.94.2 5201; rec v_snat_cpu "$(per_gb)"
+    echo "trial $t: iptables/vswitch $(last k_snat_cpu)/$(last v_snat_cpu) CPU-s per GB"
 done
-K_SNAT=$(med "${KS[@]}"); K_DNAT=$(med "${KD[@]}"); K_SNATA=$(med "${KSA[@]}"); K_DNATA=$(med "${KDA[@]}"); K_CPS=$(med "${KC[@]}"); K_CPSI=$(med "${KCI[@]}")
-V_SNAT=$(med "${VS[@]}"); V_DNAT=$(med "${VD[@]}"); V_SNATA=$(med "${VSA[@]}"); V_DNATA=$(med "${VDA[@]}"); V_CPS=$(med "${VC[@]}"); V_CPSI=$(med "${VCI[@]}")
-echo "iptables, medians: iperf3 TCP container -> external (MASQUERADE) $K_SNAT, external -> published port (DNAT) $K_DNAT Gbit/s ($ALT_CC: $K_SNATA, $K_DNATA); new TCP connections/s to a published port $K_CPS (4 blocking clients), $K_CPSI (4 clients, 16 in flight each)"
-echo "vswitch, medians: iperf3 TCP container -> external (SNAT) $V_SNAT, external -> published port (DNAT) $V_DNAT Gbit/s ($ALT_CC: $V_SNATA, $V_DNATA); new TCP connections/s to a published port $V_CPS (4 blocking clients), $V_CPSI (4 clients, 16 in flight each)"
+echo "== new TCP connections/s to a published port with 1, 1000 and 10000 ports published (equal layout): Docker's iptables rules (one DNAT rule per port, the measured port published last) against vswitch's"
+# Docker's layout of the rules: PREROUTING jumps to DOCKER for local
+# addresses, one DNAT rule per published port, in the order published.
+NS nh iptables -t nat -N DOCKER
+NS nh iptables -t nat -A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER
+NS nh iptables -t nat -A DOCKER ! -i br0 -p tcp -m tcp --dport 19080 -j DNAT --to-destination 10.96.0.2:8080
+"$BIN" --socket "$SOCK3" publish nat 10.95.0.2:8080 --host-port 19080 >/dev/null
+HAVE=1; NEXTP=20000
+for N in 1 1000 10000; do
+    # The ports published before the measured one: its rule comes last.
+    ADD=$((N - HAVE))
+    if [ "$ADD" -gt 0 ]; then
+        t0=$(date +%s.%N)
+        { echo "*nat"; for p in $(seq "$NEXTP" $((NEXTP + ADD - 1))); do echo "-I DOCKER 1 ! -i br0 -p tcp -m tcp --dport $p -j DNAT --to-destination 10.96.0.2:$p"; done; echo COMMIT; } | NS nh iptables-restore --noflush
+        t1=$(date +%s.%N)
+        for p in $(seq "$NEXTP" $((NEXTP + ADD - 1))); do "$BIN" --socket "$SOCK3" publish nat "10.95.0.2:$p" --host-port "$p" >/dev/null; done
+        t2=$(date +%s.%N)
+        NEXTP=$((NEXTP + ADD)); HAVE=$N
+        echo "published $ADD more ports: iptables-restore $(python3 -c "print(round($t1-$t0,2))") s, vswitch publish (one command each) $(python3 -c "print(round($t2-$t1,1))") s"
+    fi
+    for t in $(seq "$TRIALS"); do
+        kill -STOP "$NPID"
+        rec "k_cps_$N" "$(cps ne 192.168.95.1 19080)"
+        kill -CONT "$NPID"; sleep 0.2
+        rec "v_cps_$N" "$(cps se 192.168.94.1 19080)"
+    done
+    echo "$N published ports: iptables/vswitch $(medk "k_cps_$N")/$(medk "v_cps_$N") connections/s (4 blocking clients, medians)"
+done
 "$BIN" --socket "$SOCK3" stats
 "$BIN" --socket "$SOCK3" conntrack show | tail -1
 kill "$NPID"; wait "$NPID" 2>/dev/null || true
@@ -364,22 +473,24 @@ done
 "$BIN" --socket "$TMP/xB.sock" attach ov --netns "$P-xb1" --kind tap --ip 10.94.0.12/24 >/dev/null
 "$BIN" --socket "$TMP/xB.sock" attach ov --netns "$P-xb2" --kind veth-xdp --ip 10.94.0.22/24 >/dev/null
 NS xa1 ping -c 2 -i 0.2 10.94.0.12 >/dev/null; NS xa2 ping -c 2 -i 0.2 10.94.0.22 >/dev/null
-KXT=(); KXP=(); VXT=(); VXP=(); KXTA=(); VXTA=()
 for t in $(seq "$TRIALS"); do
-    kill -STOP "${XPIDS[@]}"
-    KXT+=("$(tcp kc1 kc2 10.94.0.12)")
-    KXTA+=("$(TCP_CC=$ALT_CC tcp kc1 kc2 10.94.0.12)")
-    KXP+=("$(pps kc1 kc2 10.94.0.12 10.94.0.11)")
-    kill -CONT "${XPIDS[@]}"; sleep 0.2
-    VXT+=("$(tcp xa1 xb1 10.94.0.12)")
-    VXTA+=("$(TCP_CC=$ALT_CC tcp xa1 xb1 10.94.0.12)")
-    VXP+=("$(pps xa2 xb2 10.94.0.22 10.94.0.21)")
-    echo "trial $t: iperf3 TCP across hosts kernel/vswitch ${KXT[-1]}/${VXT[-1]} Gbit/s, with $ALT_CC ${KXTA[-1]}/${VXTA[-1]} Gbit/s; 64B frames delivered across hosts ${KXP[-1]}/${VXP[-1]} per s"
+    for L in $LAYOUTS; do
+        layout "$L"
+        kill -STOP "${XPIDS[@]}"
+        rec "$L.k_vx_tcp" "$(tcp kc1 kc2 10.94.0.12)"
+        rec "$L.k_vx_tcpa" "$(TCP_CC=$ALT_CC tcp kc1 kc2 10.94.0.12)"
+        rec "$L.k_vx_pps" "$(pps kc1 kc2 10.94.0.12 10.94.0.11)"
+        kill -CONT "${XPIDS[@]}"; sleep 0.2
+        rec "$L.v_vx_tcp" "$(tcp xa1 xb1 10.94.0.12)"
+        rec "$L.v_vx_tcpa" "$(TCP_CC=$ALT_CC tcp xa1 xb1 10.94.0.12)"
+        rec "$L.v_vx_pps" "$(pps xa2 xb2 10.94.0.22 10.94.0.21)"
+        echo "trial $t, $L layout: iperf3 TCP across hosts kernel/vswitch $(last k_vx_tcp)/$(last v_vx_tcp) Gbit/s, with $ALT_CC $(last k_vx_tcpa)/$(last v_vx_tcpa) Gbit/s; 64B frames delivered across hosts $(last k_vx_pps)/$(last v_vx_pps) per s"
+    done
 done
-K_VX_TCP=$(med "${KXT[@]}"); K_VX_PPS=$(med "${KXP[@]}"); V_VX_TCP=$(med "${VXT[@]}"); V_VX_PPS=$(med "${VXP[@]}")
-K_VX_TCPA=$(med "${KXTA[@]}"); V_VX_TCPA=$(med "${VXTA[@]}")
-echo "kernel VXLAN, medians: iperf3 TCP across hosts $K_VX_TCP Gbit/s ($ALT_CC: $K_VX_TCPA); 64B frames delivered across hosts $K_VX_PPS/s"
-echo "vswitch, medians: iperf3 TCP across hosts (TAP containers) $V_VX_TCP Gbit/s ($ALT_CC: $V_VX_TCPA); 64B frames delivered across hosts (veth/AF_XDP containers) $V_VX_PPS/s"
+for L in $LAYOUTS; do
+    echo "kernel VXLAN, $L layout, medians: iperf3 TCP across hosts $(medk "$L.k_vx_tcp") Gbit/s ($ALT_CC: $(medk "$L.k_vx_tcpa")); 64B frames delivered across hosts $(medk "$L.k_vx_pps")/s"
+    echo "vswitch, $L layout, medians: iperf3 TCP across hosts (TAP containers) $(medk "$L.v_vx_tcp") Gbit/s ($ALT_CC: $(medk "$L.v_vx_tcpa")); 64B frames delivered across hosts (veth/AF_XDP containers) $(medk "$L.v_vx_pps")/s"
+done
 "$BIN" --socket "$TMP/xA.sock" stats
 "$BIN" --socket "$TMP/xB.sock" stats
 
@@ -424,30 +535,46 @@ taskset -c "$WORKER_CORE" "$BENCH" vxlan | tee "$TMP/vx.txt" | grep -v '^JSON'
 VENC=$(jv "$TMP/vx.txt" pipeline_vxlan_encap cycles_per_packet)
 VDEC=$(jv "$TMP/vx.txt" pipeline_vxlan_decap cycles_per_packet)
 
-cat >"$RES" <<R
-# metric unit kernel vswitch [lower]
-frames64_delivered_veth_xdp pps $K_PPS $V_PPS
-frames64_delivered_veth_packet pps $K_PPS $V_PPSP
-iperf3_tcp_tap Gbit/s $K_TCP $V_TCP
-iperf3_tcp_veth_packet Gbit/s $K_TCP $V_TCPV
-iperf3_tcp_veth_xdp Gbit/s $K_TCP $V_TCPX
-iperf3_tcp_tap_$ALT_CC Gbit/s $K_TCPA $V_TCPA
-rtt_p50_tap us $K_P50 $V_P50 lower
-rtt_p99_tap us $K_P99 $V_P99 lower
-rtt_p50_veth us $K_P50 $VV_P50 lower
+{
+    echo "# metric unit kernel vswitch [lower]"
+    for L in $LAYOUTS; do
+        x=_$L
+        m() { medk "$L.$1"; }
+        cat <<R
+frames64_delivered_veth_xdp$x pps $(m k_pps) $(m v_pps)
+frames64_delivered_veth_packet$x pps $(m k_pps) $(m v_ppsp)
+iperf3_tcp_tap$x Gbit/s $(m k_tcp) $(m v_tcp)
+iperf3_tcp_veth_packet$x Gbit/s $(m k_tcp) $(m v_tcpv)
+iperf3_tcp_veth_xdp$x Gbit/s $(m k_tcp) $(m v_tcpx)
+iperf3_tcp_tap_$ALT_CC$x Gbit/s $(m k_tcpa) $(m v_tcpa)
+rtt_p50_tap$x us $(m k_p50) $(m v_p50) lower
+rtt_p99_tap$x us $(m k_p99) $(m v_p99) lower
+rtt_p50_veth$x us $(m k_p50) $(m vv_p50) lower
+iperf3_tcp_snat$x Gbit/s $(m k_snat) $(m v_snat)
+iperf3_tcp_dnat$x Gbit/s $(m k_dnat) $(m v_dnat)
+iperf3_tcp_snat_$ALT_CC$x Gbit/s $(m k_snata) $(m v_snata)
+iperf3_tcp_dnat_$ALT_CC$x Gbit/s $(m k_dnata) $(m v_dnata)
+tcp_conn_per_sec_published$x conn/s $(m k_cps) $(m v_cps)
+tcp_conn_per_sec_published_inflight16$x conn/s $(m k_cpsi) $(m v_cpsi)
+iperf3_tcp_vxlan$x Gbit/s $(m k_vx_tcp) $(m v_vx_tcp)
+iperf3_tcp_vxlan_$ALT_CC$x Gbit/s $(m k_vx_tcpa) $(m v_vx_tcpa)
+frames64_delivered_vxlan$x pps $(m k_vx_pps) $(m v_vx_pps)
+R
+    done
+    cat <<R
 after_idle_oneway_p50_adaptive us $K_OW50 $I_OW50 lower
 after_idle_oneway_max_adaptive us $K_OWMAX $I_OWMAX lower
 idle_cpu_adaptive_percent % - $IDLE_CPU lower
-iperf3_tcp_snat Gbit/s $K_SNAT $V_SNAT
-iperf3_tcp_dnat Gbit/s $K_DNAT $V_DNAT
-iperf3_tcp_snat_$ALT_CC Gbit/s $K_SNATA $V_SNATA
-iperf3_tcp_dnat_$ALT_CC Gbit/s $K_DNATA $V_DNATA
-tcp_conn_per_sec_published conn/s $K_CPS $V_CPS
-tcp_conn_per_sec_published_inflight16 conn/s $K_CPSI $V_CPSI
-iperf3_tcp_vxlan Gbit/s $K_VX_TCP $V_VX_TCP
-iperf3_tcp_vxlan_$ALT_CC Gbit/s $K_VX_TCPA $V_VX_TCPA
-frames64_delivered_vxlan pps $K_VX_PPS $V_VX_PPS
+cpu_s_per_gb_tcp_tap_busy_at_$FIX_TCP cpu-s/GB $(medk k_tcp_cpu) $(medk vb_tcp_cpu) lower
+cpu_s_per_gb_tcp_tap_adaptive_at_$FIX_TCP cpu-s/GB $(medk k_tcp_cpu) $(medk va_tcp_cpu) lower
+cpu_s_per_mpkt_frames64_busy_at_$FIX_PPS cpu-s/Mpkt $(medk k_pps_cpu) $(medk vb_pps_cpu) lower
+cpu_s_per_mpkt_frames64_adaptive_at_$FIX_PPS cpu-s/Mpkt $(medk k_pps_cpu) $(medk va_pps_cpu) lower
+cpu_s_per_gb_tcp_snat_busy_at_$FIX_TCP cpu-s/GB $(medk k_snat_cpu) $(medk v_snat_cpu) lower
+tcp_conn_per_sec_1_published conn/s $(medk k_cps_1) $(medk v_cps_1)
+tcp_conn_per_sec_1000_published conn/s $(medk k_cps_1000) $(medk v_cps_1000)
+tcp_conn_per_sec_10000_published conn/s $(medk k_cps_10000) $(medk v_cps_10000)
 R
+} >"$RES"
 cat "$TMP/cl.res" >>"$RES"
 cat "$TMP/sweep.res" >>"$RES"
 echo

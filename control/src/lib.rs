@@ -7,6 +7,7 @@ pub mod docker;
 pub mod host;
 pub mod mgmt;
 pub mod netns;
+pub mod proxy;
 pub mod server;
 pub mod state;
 pub mod store;

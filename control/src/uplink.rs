@@ -1,6 +1,6 @@
 //! What the uplink needs besides its port: the guard that keeps the host
 //! kernel from answering the switch's traffic, the SNAT port range, and the
-//! userland proxy that lets processes on the host reach published ports.
+//! host's own path to ports a runtime holds (the proxy is in `proxy`).
 //!
 //! The uplink port is an AF_PACKET socket: it receives a *copy* of every
 //! frame while the kernel goes on processing the original. For frames the
@@ -12,11 +12,8 @@
 //! netlink protocol is not something to hand-write); the table is named
 //! after the switch's PID; it stays when the switch stops (see [`Guard::remove_script`]).
 use std::io::Write;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
 
 /// The ports the kernel picks for its own connections in this namespace.
 pub fn kernel_ephemeral_range() -> (u16, u16) {
@@ -101,6 +98,12 @@ impl Guard {
     /// what is addressed to `snat_ip` on the SNAT ports, what is addressed
     /// to `published` ports on the host's addresses, and VXLAN for the local
     /// `vtep` when overlay networks exist.
+    ///
+    /// The published ports are elements of sets, not a rule each: the chain
+    /// runs for every frame the uplink receives, and a set is one hash
+    /// lookup however many ports there are (a rule per port made every frame
+    /// walk all of them). [`Guard::element_script`] adds and removes one
+    /// port without rewriting the table.
     pub fn script(
         &self,
         snat_ip: Ipv4Addr,
@@ -123,18 +126,61 @@ impl Guard {
         if !local_ips.contains(&snat_ip) {
             all.push(snat_ip.to_string());
         }
-        for (proto, port, ip) in published {
-            let daddr = match ip {
-                Some(i) => i.to_string(),
-                None => format!("{{ {} }}", all.join(", ")),
+        let mut sets = String::new();
+        for proto in [super::api::Proto::Tcp, super::api::Proto::Udp] {
+            let any: Vec<String> = published
+                .iter()
+                .filter(|(p, _, ip)| *p == proto && ip.is_none())
+                .map(|(_, port, _)| port.to_string())
+                .collect();
+            let at: Vec<String> = published
+                .iter()
+                .filter(|(p, _, _)| *p == proto)
+                .filter_map(|(_, port, ip)| ip.map(|i| format!("{i} . {port}")))
+                .collect();
+            let elements = |v: &[String]| {
+                if v.is_empty() {
+                    String::new()
+                } else {
+                    format!(" elements = {{ {} }};", v.join(", "))
+                }
             };
-            rules.push(format!("ip daddr {daddr} {proto} dport {port} drop"));
+            sets.push_str(&format!(
+                "  set {proto}_any {{ type inet_service;{} }}\n  set {proto}_at {{ type ipv4_addr . inet_service;{} }}\n",
+                elements(&any),
+                elements(&at)
+            ));
+            rules.push(format!(
+                "ip daddr {{ {} }} {proto} dport @{proto}_any drop",
+                all.join(", ")
+            ));
+            rules.push(format!("ip daddr . {proto} dport @{proto}_at drop"));
         }
         format!(
-            "table netdev {t}\ndelete table netdev {t}\ntable netdev {t} {{\n  chain ingress {{\n    type filter hook ingress device \"{d}\" priority -500; policy accept;\n    {r}\n  }}\n}}\n",
+            "table netdev {t}\ndelete table netdev {t}\ntable netdev {t} {{\n{sets}  chain ingress {{\n    type filter hook ingress device \"{d}\" priority -500; policy accept;\n    {r}\n  }}\n}}\n",
             t = self.table,
             d = self.iface,
             r = rules.join("\n    ")
+        )
+    }
+
+    /// The script that adds (`add`) or removes one published port of the
+    /// table [`Guard::script`] made.
+    pub fn element_script(
+        &self,
+        add: bool,
+        proto: super::api::Proto,
+        port: u16,
+        ip: Option<Ipv4Addr>,
+    ) -> String {
+        let verb = if add { "add" } else { "delete" };
+        let (set, elem) = match ip {
+            Some(i) => (format!("{proto}_at"), format!("{i} . {port}")),
+            None => (format!("{proto}_any"), port.to_string()),
+        };
+        format!(
+            "{verb} element netdev {t} {set} {{ {elem} }}\n",
+            t = self.table
         )
     }
 
@@ -227,76 +273,4 @@ pub(crate) fn nft(script: &str) -> Result<(), String> {
             String::from_utf8_lossy(&out.stderr).trim()
         ))
     }
-}
-
-/// A TCP proxy for processes on the host: it listens on the published port
-/// (connections from outside never reach it: the guard drops them at the
-/// uplink and the switch translates them) and relays to the container
-/// through the host's interface on the container's network, as Docker's
-/// `docker-proxy` does.
-#[derive(Debug)]
-pub struct Proxy {
-    stop: Arc<AtomicBool>,
-    addr: SocketAddr,
-}
-
-impl Proxy {
-    /// Listens on `listen` and relays each connection to `target`.
-    pub fn start(listen: SocketAddr, target: SocketAddr) -> Result<Self, String> {
-        let l = TcpListener::bind(listen).map_err(|e| {
-            format!("host port {listen} is in use on the host ({e}); pick another --host-port")
-        })?;
-        let addr = l.local_addr().map_err(|e| e.to_string())?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let st = stop.clone();
-        std::thread::Builder::new()
-            .name(format!("proxy-{}", addr.port()))
-            .spawn(move || {
-                for c in l.incoming() {
-                    if st.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let Ok(c) = c else { continue };
-                    std::thread::spawn(move || relay(c, target));
-                }
-            })
-            .map_err(|e| e.to_string())?;
-        Ok(Self { stop, addr })
-    }
-}
-
-impl Proxy {
-    /// The port it listens on.
-    pub fn port(&self) -> u16 {
-        self.addr.port()
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        // Wake the accept loop so it sees the flag.
-        let mut a = self.addr;
-        if a.ip().is_unspecified() {
-            a.set_ip(Ipv4Addr::LOCALHOST.into());
-        }
-        let _ = TcpStream::connect_timeout(&a, Duration::from_millis(200));
-    }
-}
-
-fn relay(client: TcpStream, target: SocketAddr) {
-    let Ok(server) = TcpStream::connect_timeout(&target, Duration::from_secs(5)) else {
-        return;
-    };
-    let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else {
-        return;
-    };
-    let up = std::thread::spawn(move || pipe(client, s2));
-    pipe(server, c2);
-    let _ = up.join();
-}
-
-fn pipe(mut from: TcpStream, mut to: TcpStream) {
-    let _ = std::io::copy(&mut from, &mut to);
-    let _ = to.shutdown(std::net::Shutdown::Write);
 }

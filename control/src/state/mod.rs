@@ -11,7 +11,8 @@ use crate::api::{
 use crate::config::{self, Config, Driver, NetworkConfig, PortKind, UplinkConfig};
 use crate::host::Host;
 use crate::netns;
-use crate::uplink::{Guard, Proxy};
+use crate::proxy::{Proxies, Proxy};
+use crate::uplink::Guard;
 use crate::workers::Workers;
 use crossbeam::channel::Receiver;
 use std::collections::BTreeMap;
@@ -210,6 +211,8 @@ pub struct State {
     /// The host's own path to published ports may be installed (an earlier
     /// switch process may have left it): the next change rewrites it.
     had_local_dnat: std::cell::Cell<bool>,
+    /// The listeners of published ports the switch binds.
+    proxies: Proxies,
     /// Where side effects on the host go.
     host: Box<dyn Host>,
 }
@@ -261,6 +264,8 @@ impl State {
         tracing::debug!(?advice, "conntrack table: huge page advice");
         let (ev_tx, ev_rx) = crossbeam::channel::unbounded();
         let workers = Workers::start(cfg, plan, &tables, &clock, ev_tx).map_err(CmdError)?;
+        let proxies =
+            Proxies::new().map_err(|e| CmdError(format!("cannot start the proxy thread: {e}")))?;
         let mut s = Self {
             tables,
             workers,
@@ -280,6 +285,7 @@ impl State {
             statics: BTreeMap::new(),
             restoring: false,
             had_local_dnat: std::cell::Cell::new(true),
+            proxies,
             host,
         };
         if let Some(d) = saved {

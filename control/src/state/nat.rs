@@ -358,12 +358,15 @@ impl State {
         let target_addr = SocketAddr::from((ip, port));
         let mut chosen: Option<(u16, Option<Proxy>)> = None;
         let mut last_err = String::new();
+        let proxies = &self.proxies;
         let try_port = |p: u16| -> Result<Option<Proxy>, String> {
             if !bind_host {
                 return Ok(None);
             }
             match proto {
-                Proto::Tcp => Proxy::start(SocketAddr::from((listen_ip, p)), target_addr).map(Some),
+                Proto::Tcp => proxies
+                    .start(SocketAddr::from((listen_ip, p)), target_addr)
+                    .map(Some),
                 Proto::Udp => std::net::UdpSocket::bind((listen_ip, p))
                     .map(|_| None)
                     .map_err(|e| format!("host port {p}/udp is in use on the host ({e})")),
@@ -426,7 +429,7 @@ impl State {
                 _proxy: proxy,
             },
         );
-        if let Err(e) = self.reapply_guard() {
+        if let Err(e) = self.guard_port(true, proto, hp) {
             self.published.remove(&(proto, hp));
             return Err(e);
         }
@@ -453,9 +456,42 @@ impl State {
                 ))
             }
         }
+        let r = self.guard_port(false, proto, host_port);
         self.published.remove(&(proto, host_port));
         self.publish();
-        self.reapply_guard()
+        match r {
+            Ok(()) => Ok(()),
+            // Rewritten whole without the port.
+            Err(_) => self.reapply_guard(),
+        }
+    }
+
+    /// Adds (`add`) or removes the uplink guard's element of the published
+    /// port `(proto, port)`, which `self.published` holds. A port the switch
+    /// binds changes one element of the guard; one a runtime holds also
+    /// changes the host's own path to it, which is rewritten whole (such
+    /// ports are few: one per container port podman publishes). Falls back
+    /// to rewriting the guard whole.
+    fn guard_port(&self, add: bool, proto: Proto, port: u16) -> Result<(), CmdError> {
+        let Some(p) = self.published.get(&(proto, port)) else {
+            return Ok(());
+        };
+        if !p.bind_host {
+            return self.reapply_guard();
+        }
+        let Some(u) = &self.uplink else {
+            return Ok(());
+        };
+        match self
+            .host
+            .nft(&u.guard.element_script(add, proto, port, p.host_ip))
+        {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                tracing::debug!(error = %e, "guard: one element refused; rewriting the table");
+                self.reapply_guard()
+            }
+        }
     }
 
     pub(super) fn conntrack_show(&self) -> ConntrackReport {

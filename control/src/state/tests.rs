@@ -490,17 +490,57 @@ fn the_uplink_guard_drops_the_switchs_ports_and_stays_after_a_stop() {
         },
     );
     let hp = p["host_port"].as_u64().unwrap();
+    // The guard's table exists: the port is one element added to a set.
+    let full = |b: &Bed| {
+        b.host
+            .w()
+            .nft
+            .iter()
+            .rev()
+            .find(|x| x.contains("chain ingress"))
+            .cloned()
+            .unwrap()
+    };
+    let g = full(&b);
+    assert!(
+        g.contains("ip daddr 192.0.2.1 tcp dport 61000-65535 drop"),
+        "{g}"
+    );
+    assert!(g.contains("udp dport @udp_any drop"), "{g}");
     let last = b.host.w().nft.last().cloned().unwrap();
     assert!(
-        last.contains("ip daddr 192.0.2.1 tcp dport 61000-65535 drop"),
+        last.starts_with("add element netdev vswitch_")
+            && last.contains(&format!("udp_any {{ {hp} }}")),
         "{last}"
     );
-    assert!(last.contains(&format!("udp dport {hp} drop")), "{last}");
     let n = b.host.w().nft.len();
     s.shutdown();
     drop(s);
     assert_eq!(b.host.w().nft.len(), n, "a stop leaves the guard");
     let mut s = b.start(&Bed::config("")).unwrap();
+    // Rewritten at the start, and the port put back in its set.
+    let since: Vec<String> = b.host.w().nft[n..].to_vec();
+    assert!(
+        since.iter().any(|x| x.contains("chain ingress")),
+        "{since:?}"
+    );
+    assert!(
+        since
+            .iter()
+            .any(|x| x.contains(&format!("udp_any {{ {hp} }}"))
+                || x.contains(&format!("elements = {{ {hp} }}"))),
+        "{since:?}"
+    );
+    ok(
+        &mut s,
+        Request::Unpublish {
+            network: "n1".into(),
+            host_port: hp as u16,
+            proto: Proto::Udp,
+        },
+    );
+    let last = b.host.w().nft.last().cloned().unwrap();
+    assert!(last.starts_with("delete element netdev vswitch_"), "{last}");
     ok(&mut s, Request::UplinkRm);
     assert!(b.host.w().nft.last().unwrap().contains("delete table"));
     s.shutdown();

@@ -853,6 +853,23 @@ impl CtTable {
         if self.len() >= self.max || self.slots.len() >= self.max && self.free.is_empty() {
             return Err(CreateError::Full);
         }
+        if state == State::Tcp(TcpState::SynSent) {
+            // A new connection takes over the tuples of a closed one, as
+            // the kernel's conntrack lets a SYN reuse a TIME_WAIT entry: a
+            // client reuses its source port toward another published port
+            // of the same container port, whose reply tuple is the same.
+            for t in [&orig, &reply] {
+                if let Some((_, _, v)) = self.find(t, self.hash(t)) {
+                    let slot = (v >> 1) as usize;
+                    let closed = self.slots.get(slot).is_some_and(|f| {
+                        matches!(f.state(), State::Tcp(TcpState::TimeWait | TcpState::Close))
+                    });
+                    if closed {
+                        self.remove_slot(slot);
+                    }
+                }
+            }
+        }
         if self.contains(&orig) || self.contains(&reply) {
             return Err(CreateError::PortsExhausted);
         }
@@ -1166,6 +1183,34 @@ mod tests {
         assert_eq!(d, Dir::Reply);
         assert_eq!(f.translated(d), t(9, 80, 1, 1000));
         assert!(g.lookup(&t(1, 1001, 9, 80)).is_none());
+    }
+
+    /// Two published ports to one container port: a client that reuses its
+    /// source port for the second makes the same reply tuple. A new
+    /// connection takes the tuple over from a closed one, not from a live
+    /// one.
+    #[test]
+    fn a_syn_takes_over_the_tuples_of_a_closed_flow() {
+        let ct = Conntrack::new(10);
+        let mut g = ct.lock();
+        let reply = t(9, 8080, 1, 40000);
+        let syn = State::Tcp(TcpState::SynSent);
+        let (a, b) = (t(1, 40000, 5, 18080), t(1, 40000, 5, 19080));
+        g.create(a, reply, Side::Uplink, Side::Uplink, syn, 0)
+            .unwrap();
+        g.lookup(&a).unwrap().0.state = TcpState::Established as u8;
+        assert!(matches!(
+            g.create(b, reply, Side::Uplink, Side::Uplink, syn, 1),
+            Err(CreateError::PortsExhausted)
+        ));
+        g.lookup(&a).unwrap().0.state = TcpState::TimeWait as u8;
+        let f = g
+            .create(b, reply, Side::Uplink, Side::Uplink, syn, 2)
+            .unwrap();
+        assert_eq!(f.tuple(Dir::Orig), b);
+        assert!(g.lookup(&a).is_none(), "the closed flow is gone");
+        assert_eq!(g.lookup(&reply).unwrap().0.tuple(Dir::Orig), b);
+        assert_eq!(g.len(), 1);
     }
 
     /// The hinted lookup finds every flow whatever the hint says: the right

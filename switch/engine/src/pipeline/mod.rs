@@ -1,18 +1,33 @@
 //! The pipeline: one module per stage, each a pass over the batch.
 //!
-//! `classify` (parse, drop runts and bad sources) → `l3::mark` (frames for
-//! the gateway) → `learn` (source MAC) → `forward` (destination lookup:
-//! unicast, flood or drop; `--no-icc` filtering) → `l3::route_batch`
-//! (gateway, routing, NAT) → `flood` (replication) → per-output-port queues.
-//! Frames from the uplink take `l3::from_uplink` only. `offload` runs at transmit time,
-//! finishing checksums and cutting TSO segments for ports that cannot take
-//! them.
+//! From a container port: `classify` (parse, drop runts and bad sources) →
+//! `gateway::mark` (frames for the gateway) → `learn` (source MAC) →
+//! `forward` (destination lookup: unicast, flood or drop; `--no-icc`
+//! filtering) → `arp::suppress_arp` (overlays) → `gateway::route_batch`
+//! (ARP and echo for the gateway, routing, NAT) → `flood` (replication) or
+//! `vxlan::encap` → per-output-port queues.
+//!
+//! From the uplink: `uplink::from_uplink` takes what the switch owns (NAT
+//! replies, published ports, ICMP errors, VXLAN through `vxlan::decap`).
+//!
+//! The L3 stages share `ipv4` (one parse per frame), `frag` (fragments of a
+//! tracked datagram), `nat` (conntrack lookups, translation, new flows),
+//! `route` (TTL, next hop, L2 addressing), `icmp` and `arp`. `offload` runs
+//! at transmit time, finishing checksums and cutting TSO segments for ports
+//! that cannot take them.
+pub mod arp;
 pub mod classify;
 pub mod flood;
 pub mod forward;
-pub mod l3;
+pub mod frag;
+pub mod gateway;
+pub mod icmp;
+pub mod ipv4;
 pub mod learn;
+pub mod nat;
 pub mod offload;
+pub mod route;
+pub mod uplink;
 pub mod vxlan;
 
 use crate::fdb::NetId;
@@ -137,7 +152,7 @@ pub struct Pipeline {
     hdrs: Vec<Hdr>,
     actions: Vec<Action>,
     encap: vxlan::EncapCache,
-    parsed: l3::Parsed,
+    parsed: ipv4::Parsed,
 }
 
 impl Pipeline {
@@ -156,8 +171,8 @@ impl Pipeline {
         drops: &mut BatchDrops,
     ) {
         if let Some(u) = snap.uplink.as_ref().filter(|u| u.port == in_port) {
-            let mut ctx = l3::Ctx::new(tables, snap, now, in_port);
-            l3::from_uplink(&mut ctx, u, batch, &mut self.actions, &mut self.parsed);
+            let mut ctx = gateway::Ctx::new(tables, snap, now, in_port);
+            uplink::from_uplink(&mut ctx, u, batch, &mut self.actions, &mut self.parsed);
             ctx.count_refused_learns(drops);
             drop(ctx);
             let mut out = Out {
@@ -182,20 +197,20 @@ impl Pipeline {
         };
         classify::run(batch, in_port, &tables.fdb, net.id, &mut self.hdrs);
         if let Some(l) = net.l3.as_ref() {
-            l3::mark(batch, &mut self.hdrs, l);
+            gateway::mark(batch, &mut self.hdrs, l);
         }
         learn::run(&tables.fdb, net.id, in_port, now, &self.hdrs, drops);
         forward::run(&tables.fdb, net.id, in_port, &mut self.hdrs);
         if let Some(ov) = net.overlay.as_ref().filter(|o| !o.arp.is_empty()) {
-            vxlan::suppress_arp(batch, &mut self.hdrs, ov, in_port);
+            arp::suppress_arp(batch, &mut self.hdrs, ov, in_port);
         }
         if let Some(l) = net.l3.as_ref() {
             if l.no_icc {
                 forward::no_icc(l, in_port, &mut self.hdrs, drops);
             }
             if self.hdrs.iter().any(|h| h.action == Action::Route) {
-                let mut ctx = l3::Ctx::new(tables, snap, now, in_port);
-                l3::route_batch(&mut ctx, net, l, batch, &mut self.hdrs, &mut self.parsed);
+                let mut ctx = gateway::Ctx::new(tables, snap, now, in_port);
+                gateway::route_batch(&mut ctx, net, l, batch, &mut self.hdrs, &mut self.parsed);
             }
         }
         // The actions are read straight from `hdrs` (no copy into

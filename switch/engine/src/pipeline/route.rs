@@ -1,0 +1,125 @@
+//! Routing and neighbours: the TTL, and the L2 addressing of a routed frame
+//! toward a container (its MAC, learned port or flood) or the uplink (the
+//! next hop's MAC from the neighbour table), with the batch's last decision
+//! kept for the frames behind it.
+use super::gateway::Ctx;
+use super::ipv4::ETH_LEN;
+use super::Action;
+use crate::conntrack::Side;
+use crate::fdb::Fdb;
+use crate::stats::DropReason;
+use crate::tables::{NetworkView, Tables, UplinkView};
+use crate::wire::checksum;
+use crate::wire::mac::Mac;
+use smoltcp::wire::Ipv4Packet;
+
+/// Decrements the TTL of a routed packet; `false` when it ran out.
+pub(super) fn ttl_dec(f: &mut [u8]) -> bool {
+    let ttl = f[ETH_LEN + 8];
+    if ttl <= 1 {
+        return false;
+    }
+    let mut ip = Ipv4Packet::new_unchecked(&mut f[ETH_LEN..]);
+    let old = u16::from_be_bytes([ttl, ip.next_header().into()]);
+    ip.set_hop_limit(ttl - 1);
+    let new = u16::from_be_bytes([ttl - 1, ip.next_header().into()]);
+    let c = checksum::update16(ip.checksum(), old, new);
+    ip.set_checksum(c);
+    true
+}
+
+/// An L2 addressing decision kept for the next frames of a batch (see
+/// [`Ctx::emit_to`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct LastEmit {
+    side: Side,
+    /// The destination it was made for.
+    dst: u32,
+    /// What the L2 header depends on: the next hop (uplink), 0 (container).
+    l2_key: u32,
+    /// Destination and source MAC.
+    macs: [u8; 12],
+    action: Action,
+}
+
+impl Ctx<'_> {
+    /// Addresses a frame to `side` at L2 and picks its output.
+    pub(super) fn emit_to(&mut self, f: &mut [u8], side: Side, dst_ip: u32) -> Action {
+        // The L2 header depends on the next hop, not on the destination: a
+        // container's is its own MAC, the uplink's the next hop's. Keyed so,
+        // the batch's frames to many destinations behind one gateway share
+        // one neighbour lookup; a frame to the last frame's destination
+        // needs not even the route lookup.
+        if let Some(e) = self.last_emit.as_mut() {
+            if e.side == side && e.dst == dst_ip {
+                f[0..12].copy_from_slice(&e.macs);
+                return e.action;
+            }
+        }
+        let l2_key = match side {
+            Side::Uplink => self.snap.uplink.as_ref().and_then(|u| u.next_hop(dst_ip)),
+            Side::Container { .. } => Some(0),
+        };
+        if let (Some(e), Some(k)) = (self.last_emit.as_mut(), l2_key) {
+            if e.side == side && e.l2_key == k {
+                e.dst = dst_ip;
+                f[0..12].copy_from_slice(&e.macs);
+                return e.action;
+            }
+        }
+        let action = self.emit_uncached(f, side, dst_ip);
+        if let (Action::Unicast(_), Some(l2_key)) = (action, l2_key) {
+            let mut macs = [0u8; 12];
+            macs.copy_from_slice(&f[0..12]);
+            self.last_emit = Some(LastEmit {
+                side,
+                dst: dst_ip,
+                l2_key,
+                macs,
+                action,
+            });
+        }
+        action
+    }
+
+    fn emit_uncached(&mut self, f: &mut [u8], side: Side, dst_ip: u32) -> Action {
+        match side {
+            Side::Uplink => {
+                let Some(u) = self.snap.uplink.as_ref() else {
+                    return Action::Drop(DropReason::NoRoute);
+                };
+                to_uplink(self.tables, u, f, dst_ip)
+            }
+            Side::Container { net, mac } => {
+                let Some(nv) = self.snap.network(net) else {
+                    return Action::Drop(DropReason::NoNetwork);
+                };
+                let Some(l3) = nv.l3.as_ref() else {
+                    return Action::Drop(DropReason::NoNetwork);
+                };
+                f[0..6].copy_from_slice(&mac.bytes());
+                f[6..12].copy_from_slice(&l3.gw_mac.bytes());
+                container_port(&self.tables.fdb, nv, mac)
+            }
+        }
+    }
+}
+
+/// Output port for a container's MAC in `nv`: learned port, else flood.
+fn container_port(fdb: &Fdb, nv: &NetworkView, mac: Mac) -> Action {
+    match fdb.lookup(nv.id, mac) {
+        Some(p) => Action::Unicast(p),
+        None => Action::FloodIn(nv.id),
+    }
+}
+
+/// Addresses `f` to the next hop of `dst_ip` on the uplink.
+fn to_uplink(tables: &Tables, u: &UplinkView, f: &mut [u8], dst_ip: u32) -> Action {
+    let mac = match tables.next_hop_mac(u, dst_ip) {
+        Ok(m) => m,
+        Err(r) => return Action::Drop(r),
+    };
+    f[0..6].copy_from_slice(&mac.bytes());
+    f[6..12].copy_from_slice(&u.mac.bytes());
+    Action::Unicast(u.port)
+}
