@@ -99,7 +99,14 @@ pps() {
 CFG
     local before after t0 t1
     before=$(rxp "$dst"); t0=$(date +%s.%N)
-    NS "$src" $TG_APP timeout -s INT "$DURATION" trafgen --dev eth0 --conf "$TMP/t.cfg" --cpus "$TG_CPUS" ${RATE:+--rate "${RATE}pps"} -q >/dev/null 2>&1 || true
+    # trafgen forks a sender per CPU, and stopping the parent (as `timeout`
+    # does) leaves them flooding: it runs in a process group of its own,
+    # and the whole group is stopped.
+    NS "$src" $TG_APP setsid trafgen --dev eth0 --conf "$TMP/t.cfg" --cpus "$TG_CPUS" ${RATE:+--rate "${RATE}pps"} -q >/dev/null 2>&1 & local tg=$!
+    sleep "$DURATION"
+    kill -INT -- "-$tg" 2>/dev/null || true
+    wait "$tg" 2>/dev/null || true
+    if pgrep -g "$tg" >/dev/null; then kill -KILL -- "-$tg" 2>/dev/null || true; fi
     t1=$(date +%s.%N); sleep 0.2; after=$(rxp "$dst")
     python3 -c "print(round(($after-$before)/($t1-$t0)))"
 }

@@ -7,8 +7,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use vswitch_engine::clock::Clock;
 use vswitch_engine::tables::Tables;
-use vswitch_engine::worker::{self, Command, Event, IdleMode, WorkerConfig, WorkerHandle};
+use vswitch_engine::worker::{Command, Event, IdleMode, WorkerConfig};
 use vswitch_io::placement::{self, Cores, Plan};
+use vswitch_io::runtime::{self, WorkerHandle};
 
 /// The running workers and the placement they were started with.
 pub struct Workers {
@@ -55,11 +56,11 @@ impl Workers {
         clock: &Arc<dyn Clock>,
         events: crossbeam::channel::Sender<Event>,
     ) -> Result<Self, String> {
-        let shared = worker::shared_for(cfg.workers.len()).map_err(|e| format!("eventfd: {e}"))?;
+        let shared = runtime::shared_for(cfg.workers.len()).map_err(|e| format!("eventfd: {e}"))?;
         let mut handles = Vec::new();
         for (id, w) in cfg.workers.iter().enumerate() {
             let core = w.core;
-            let setup: worker::ThreadSetup = Box::new(move || {
+            let setup: runtime::ThreadSetup = Box::new(move || {
                 if let Some(c) = core {
                     placement::pin_current(c)?;
                 }
@@ -70,7 +71,7 @@ impl Workers {
                 core,
                 idle: w.idle,
             };
-            let h = worker::spawn(
+            let h = runtime::spawn(
                 wc,
                 tables.clone(),
                 shared.clone(),

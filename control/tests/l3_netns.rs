@@ -390,6 +390,30 @@ fn published_ports_hairpin_and_host_access() {
         curl(&t, "ext", &format!("http://{HOST_IP}:{rp}/")).as_deref(),
         Some("served by w1")
     );
+    // Two host ports to one container port: a client that reuses its
+    // source port for the second (Linux picks ephemeral ports per
+    // destination, so it often does) makes the same reply tuple as its
+    // closed connection to the first. The new connection takes it over.
+    for port in [8081, rp, 8081] {
+        let o = t.exec(
+            "ext",
+            &[
+                "curl",
+                "-s",
+                "-m",
+                "3",
+                "--local-port",
+                "45123",
+                &format!("http://{HOST_IP}:{port}/"),
+            ],
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout),
+            "served by w1",
+            "port {port} from source port 45123\n{}",
+            t.log()
+        );
+    }
     let v = t.json(&["network", "inspect", "web"]);
     let pubs = v["published"].as_array().unwrap();
     assert_eq!(pubs.len(), 2, "{v}");

@@ -1,7 +1,8 @@
 //! Two workers on the machine's cores, with the containers' ports spread
 //! over them: frames that cross from one worker's port to the other's (L2
 //! between containers, SNAT to the outside through the uplink, a published
-//! port, hairpin) are handed over between workers and arrive. Needs root.
+//! port, hairpin, VXLAN to and from a kernel VTEP) are handed over between
+//! workers and arrive. Needs root.
 mod common;
 use common::{ok, Topo};
 use std::time::Duration;
@@ -89,6 +90,84 @@ fn frames_cross_between_two_workers() {
     assert_eq!(t.curl("ext", &url), "hello from c2", "published port");
     for c in ["c1", "c3"] {
         assert_eq!(t.curl(c, &url), "hello from c2", "hairpin from {c}");
+    }
+    // VXLAN: an overlay network whose containers sit on both workers, with
+    // the kernel's VXLAN in the external namespace as the other VTEP.
+    // Encapsulated frames go from a container's worker to the uplink's,
+    // decapsulated ones the other way.
+    let vx = format!("{}v", t.prefix);
+    let ex = format!("{}x", t.prefix);
+    for cmd in [
+        vec![
+            "ip", "link", "add", &vx, "type", "vxlan", "id", "77", "dstport", "4789", "local",
+            EXT_IP, "dev", &ex,
+        ],
+        vec!["ip", "addr", "add", "10.67.0.99/24", "dev", &vx],
+        vec!["ip", "link", "set", &vx, "mtu", "1450", "up"],
+        vec![
+            "bridge",
+            "fdb",
+            "append",
+            "00:00:00:00:00:00",
+            "dev",
+            &vx,
+            "dst",
+            HOST_IP,
+        ],
+    ] {
+        ok(&t.exec("ext", &cmd));
+    }
+    t.vs_ok(&[
+        "network",
+        "create",
+        "ov",
+        "--driver",
+        "overlay",
+        "--vni",
+        "77",
+        "--subnet",
+        "10.67.0.0/24",
+        "--peer",
+        EXT_IP,
+    ]);
+    for (c, kind, ip) in [
+        ("c4", "tap", "10.67.0.11/24"),
+        ("c5", "veth", "10.67.0.12/24"),
+    ] {
+        t.add_ns(c);
+        t.attach("ov", c, kind, ip);
+    }
+    let ports = t.json(&["port", "ls", "--json"]);
+    let worker_of = |c: &str| {
+        let key = format!("{prefix}{c}:eth0");
+        ports
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["attached"] == key.as_str())
+            .and_then(|p| p["worker"].as_u64())
+            .unwrap_or_else(|| panic!("no port for {c}: {ports}"))
+    };
+    assert!(
+        worker_of("c4") != uplink_worker || worker_of("c5") != uplink_worker,
+        "an overlay container on another worker than the uplink's: {ports}"
+    );
+    for c in ["c4", "c5"] {
+        assert!(
+            t.ping(c, "10.67.0.99", 3),
+            "{c} (worker {}) -> the kernel's VTEP (uplink on worker {uplink_worker})\n{}",
+            worker_of(c),
+            t.log()
+        );
+    }
+    assert!(t.ping("c4", "10.67.0.12", 3), "c4 -> c5 on the overlay");
+    t.serve_http("ext", "10.67.0.99:8098", "hello through the tunnel");
+    for c in ["c4", "c5"] {
+        assert_eq!(
+            t.curl(c, "http://10.67.0.99:8098/"),
+            "hello through the tunnel",
+            "TCP from {c} through the tunnel"
+        );
     }
     // Every worker forwarded something.
     let stats = t.json(&["stats", "--json"]);

@@ -325,3 +325,140 @@ impl Tables {
         self.snap.store(Arc::new(s));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::DropReason;
+
+    fn p(addr: u32, len: u8) -> Prefix {
+        Prefix { addr, len }
+    }
+
+    fn uplink() -> UplinkView {
+        UplinkView {
+            port: 9,
+            mac: Mac(0x0200_0000_00aa),
+            snat_ip: 0xc0a8_0001,
+            snat_ip_is_local: false,
+            local_ips: vec![0xc0a8_0002],
+            // Longest prefix first, as the control thread orders them.
+            routes: vec![
+                Route {
+                    dst: p(0x0a0a_0a00, 24),
+                    via: Some(0xc0a8_00fd),
+                },
+                Route {
+                    dst: p(0xc0a8_0000, 24),
+                    via: None,
+                },
+                Route {
+                    dst: p(0, 0),
+                    via: Some(0xc0a8_00fe),
+                },
+            ],
+            neigh: [(0xc0a8_00fe, Mac(0x0200_0000_00fe))].into_iter().collect(),
+            snat_ports: (61000, 65535),
+            vtep_ip: 0xc0a8_0001,
+            mtu: 1500,
+        }
+    }
+
+    #[test]
+    fn prefixes_contain_what_they_mask() {
+        assert!(p(0x0a00_0000, 8).contains(0x0aff_ffff));
+        assert!(!p(0x0a00_0000, 8).contains(0x0b00_0000));
+        assert!(p(0, 0).contains(0xffff_ffff), "the default route holds all");
+        assert!(p(0x0a00_0001, 32).contains(0x0a00_0001));
+        assert!(!p(0x0a00_0001, 32).contains(0x0a00_0002));
+        assert_eq!(p(0, 0).mask(), 0);
+        assert_eq!(p(0, 24).mask(), 0xffff_ff00);
+    }
+
+    /// Routes: the first (longest) match, the destination itself when
+    /// directly connected; local addresses are the SNAT one and the
+    /// interface's; a next hop's MAC, or a request to resolve it.
+    #[test]
+    fn routes_next_hops_and_neighbours() {
+        let u = uplink();
+        assert_eq!(u.next_hop(0x0a0a_0a05), Some(0xc0a8_00fd));
+        assert_eq!(u.next_hop(0xc0a8_0007), Some(0xc0a8_0007));
+        assert_eq!(u.next_hop(0x0808_0808), Some(0xc0a8_00fe));
+        let mut none = uplink();
+        none.routes.clear();
+        assert_eq!(none.next_hop(0x0808_0808), None);
+        assert!(u.is_local(0xc0a8_0001) && u.is_local(0xc0a8_0002));
+        assert!(!u.is_local(0xc0a8_0003));
+        let t = Tables::new(64);
+        assert_eq!(t.next_hop_mac(&u, 0x0808_0808), Ok(Mac(0x0200_0000_00fe)));
+        assert_eq!(t.next_hop_mac(&u, 0x0a0a_0a05), Err(DropReason::NeighMiss));
+        assert_eq!(t.neigh_wanted.pop(), Some(0xc0a8_00fd), "asked to resolve");
+        assert_eq!(t.next_hop_mac(&none, 0x0808_0808), Err(DropReason::NoRoute));
+    }
+
+    /// A published port on every address, or on one; the network whose
+    /// subnet holds an address; each publish bumps the generation.
+    #[test]
+    fn snapshot_lookups_and_generations() {
+        let l3 = |addr| L3View {
+            subnet: p(addr, 24),
+            gw_ip: addr + 1,
+            gw_mac: Mac(0x0200_0000_0001),
+            internal: false,
+            no_icc: false,
+            host_port: None,
+            hosts: Default::default(),
+        };
+        let net = |id, addr| NetworkView {
+            id,
+            name: format!("n{id}"),
+            ports: vec![],
+            l3: Some(l3(addr)),
+            overlay: None,
+        };
+        let s = Snapshot {
+            networks: vec![Some(net(0, 0x0a01_0000)), None, Some(net(2, 0x0a02_0000))],
+            published: [
+                (
+                    (6, 80),
+                    Published {
+                        host_ip: None,
+                        net: 0,
+                        ip: 0x0a01_0002,
+                        port: 8080,
+                    },
+                ),
+                (
+                    (17, 53),
+                    Published {
+                        host_ip: Some(0xc0a8_0001),
+                        net: 2,
+                        ip: 0x0a02_0002,
+                        port: 53,
+                    },
+                ),
+            ]
+            .into_iter()
+            .collect(),
+            ..Default::default()
+        };
+        assert_eq!(s.network_of_ip(0x0a02_0009).map(|n| n.id), Some(2));
+        assert!(s.network_of_ip(0x0a03_0009).is_none());
+        assert!(s.network(1).is_none() && s.network(7).is_none());
+        assert!(s.published_at(6, 0x0102_0304, 80).is_some());
+        assert!(s.published_at(17, 0xc0a8_0001, 53).is_some());
+        assert!(
+            s.published_at(17, 0xc0a8_0002, 53).is_none(),
+            "another address"
+        );
+        assert!(
+            s.published_at(6, 0xc0a8_0001, 53).is_none(),
+            "another protocol"
+        );
+        let t = Tables::new(64);
+        let g0 = t.snap.load().generation;
+        t.publish(s.clone());
+        t.publish(s);
+        assert_eq!(t.snap.load().generation, g0 + 2);
+    }
+}

@@ -4,6 +4,11 @@
 //! tables without locks, and takes commands (add/remove a port, stop) from the
 //! control thread through a channel it drains between bursts. Frames for a
 //! port owned by another worker are handed over through that worker's inbox.
+//!
+//! The loop does no I/O of its own: ports are behind [`Port`], and how an idle
+//! worker sleeps and is woken is behind [`Parker`]. Threads, core pinning,
+//! eventfd and `poll(2)` are the I/O crate's (`vswitch_io::runtime`); here,
+//! [`Nap`] parks on memory, for tests and benchmarks.
 use crate::clock::Clock;
 use crate::packet::{Packet, PacketPool};
 use crate::pipeline::{offload, Pipeline, TxQueues, BATCH};
@@ -12,12 +17,10 @@ use crate::stats::{BatchDrops, DropReason};
 use crate::tables::{Snapshot, Tables};
 use crossbeam::channel::{Receiver, Sender};
 use crossbeam::queue::ArrayQueue;
-use nix::poll::{PollFd, PollFlags, PollTimeout};
-use nix::sys::eventfd::{EfdFlags, EventFd};
 use serde::{Deserialize, Serialize};
-use std::os::fd::AsFd;
+use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 /// Worker threads are named this and their id (`vswitch-worker0`, ...).
@@ -54,8 +57,8 @@ impl Default for IdleMode {
 pub struct WorkerConfig {
     /// Index among the workers.
     pub id: usize,
-    /// The core it is pinned to (`None`: not pinned); the thread setup
-    /// given to [`spawn`] does the pinning.
+    /// The core it is pinned to (`None`: not pinned); the runtime that
+    /// starts the worker's thread does the pinning.
     pub core: Option<usize>,
     /// Idle behaviour.
     pub idle: IdleMode,
@@ -101,11 +104,53 @@ pub enum Event {
     },
 }
 
+/// How an idle worker sleeps and is woken: the platform's part of the idle
+/// path.
+pub trait Parker: Send + Sync + std::fmt::Debug {
+    /// Wakes the worker from [`Parker::park`], or makes its next one return
+    /// at once.
+    fn unpark(&self);
+    /// Sleeps until [`Parker::unpark`], until one of `fds` is readable, or
+    /// for `timeout` at most.
+    fn park(&self, fds: &[BorrowedFd<'_>], timeout: Duration);
+}
+
+/// A [`Parker`] on memory (a condition variable). It cannot wait on fds:
+/// given any, it naps 1 ms at most and looks again.
+#[derive(Debug, Default)]
+pub struct Nap {
+    woken: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Parker for Nap {
+    fn unpark(&self) {
+        if let Ok(mut w) = self.woken.lock() {
+            *w = true;
+            self.cv.notify_one();
+        }
+    }
+
+    fn park(&self, fds: &[BorrowedFd<'_>], timeout: Duration) {
+        let t = if fds.is_empty() {
+            timeout
+        } else {
+            timeout.min(Duration::from_millis(1))
+        };
+        let Ok(g) = self.woken.lock() else {
+            return;
+        };
+        if let Ok((mut g, _)) = self.cv.wait_timeout_while(g, t, |w| !*w) {
+            *g = false;
+        }
+    }
+}
+
 /// The part of a worker other threads touch.
 #[derive(Debug)]
 pub struct WorkerShared {
     inbox: ArrayQueue<(PortId, Packet)>,
-    wake_fd: EventFd,
+    parker: Box<dyn Parker>,
     sleeping: AtomicBool,
     /// Loop iterations.
     pub loops: AtomicU64,
@@ -118,114 +163,42 @@ pub struct WorkerShared {
 }
 
 impl WorkerShared {
-    fn new() -> std::io::Result<Self> {
-        Ok(Self {
+    /// The shared part of a worker that sleeps and is woken with `parker`.
+    pub fn new(parker: Box<dyn Parker>) -> Self {
+        Self {
             inbox: ArrayQueue::new(4096),
-            wake_fd: EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK)
-                .map_err(std::io::Error::from)?,
+            parker,
             sleeping: AtomicBool::new(false),
             loops: AtomicU64::new(0),
             busy_loops: AtomicU64::new(0),
             sleeps: AtomicU64::new(0),
             tid: AtomicI32::new(0),
-        })
+        }
     }
 
     /// Wakes the worker if it sleeps.
     pub fn wake(&self) {
         if self.sleeping.load(Ordering::SeqCst) {
-            let _ = self.wake_fd.write(1);
+            self.parker.unpark();
         }
     }
-}
 
-/// The control thread's handle on a running worker.
-pub struct WorkerHandle {
-    /// Settings it runs with.
-    pub config: WorkerConfig,
-    cmd: Sender<Command>,
-    /// Its shared state.
-    pub shared: Arc<WorkerShared>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl WorkerHandle {
-    /// Sends a command and wakes the worker.
-    pub fn send(&self, c: Command) {
-        let _ = self.cmd.send(c);
-        let _ = self.shared.wake_fd.write(1);
-    }
-
-    /// Stops the worker and waits for it.
-    pub fn stop(&mut self) {
-        self.send(Command::Stop);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+    /// Wakes the worker whether it sleeps or not: after a command, which
+    /// it may have just missed on its way to sleep.
+    pub fn kick(&self) {
+        self.parker.unpark();
     }
 }
 
-impl Drop for WorkerHandle {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// Creates the shared parts of `n` workers (inboxes must exist before any
-/// worker starts, since each may hand frames to any other).
-pub fn shared_for(n: usize) -> std::io::Result<Arc<[Arc<WorkerShared>]>> {
+/// The shared parts of `n` workers that park on memory ([`Nap`]), for
+/// tests and benchmarks that drive [`Worker::poll_once`] without threads.
+/// (Inboxes must exist before any worker starts: each may hand frames to
+/// any other.)
+pub fn shared_on_memory(n: usize) -> Arc<[Arc<WorkerShared>]> {
     (0..n)
-        .map(|_| WorkerShared::new().map(Arc::new))
-        .collect::<std::io::Result<Vec<_>>>()
-        .map(Into::into)
-}
-
-/// Prepares a worker's thread before its loop starts (pins it to its core)
-/// and returns the thread's OS id; an error stops the worker.
-pub type ThreadSetup = Box<dyn FnOnce() -> Result<i32, String> + Send>;
-
-/// Starts worker `config.id`. `setup` runs first in the new thread; `spawn`
-/// returns once it has, with its error if it failed (the thread is then
-/// gone), so a worker counts as started only where it was placed.
-pub fn spawn(
-    config: WorkerConfig,
-    tables: Arc<Tables>,
-    all: Arc<[Arc<WorkerShared>]>,
-    clock: Arc<dyn Clock>,
-    events: Sender<Event>,
-    setup: ThreadSetup,
-) -> std::io::Result<WorkerHandle> {
-    let (cmd_tx, cmd_rx) = crossbeam::channel::unbounded();
-    let (ready_tx, ready_rx) = crossbeam::channel::bounded(1);
-    let shared = all[config.id].clone();
-    let thread = std::thread::Builder::new()
-        .name(format!("{THREAD_NAME_PREFIX}{}", config.id))
-        .spawn(move || {
-            let tid = match setup() {
-                Ok(tid) => tid,
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                    return;
-                }
-            };
-            all[config.id].tid.store(tid, Ordering::Relaxed);
-            let _ = ready_tx.send(Ok(()));
-            let mut w = Worker::new(config, tables, all, clock, events, cmd_rx);
-            w.run();
-        })?;
-    let started = ready_rx
-        .recv()
-        .unwrap_or_else(|_| Err("worker thread exited during setup".into()));
-    if let Err(e) = started {
-        let _ = thread.join();
-        return Err(std::io::Error::other(e));
-    }
-    Ok(WorkerHandle {
-        config,
-        cmd: cmd_tx,
-        shared,
-        thread: Some(thread),
-    })
+        .map(|_| Arc::new(WorkerShared::new(Box::<Nap>::default())))
+        .collect::<Vec<_>>()
+        .into()
 }
 
 struct Owned {
@@ -510,10 +483,10 @@ impl Worker {
         }
         me.sleeps.fetch_add(1, Ordering::Relaxed);
         let mut all_fds = true;
-        let mut fds = vec![PollFd::new(me.wake_fd.as_fd(), PollFlags::POLLIN)];
+        let mut fds = Vec::with_capacity(self.owned.len());
         for o in self.owned.iter().filter(|o| !o.gone) {
             match o.port.wait_fd() {
-                Some(fd) => fds.push(PollFd::new(fd, PollFlags::POLLIN)),
+                Some(fd) => fds.push(fd),
                 None => all_fds = false,
             }
         }
@@ -523,10 +496,8 @@ impl Worker {
             // In-memory ports have no fd: nap briefly and look again.
             Duration::from_millis(1)
         };
-        let t = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
-        let _ = nix::poll::poll(&mut fds, t);
+        me.parker.park(&fds, timeout);
         drop(fds);
         me.sleeping.store(false, Ordering::SeqCst);
-        let _ = me.wake_fd.read();
     }
 }

@@ -43,7 +43,7 @@ fn ip(a: [u8; 4]) -> u32 {
 fn rig(max_flows: usize) -> Rig {
     let tables = Arc::new(Tables::with_conntrack(4096, max_flows));
     tables.fdb.set_limit(0, 100);
-    let shared = worker::shared_for(1).unwrap();
+    let shared = worker::shared_on_memory(1);
     let (ev_tx, _ev) = crossbeam::channel::unbounded();
     let (_cmd, cmd_rx) = crossbeam::channel::unbounded();
     let clock: Arc<dyn Clock> = Arc::new(ManualClock::default());

@@ -20,7 +20,7 @@ struct Rig {
 fn rig(limit: u32) -> Rig {
     let tables = Arc::new(Tables::new(4096));
     tables.fdb.set_limit(0, limit);
-    let shared = worker::shared_for(1).unwrap();
+    let shared = worker::shared_on_memory(1);
     let (ev_tx, _ev_rx) = crossbeam::channel::unbounded();
     let (_cmd_tx, cmd_rx) = crossbeam::channel::unbounded();
     let clock = ManualClock::default();
@@ -194,7 +194,7 @@ fn aging_with_injected_clock() {
 #[test]
 fn handoff_between_workers() {
     let tables = Arc::new(Tables::new(4096));
-    let shared = worker::shared_for(2).unwrap();
+    let shared = worker::shared_on_memory(2);
     let (ev_tx, _ev_rx) = crossbeam::channel::unbounded();
     let clock: Arc<dyn Clock> = Arc::new(ManualClock::default());
     let mut workers: Vec<Worker> = (0..2)

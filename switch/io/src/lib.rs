@@ -1,4 +1,5 @@
-//! Ports that touch the kernel. Every `unsafe` block of vswitch lives here,
+//! Ports that touch the kernel, and the workers' runtime (threads, eventfd,
+//! `poll(2)`). Every `unsafe` block of vswitch lives here,
 //! each with a `SAFETY:` comment: ring and UMEM memory, ioctls, `bpf(2)`,
 //! the mapped flow file.
 pub mod afxdp;
@@ -6,6 +7,7 @@ pub mod ethtool;
 pub mod flowfile;
 pub mod hugepage;
 pub mod placement;
+pub mod runtime;
 pub mod tap;
 
 /// Setup errors, with what to do about them.

@@ -123,3 +123,71 @@ fn to_uplink(tables: &Tables, u: &UplinkView, f: &mut [u8], dst_ip: u32) -> Acti
     f[6..12].copy_from_slice(&u.mac.bytes());
     Action::Unicast(u.port)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::checksum;
+
+    fn ipv4_frame(ttl: u8) -> Vec<u8> {
+        let mut f = vec![0u8; 14];
+        f[12] = 0x08;
+        let mut ip = [
+            0x45, 0, 0, 20, 0, 0, 0x40, 0, ttl, 6, 0, 0, 10, 0, 0, 2, 8, 8, 8, 8,
+        ];
+        let c = checksum::finish(0, &ip);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        f.extend_from_slice(&ip);
+        f
+    }
+
+    /// The TTL goes down by one with the header checksum patched to what a
+    /// full computation gives; a packet that would leave with TTL 0 is not
+    /// routed.
+    #[test]
+    fn ttl_decrements_with_a_valid_checksum() {
+        for ttl in [2u8, 64, 255] {
+            let mut f = ipv4_frame(ttl);
+            assert!(ttl_dec(&mut f));
+            assert_eq!(f[22], ttl - 1);
+            assert_eq!(checksum::finish(0, &f[14..34]), 0, "TTL {ttl}");
+        }
+        for ttl in [0u8, 1] {
+            let mut f = ipv4_frame(ttl);
+            assert!(!ttl_dec(&mut f));
+            assert_eq!(f[22], ttl, "left as it was");
+        }
+    }
+
+    /// A routed frame toward the uplink takes the next hop's MAC and the
+    /// uplink's; one whose next hop is unknown is dropped (and asked for).
+    #[test]
+    fn to_uplink_addresses_the_next_hop() {
+        let u = UplinkView {
+            port: 7,
+            mac: Mac(0x0200_0000_00aa),
+            snat_ip: 0xc0a8_0001,
+            snat_ip_is_local: true,
+            local_ips: vec![0xc0a8_0001],
+            routes: vec![crate::tables::Route {
+                dst: crate::tables::Prefix { addr: 0, len: 0 },
+                via: Some(0xc0a8_00fe),
+            }],
+            neigh: Default::default(),
+            snat_ports: (61000, 65535),
+            vtep_ip: 0xc0a8_0001,
+            mtu: 1500,
+        };
+        let t = Tables::new(64);
+        let mut f = ipv4_frame(64);
+        assert_eq!(
+            to_uplink(&t, &u, &mut f, 0x0808_0808),
+            Action::Drop(DropReason::NeighMiss)
+        );
+        let mut u = u;
+        u.neigh.insert(0xc0a8_00fe, Mac(0x0200_0000_00fe));
+        assert_eq!(to_uplink(&t, &u, &mut f, 0x0808_0808), Action::Unicast(7));
+        assert_eq!(&f[0..6], &Mac(0x0200_0000_00fe).bytes());
+        assert_eq!(&f[6..12], &Mac(0x0200_0000_00aa).bytes());
+    }
+}
