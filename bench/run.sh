@@ -100,13 +100,14 @@ CFG
     local before after t0 t1
     before=$(rxp "$dst"); t0=$(date +%s.%N)
     # trafgen forks a sender per CPU, and stopping the parent (as `timeout`
-    # does) leaves them flooding: it runs in a process group of its own,
-    # and the whole group is stopped.
-    NS "$src" $TG_APP setsid trafgen --dev eth0 --conf "$TMP/t.cfg" --cpus "$TG_CPUS" ${RATE:+--rate "${RATE}pps"} -q >/dev/null 2>&1 & local tg=$!
+    # does) leaves them flooding: every trafgen process of this run's
+    # config file is stopped, and checked gone.
+    NS "$src" $TG_APP trafgen --dev eth0 --conf "$TMP/t.cfg" --cpus "$TG_CPUS" ${RATE:+--rate "${RATE}pps"} -q >/dev/null 2>&1 & local tg=$!
     sleep "$DURATION"
-    kill -INT -- "-$tg" 2>/dev/null || true
+    pkill -INT -f -- "--conf $TMP/t.cfg" || true
+    for _ in 1 2 3 4 5 6 7 8 9 10; do pgrep -f -- "--conf $TMP/t.cfg" >/dev/null || break; sleep 0.1; done
+    pkill -KILL -f -- "--conf $TMP/t.cfg" || true
     wait "$tg" 2>/dev/null || true
-    if pgrep -g "$tg" >/dev/null; then kill -KILL -- "-$tg" 2>/dev/null || true; fi
     t1=$(date +%s.%N); sleep 0.2; after=$(rxp "$dst")
     python3 -c "print(round(($after-$before)/($t1-$t0)))"
 }
@@ -502,15 +503,19 @@ done
 "$BIN" --socket "$TMP/xB.sock" stats
 
 : >"$TMP/cl.res"
-for backend in gossip etcd; do
+# CLUSTER_HOSTS=0 skips the peer-table sync section, CONTAINER_START=0 the
+# podman section.
+for backend in $([ "$CLUSTER_HOSTS" -gt 0 ] && echo gossip etcd); do
     echo "== peer-table sync: $CLUSTER_HOSTS hosts (namespaces on one bridge), one switch each, $backend backend"
     "$BENCH" cluster --hosts "$CLUSTER_HOSTS" --vswitch "$BIN" --prefix "$P-c" --backend "$backend" | tee "$TMP/cl.txt" | grep -v '^RESULT'
     grep '^RESULT' "$TMP/cl.txt" | sed 's/^RESULT //' >>"$TMP/cl.res"
 done
 
 echo "== container start: podman on a vswitch network (the CNI plugin) against podman's own bridge network"
-bash bench/container_start.sh "$BIN" | tee "$TMP/cs.txt" | grep -v '^RESULT'
-grep '^RESULT' "$TMP/cs.txt" | sed 's/^RESULT //' >>"$TMP/cl.res"
+if [ "${CONTAINER_START:-1}" != 0 ]; then
+    bash bench/container_start.sh "$BIN" | tee "$TMP/cs.txt" | grep -v '^RESULT'
+    grep '^RESULT' "$TMP/cs.txt" | sed 's/^RESULT //' >>"$TMP/cl.res"
+fi
 
 echo "== pipeline on memory"
 # Field $3 of the case named $2 among the JSON lines of file $1.
