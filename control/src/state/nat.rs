@@ -429,9 +429,14 @@ impl State {
                 _proxy: proxy,
             },
         );
-        if let Err(e) = self.guard_port(true, proto, hp) {
-            self.published.remove(&(proto, hp));
-            return Err(e);
+        // A port the switch binds is one element added to the guard; one a
+        // runtime holds also changes the host's own path to it, and a
+        // refused element falls back to rewriting both whole.
+        if !bind_host || self.guard_port(true, proto, hp, host_ip).is_err() {
+            if let Err(e) = self.reapply_guard() {
+                self.published.remove(&(proto, hp));
+                return Err(e);
+            }
         }
         self.publish();
         tracing::info!(network, %proto, host_port = hp, target = %target_addr, "port published");
@@ -456,42 +461,41 @@ impl State {
                 ))
             }
         }
-        let r = self.guard_port(false, proto, host_port);
-        self.published.remove(&(proto, host_port));
-        self.publish();
-        match r {
-            Ok(()) => Ok(()),
-            // Rewritten whole without the port.
-            Err(_) => self.reapply_guard(),
-        }
-    }
-
-    /// Adds (`add`) or removes the uplink guard's element of the published
-    /// port `(proto, port)`, which `self.published` holds. A port the switch
-    /// binds changes one element of the guard; one a runtime holds also
-    /// changes the host's own path to it, which is rewritten whole (such
-    /// ports are few: one per container port podman publishes). Falls back
-    /// to rewriting the guard whole.
-    fn guard_port(&self, add: bool, proto: Proto, port: u16) -> Result<(), CmdError> {
-        let Some(p) = self.published.get(&(proto, port)) else {
+        let Some(rec) = self.published.remove(&(proto, host_port)) else {
             return Ok(());
         };
-        if !p.bind_host {
-            return self.reapply_guard();
+        self.publish();
+        // As for publishing: one element for a port the switch bound, else
+        // (or if the element is refused) the guard rewritten without it.
+        if rec.bind_host
+            && self
+                .guard_port(false, proto, host_port, rec.host_ip)
+                .is_ok()
+        {
+            return Ok(());
         }
+        self.reapply_guard()
+    }
+
+    /// Adds (`add`) or removes the uplink guard's element of published
+    /// port `(proto, port)` on `host_ip` (`None`: every host address); no
+    /// uplink, nothing to do.
+    fn guard_port(
+        &self,
+        add: bool,
+        proto: Proto,
+        port: u16,
+        host_ip: Option<Ipv4Addr>,
+    ) -> Result<(), CmdError> {
         let Some(u) = &self.uplink else {
             return Ok(());
         };
-        match self
-            .host
-            .nft(&u.guard.element_script(add, proto, port, p.host_ip))
-        {
-            Ok(()) => Ok(()),
-            Err(e) => {
+        self.host
+            .nft(&u.guard.element_script(add, proto, port, host_ip))
+            .map_err(|e| {
                 tracing::debug!(error = %e, "guard: one element refused; rewriting the table");
-                self.reapply_guard()
-            }
-        }
+                CmdError(e)
+            })
     }
 
     pub(super) fn conntrack_show(&self) -> ConntrackReport {

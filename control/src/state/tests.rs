@@ -541,6 +541,36 @@ fn the_uplink_guard_drops_the_switchs_ports_and_stays_after_a_stop() {
     );
     let last = b.host.w().nft.last().cloned().unwrap();
     assert!(last.starts_with("delete element netdev vswitch_"), "{last}");
+    // A port a runtime holds (not bound by the switch): the guard and the
+    // host's own path to it are rewritten, with it and then without it.
+    let held = |on: bool| Request::Publish {
+        network: "n1".into(),
+        target: "10.9.0.2:80".into(),
+        host_port: on.then(|| "18090".to_string()),
+        proto: Proto::Tcp,
+        host_ip: None,
+        bind_host: false,
+    };
+    ok(&mut s, held(true));
+    let g = full(&b);
+    assert!(g.contains("elements = { 18090 }"), "{g}");
+    let n = b.host.w().nft.len();
+    ok(
+        &mut s,
+        Request::Unpublish {
+            network: "n1".into(),
+            host_port: 18090,
+            proto: Proto::Tcp,
+        },
+    );
+    let since: Vec<String> = b.host.w().nft[n..].to_vec();
+    assert!(!since.is_empty(), "nothing rewritten");
+    assert!(
+        since.iter().all(|x| !x.contains("18090")),
+        "the port is still in the rules: {since:?}"
+    );
+    let g = full(&b);
+    assert!(!g.contains("18090"), "{g}");
     ok(&mut s, Request::UplinkRm);
     assert!(b.host.w().nft.last().unwrap().contains("delete table"));
     s.shutdown();
