@@ -172,7 +172,7 @@ fn workers_are_placed_as_configured_at_every_start() {
             assert!(
                 threads(t.switch_pid())
                     .iter()
-                    .any(|(c, _)| c == "proxy-18071"),
+                    .any(|(c, _)| c == "vswitch-proxy"),
                 "no proxy thread: {:?}",
                 threads(t.switch_pid())
             );
