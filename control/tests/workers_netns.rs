@@ -10,6 +10,19 @@ use std::time::Duration;
 const HOST_IP: &str = "192.168.95.1";
 const EXT_IP: &str = "192.168.95.2";
 
+/// The worker that polls container `c`'s port, from `port ls --json`.
+/// (`prefix`: the test's namespace prefix.)
+fn port_worker(prefix: &str, ports: &serde_json::Value, c: &str) -> u64 {
+    let key = format!("{prefix}{c}:eth0");
+    ports
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["attached"] == key.as_str())
+        .and_then(|p| p["worker"].as_u64())
+        .unwrap_or_else(|| panic!("no port for {c}: {ports}"))
+}
+
 #[test]
 fn frames_cross_between_two_workers() {
     let mut t = Topo::new("w2");
@@ -30,16 +43,7 @@ fn frames_cross_between_two_workers() {
     // The ports are spread over both workers.
     let ports = t.json(&["port", "ls", "--json"]);
     let prefix = t.ns("");
-    let worker_of = |c: &str| {
-        let key = format!("{prefix}{c}:eth0");
-        ports
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["attached"] == key.as_str())
-            .and_then(|p| p["worker"].as_u64())
-            .unwrap_or_else(|| panic!("no port for {c}: {ports}"))
-    };
+    let worker_of = |c: &str| port_worker(&prefix, &ports, c);
     let (w1, w2, w3) = (worker_of("c1"), worker_of("c2"), worker_of("c3"));
     assert!(
         w1 != w2 || w2 != w3,
@@ -138,16 +142,8 @@ fn frames_cross_between_two_workers() {
         t.attach("ov", c, kind, ip);
     }
     let ports = t.json(&["port", "ls", "--json"]);
-    let worker_of = |c: &str| {
-        let key = format!("{prefix}{c}:eth0");
-        ports
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["attached"] == key.as_str())
-            .and_then(|p| p["worker"].as_u64())
-            .unwrap_or_else(|| panic!("no port for {c}: {ports}"))
-    };
+    let prefix = t.ns("");
+    let worker_of = |c: &str| port_worker(&prefix, &ports, c);
     assert!(
         worker_of("c4") != uplink_worker || worker_of("c5") != uplink_worker,
         "an overlay container on another worker than the uplink's: {ports}"
