@@ -6,7 +6,7 @@
 //! memory each tracked flow takes.
 use std::sync::Arc;
 use std::time::Instant;
-use vswitch_engine::conntrack::{Side, State, TcpState, Tuple, PROTO_TCP};
+use vswitch_engine::conntrack::{CtTable, Side, State, TcpState, Tuple, PROTO_TCP};
 use vswitch_engine::packet::{Packet, PacketPool};
 use vswitch_engine::pipeline::{Pipeline, TxQueues, BATCH};
 use vswitch_engine::stats::BatchDrops;
@@ -22,20 +22,19 @@ const SNAT_IP: u32 = 0xc0a8_0001; // 192.168.0.1
 const NEXT_HOP: u32 = 0xc0a8_00fe;
 const UPLINK: u16 = 3;
 
-fn tables(flows: usize, file: Option<&std::path::Path>) -> (Arc<Tables>, Arc<Snapshot>) {
-    let t = Arc::new(match file {
+fn tables(flows: usize, file: Option<&std::path::Path>) -> (Arc<Tables>, Arc<Snapshot>, CtTable) {
+    let t = Arc::new(Tables::with_conntrack(1 << 12, flows + 16));
+    let ct = match file {
         // As the switch keeps it: entries in a file mapping (tmpfs) that a
         // restarted switch takes over.
         Some(path) => {
             let _ = std::fs::remove_file(path);
-            let o = vswitch_io::flowfile::open(path, flows + 16).expect("flow file");
-            Tables::with_tracker(
-                1 << 12,
-                vswitch_engine::conntrack::Conntrack::with_memory(flows + 16, o.memory),
-            )
+            let o = vswitch_io::flowfile::open(path, flows + 16, 1).expect("flow file");
+            let mem = o.memory.into_iter().next().expect("one table");
+            CtTable::with_memory(flows + 16, mem)
         }
-        None => Tables::with_conntrack(1 << 12, flows + 16),
-    });
+        None => CtTable::with_max(flows + 16),
+    };
     t.fdb.set_limit(0, 1000);
     let port = crate::port_view;
     t.publish(Snapshot {
@@ -76,7 +75,7 @@ fn tables(flows: usize, file: Option<&std::path::Path>) -> (Arc<Tables>, Arc<Sna
         ..Default::default()
     });
     let snap = t.snap.load_full();
-    (t, snap)
+    (t, snap, ct)
 }
 
 /// Flow `i`: container 10.x.y.z:port → 198.18.a.b:80, translated to
@@ -128,11 +127,10 @@ fn frame(t: &Tuple) -> [u8; 64] {
 
 /// Returns (ns per packet, packets sent to the uplink, bytes per flow).
 fn case(flows: u32, batches: usize, file: Option<&std::path::Path>) -> (f64, u64, usize) {
-    let (t, snap) = tables(flows as usize, file);
-    // As the switch does at start (control::State::start).
-    vswitch_io::hugepage::advise(&t.ct.lock().regions());
+    let (t, snap, mut g) = tables(flows as usize, file);
+    // As a worker does as it starts (vswitch_io::runtime::spawn).
+    vswitch_io::hugepage::advise(&g.regions());
     {
-        let mut g = t.ct.lock();
         for i in 0..flows {
             g.create(
                 orig(i),
@@ -148,7 +146,7 @@ fn case(flows: u32, batches: usize, file: Option<&std::path::Path>) -> (f64, u64
             .expect("flow fits");
         }
     }
-    let bytes_per_flow = t.ct.lock().bytes_per_flow();
+    let bytes_per_flow = g.bytes_per_flow();
     let mut x = 0x9E37_79B9u64;
     let frames: Vec<[u8; 64]> = (0..(1 << 16))
         .map(|_| {
@@ -161,7 +159,7 @@ fn case(flows: u32, batches: usize, file: Option<&std::path::Path>) -> (f64, u64
     let mut pool = PacketPool::default();
     let mut txq = TxQueues::default();
     let mut drops = BatchDrops::default();
-    let mut pipe = Pipeline::default();
+    let mut pipe = Pipeline::new(g);
     let mut batch: Vec<Packet> = (0..BATCH).map(|_| Packet::from_slice(&frames[0])).collect();
     let mut k = 0usize;
     let mut sent = 0u64;

@@ -577,6 +577,9 @@ pub struct FlowInfo {
     pub age_secs: u32,
     /// Packets each way.
     pub packets: [u64; 2],
+    /// The worker whose table holds it (its container's port's worker).
+    #[serde(default)]
+    pub worker: usize,
 }
 
 /// A 5-tuple.

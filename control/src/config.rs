@@ -231,10 +231,12 @@ pub struct SwitchConfig {
     /// FDB slots shared by all networks (about twice the sum of MAC limits; at that load fewer than 1 in 10,000 learns find both buckets full).
     #[serde(default = "default_fdb_capacity")]
     pub fdb_capacity: usize,
-    /// Tracked connections (NAT flows) at most, 1 to 8,388,608; new flows
-    /// beyond are dropped and counted, established ones keep working. The
-    /// table reserves ~77 bytes a flow at start (20 MiB for the default);
-    /// flow slots take memory as flows arrive.
+    /// Tracked connections (NAT flows) at most, over all workers, 1 to
+    /// 8,388,608; new flows beyond are dropped and counted, established
+    /// ones keep working. Each worker's table is sized for all of them (one
+    /// worker's containers may hold every flow) and reserves ~13 bytes of
+    /// index a flow at start (3.4 MiB per worker for the default); flow
+    /// slots take memory as flows arrive.
     #[serde(default = "default_max_flows")]
     pub max_flows: usize,
 }

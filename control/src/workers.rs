@@ -6,10 +6,14 @@ use serde::{Deserialize, Serialize};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use vswitch_engine::clock::Clock;
+use vswitch_engine::conntrack::{Flow, FlowMemory};
 use vswitch_engine::tables::Tables;
 use vswitch_engine::worker::{Command, Event, IdleMode, WorkerConfig};
 use vswitch_io::placement::{self, Cores, Plan};
 use vswitch_io::runtime::{self, WorkerHandle};
+
+/// How long control waits for a worker to answer a request on its table.
+const WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The running workers and the placement they were started with.
 pub struct Workers {
@@ -41,6 +45,12 @@ pub struct WorkerStats {
     pub busy_loops: u64,
     /// Times it went to sleep.
     pub sleeps: u64,
+    /// Frames it handed to another worker, whose connection they belong to.
+    #[serde(default)]
+    pub handed_over: u64,
+    /// Frames other workers handed to it.
+    #[serde(default)]
+    pub handed_in: u64,
 }
 
 impl Workers {
@@ -49,15 +59,19 @@ impl Workers {
     /// before it counts as started, and a worker that cannot be placed
     /// where its configuration says fails the start with an error naming
     /// the core.
+    /// Worker `i`'s connection table lives in `flows[i]` (a section of the
+    /// flow file) when given.
     pub fn start(
         cfg: &Config,
         plan: Plan,
         tables: &Arc<Tables>,
         clock: &Arc<dyn Clock>,
         events: crossbeam::channel::Sender<Event>,
+        flows: Vec<FlowMemory>,
     ) -> Result<Self, String> {
         let shared = runtime::shared_for(cfg.workers.len()).map_err(|e| format!("eventfd: {e}"))?;
         let mut handles = Vec::new();
+        let mut flows = flows.into_iter();
         for (id, w) in cfg.workers.iter().enumerate() {
             let core = w.core;
             let setup: runtime::ThreadSetup = Box::new(move || {
@@ -78,6 +92,7 @@ impl Workers {
                 clock.clone(),
                 events.clone(),
                 setup,
+                flows.next(),
             )
             .map_err(|e| match core {
                 Some(c) => {
@@ -116,6 +131,60 @@ impl Workers {
         self.handles[i].send(c);
     }
 
+    /// Every worker's flows with the worker's index (each worker copies
+    /// its own between bursts), and the bytes their tables take at the
+    /// bound. A worker that does not answer within `WAIT` is left out, with
+    /// a warning.
+    pub fn flows(&self) -> (Vec<(usize, Flow)>, usize) {
+        let rxs: Vec<_> = self
+            .handles
+            .iter()
+            .map(|h| {
+                let (tx, rx) = crossbeam::channel::bounded(1);
+                h.send(Command::Flows { reply: tx });
+                rx
+            })
+            .collect();
+        let (mut flows, mut bytes) = (Vec::new(), 0);
+        for (i, rx) in rxs.into_iter().enumerate() {
+            match rx.recv_timeout(WAIT) {
+                Ok(l) => {
+                    flows.extend(l.flows.into_iter().map(|f| (i, f)));
+                    bytes += l.table_bytes;
+                }
+                Err(_) => tracing::warn!(worker = i, "worker did not list its flows in time"),
+            }
+        }
+        (flows, bytes)
+    }
+
+    /// Removes the flows `pred` selects from every worker's table (each
+    /// worker a step at a time between bursts), and waits until they are
+    /// gone; returns how many.
+    pub fn remove_flows(&self, pred: impl Fn(&Flow) -> bool + Clone + Send + 'static) -> usize {
+        let rxs: Vec<_> = self
+            .handles
+            .iter()
+            .map(|h| {
+                let (tx, rx) = crossbeam::channel::bounded(1);
+                let p = pred.clone();
+                h.send(Command::RemoveFlows {
+                    pred: Box::new(move |f: &Flow| p(f)),
+                    ack: tx,
+                });
+                rx
+            })
+            .collect();
+        let mut removed = 0;
+        for (i, rx) in rxs.into_iter().enumerate() {
+            match rx.recv_timeout(WAIT) {
+                Ok(n) => removed += n,
+                Err(_) => tracing::warn!(worker = i, "worker did not confirm flow removal"),
+            }
+        }
+        removed
+    }
+
     /// Stops every worker and waits for them.
     pub fn stop_all(&mut self) {
         for w in &mut self.handles {
@@ -144,6 +213,8 @@ impl Workers {
                     loops: w.shared.loops.load(Ordering::Relaxed),
                     busy_loops: w.shared.busy_loops.load(Ordering::Relaxed),
                     sleeps: w.shared.sleeps.load(Ordering::Relaxed),
+                    handed_over: w.shared.handed_over.load(Ordering::Relaxed),
+                    handed_in: w.shared.handed_in.load(Ordering::Relaxed),
                 }
             })
             .collect()

@@ -60,9 +60,13 @@ print("ok", n, flush=True)
 "#;
 
 fn topo(tag: &str) -> Topo {
+    topo_with(tag, WORKER)
+}
+
+fn topo_with(tag: &str, cfg: &str) -> Topo {
     let mut t = Topo::new(tag);
     t.add_ext(&format!("{HOST_IP}/24"), &format!("{EXT_IP}/24"));
-    t.start_switch(WORKER);
+    t.start_switch(cfg);
     t
 }
 
@@ -126,11 +130,11 @@ fn flows(t: &Topo) -> Vec<(String, String)> {
 
 /// Restarts the switch after `kill -9`; returns how long after the new
 /// process was started a ping from `from` to `to` was first answered.
-fn crash_and_restart(t: &mut Topo, from: &str, to: &str) -> Duration {
+fn crash_and_restart(t: &mut Topo, cfg: &str, from: &str, to: &str) -> Duration {
     t.kill_switch();
     std::thread::sleep(Duration::from_millis(800));
     let t0 = Instant::now();
-    t.start_switch(WORKER);
+    t.start_switch(cfg);
     eprintln!(
         "the new switch answered on its socket {:?} after it was started",
         t0.elapsed()
@@ -155,7 +159,61 @@ fn crash_and_restart(t: &mut Topo, from: &str, to: &str) -> Duration {
 /// port all survive, with the same translations.
 #[test]
 fn cli_made_state_and_connections_survive_kill_9() {
-    let mut t = topo("rs");
+    survive_kill_9("rs", WORKER);
+}
+
+/// The same with two workers: each connection comes back to the table of
+/// its container's worker, whichever worker the uplink is on.
+#[test]
+fn connections_survive_kill_9_with_two_workers() {
+    let t = survive_kill_9("r2", &format!("{WORKER}{WORKER}"));
+    let ports = t.json(&["port", "ls", "--json"]);
+    let worker_of = |name: &str| {
+        ports
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| {
+                p["network"] == name || p["attached"].as_str().is_some_and(|a| a.contains(name))
+            })
+            .and_then(|p| p["worker"].as_u64())
+            .unwrap_or_else(|| panic!("no port {name}: {ports}"))
+    };
+    assert_ne!(
+        worker_of("(uplink)"),
+        worker_of(&t.ns("c1")),
+        "the SNAT container is on another worker than the uplink: {ports}"
+    );
+    // Each connection is back in its container's worker's table.
+    let flows = t.json(&["conntrack", "show", "--json"]);
+    for (dst, c) in [
+        (format!("{EXT_IP}:7000"), "c1"),
+        (format!("{HOST_IP}:8090"), "c2"),
+    ] {
+        let f = flows["flows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["orig"]["dst"] == dst.as_str())
+            .unwrap_or_else(|| panic!("no flow to {dst}: {flows}"));
+        assert_eq!(
+            f["worker"].as_u64(),
+            Some(worker_of(&t.ns(c))),
+            "the flow to {dst} lives with {c}'s worker: {flows}\n{ports}"
+        );
+    }
+    let stats = t.json(&["stats", "--json"]);
+    let handed: u64 = stats["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["handed_over"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(handed > 0, "replies were handed between workers: {stats}");
+}
+
+fn survive_kill_9(tag: &str, cfg: &str) -> Topo {
+    let mut t = topo_with(tag, cfg);
     let up = format!("{}u", t.prefix);
     t.vs_ok(&["network", "create", "web", "--subnet", "10.73.0.0/24"]);
     t.vs_ok(&["uplink", "add", &up]);
@@ -200,7 +258,7 @@ fn cli_made_state_and_connections_survive_kill_9() {
         "the SNAT and DNAT connections are tracked: {flows_before:?}"
     );
 
-    let resumed = crash_and_restart(&mut t, "c1", c2);
+    let resumed = crash_and_restart(&mut t, cfg, "c1", c2);
     eprintln!("traffic resumed {resumed:?} after the new switch process started");
     assert!(
         resumed <= Duration::from_secs(1),
@@ -266,6 +324,7 @@ fn cli_made_state_and_connections_survive_kill_9() {
         c.wait_with_output().unwrap().status.success(),
         "SNAT egress after restart"
     );
+    t
 }
 
 /// SIGTERM keeps the containers' interfaces (an upgrade is a stop and a

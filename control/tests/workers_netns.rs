@@ -95,6 +95,19 @@ fn frames_cross_between_two_workers() {
     for c in ["c1", "c3"] {
         assert_eq!(t.curl(c, &url), "hello from c2", "hairpin from {c}");
     }
+    // Each connection lives with its container's worker: what arrived for
+    // the other worker's containers on the uplink was handed over.
+    let stats = t.json(&["stats", "--json"]);
+    let w = &stats["workers"][uplink_worker as usize];
+    assert!(
+        w["handed_over"].as_u64().unwrap_or(0) > 0,
+        "the uplink's worker handed replies to the containers' worker: {stats}"
+    );
+    let flows = t.json(&["conntrack", "show", "--json"]);
+    assert!(
+        flows["count"].as_u64().unwrap_or(0) >= 3,
+        "control lists every worker's flows: {flows}"
+    );
     // VXLAN: an overlay network whose containers sit on both workers, with
     // the kernel's VXLAN in the external namespace as the other VTEP.
     // Encapsulated frames go from a container's worker to the uplink's,

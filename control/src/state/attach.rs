@@ -374,7 +374,8 @@ impl State {
         ) {
             if let Some((mac, _)) = l3.hosts.remove(&ip) {
                 if let Some(nid) = net_id {
-                    self.tables.ct.remove_if(|f| touches_container(f, nid, mac));
+                    self.workers
+                        .remove_flows(move |f| touches_container(f, nid, mac));
                 }
             }
             self.publish();

@@ -1,16 +1,11 @@
-//! The periodic tick: conntrack expiry, FDB aging, neighbour resolution,
-//! worker events.
+//! The periodic tick: FDB aging, neighbour resolution, worker events.
+//! (Each worker expires its own connections.)
 use super::*;
 
 impl State {
     /// Periodic work: FDB aging and worker events.
     pub fn housekeeping(&mut self) {
         let now = self.clock.now_secs();
-        // A tenth of the table per tick: every flow is looked at once a
-        // second, which the shortest timeout (10 s) does not notice, for a
-        // tenth of the work of a full pass per tick (5 ms at 10^6 flows).
-        let visit = (self.tables.ct.slots() / EXPIRY_TICKS_PER_PASS).max(EXPIRE_STEP);
-        self.tables.ct.expire(now, visit);
         self.neighbour_work();
         let ages: BTreeMap<NetId, u32> = self
             .networks

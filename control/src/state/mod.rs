@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use vswitch_engine::clock::{Clock, MonotonicClock};
-use vswitch_engine::conntrack::{Conntrack, Flow, Side, EXPIRE_STEP};
+use vswitch_engine::conntrack::{Conntrack, Flow, Side};
 use vswitch_engine::fdb::{NetId, MAX_NETWORKS};
 use vswitch_engine::pipeline::vxlan::{is_remote, REMOTE_BASE};
 use vswitch_engine::port::{Port, PortCaps, PortId};
@@ -32,8 +32,6 @@ use vswitch_io::placement::Plan;
 
 /// How often `vswitch run` calls [`State::housekeeping`].
 pub const HOUSEKEEPING_TICK: std::time::Duration = std::time::Duration::from_millis(100);
-/// Housekeeping ticks over which conntrack expiry visits every flow once.
-const EXPIRY_TICKS_PER_PASS: usize = 10;
 
 /// A failed command; the message says what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +59,7 @@ fn err<T>(msg: impl Into<String>) -> Result<T, CmdError> {
 }
 
 mod attach;
+mod carried;
 mod fdb;
 mod housekeeping;
 mod nat;
@@ -215,6 +214,8 @@ pub struct State {
     proxies: Proxies,
     /// Where side effects on the host go.
     host: Box<dyn Host>,
+    /// Connections of an earlier process waiting for their ports.
+    carried: carried::Carried,
 }
 
 /// The GSO size for an interface vswitch makes on network `cfg`: on an
@@ -242,28 +243,27 @@ impl State {
     ) -> Result<Self, CmdError> {
         cfg.validate()?;
         let clock: Arc<dyn Clock> = Arc::new(MonotonicClock::default());
-        // The connection table lives in the flow file; the flows an earlier
-        // process left are taken over before any port receives a packet, so
-        // a packet cannot make a flow anew with another translation.
-        let opened = vswitch_io::flowfile::open(flows, cfg.switch.max_flows)?;
+        // The workers' connection tables live in the flow file, one section
+        // each; the flows an earlier process left are taken over before
+        // their containers' ports receive a packet (see `carried`), so a
+        // packet cannot make a flow anew with another translation.
+        let opened = vswitch_io::flowfile::open(flows, cfg.switch.max_flows, cfg.workers.len())?;
         if let Some(why) = &opened.unreadable {
             tracing::warn!(file = %flows.display(), "connections of the previous switch not taken over: {why}");
         }
-        let ct = Conntrack::with_memory(cfg.switch.max_flows, opened.memory);
-        let left = opened.carried.len();
-        let taken = ct.lock().adopt(opened.carried, clock.now_secs());
-        if left > 0 {
+        if !opened.carried.is_empty() {
             tracing::info!(
-                taken,
-                left,
-                "connections taken over from the previous switch"
+                flows = opened.carried.len(),
+                "connections of the previous switch found; each goes back to its container's worker"
             );
         }
-        let tables = Arc::new(Tables::with_tracker(cfg.switch.fdb_capacity, ct));
-        let advice = vswitch_io::hugepage::advise(&tables.ct.lock().regions());
-        tracing::debug!(?advice, "conntrack table: huge page advice");
+        let tables = Arc::new(Tables::with_tracker(
+            cfg.switch.fdb_capacity,
+            Conntrack::new(cfg.switch.max_flows),
+        ));
         let (ev_tx, ev_rx) = crossbeam::channel::unbounded();
-        let workers = Workers::start(cfg, plan, &tables, &clock, ev_tx).map_err(CmdError)?;
+        let workers =
+            Workers::start(cfg, plan, &tables, &clock, ev_tx, opened.memory).map_err(CmdError)?;
         let proxies =
             Proxies::new().map_err(|e| CmdError(format!("cannot start the proxy thread: {e}")))?;
         let mut s = Self {
@@ -287,11 +287,14 @@ impl State {
             had_local_dnat: std::cell::Cell::new(true),
             proxies,
             host,
+            carried: Default::default(),
         };
+        s.carry(opened.carried);
         if let Some(d) = saved {
             s.restore(d);
         }
         s.apply_config(cfg, false)?;
+        s.settle_carried();
         s.save(false).map_err(|e| CmdError(e.to_string()))?;
         if let Some(c) = &cfg.cluster {
             let (cl, views) = sync::start(c)?;

@@ -135,9 +135,8 @@ impl State {
         };
         let _ = self.host.nft(&u.guard.remove_script());
         self.remove_port(u.port);
-        self.tables
-            .ct
-            .remove_if(|f| f.orig_side == Side::Uplink || f.reply_side == Side::Uplink);
+        self.workers
+            .remove_flows(|f| f.orig_side == Side::Uplink || f.reply_side == Side::Uplink);
         self.publish();
         Ok(())
     }
@@ -500,18 +499,16 @@ impl State {
 
     pub(super) fn conntrack_show(&self) -> ConntrackReport {
         let now = self.clock.now_secs();
-        let flows = self.tables.ct.flows();
-        let (bytes_per_flow, max) = {
-            let g = self.tables.ct.lock();
-            (g.bytes_per_flow(), g.max())
-        };
+        let (flows, table_bytes) = self.workers.flows();
+        let max = self.tables.ct.max();
+        let bytes_per_flow = table_bytes / max.max(1);
         let side = |s: &Side| match s {
             Side::Uplink => "uplink".to_string(),
             Side::Container { net, mac } => format!("{}/{}", self.net_name(*net), mac),
         };
         let list: Vec<_> = flows
             .iter()
-            .map(|f| FlowInfo {
+            .map(|(worker, f)| FlowInfo {
                 orig: tuple_info(&f.orig),
                 reply: tuple_info(&f.reply),
                 state: f.state,
@@ -519,6 +516,7 @@ impl State {
                 to: side(&f.reply_side),
                 age_secs: now.saturating_sub(f.last_seen),
                 packets: f.packets,
+                worker: *worker,
             })
             .collect();
         let st = &self.tables.ct.stats;

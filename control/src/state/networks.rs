@@ -214,7 +214,7 @@ impl State {
         self.networks.remove(name);
         self.publish();
         self.tables.fdb.retain_not(0, |e| e.net == id);
-        self.tables.ct.remove_if(|f| touches_net(f, id));
+        self.workers.remove_flows(move |f| touches_net(f, id));
         Ok(())
     }
 

@@ -97,6 +97,11 @@ impl State {
         }
         let want_worker = worker;
         let worker = self.pick_worker(worker)?;
+        // The container whose connections an earlier process left come
+        // back with its port.
+        let carried = attach
+            .as_ref()
+            .and_then(|a| Some((self.networks.get(network)?.id, a.mac)));
         let id = match id {
             Some(id) if !self.ports.contains_key(&id) && (id as usize) < MAX_PORTS && id > 0 => id,
             _ => self.alloc_port_id()?,
@@ -130,6 +135,9 @@ impl State {
             };
         }
         self.publish();
+        if let Some((net, mac)) = carried {
+            self.carry_to_port(net, mac, worker);
+        }
         self.workers.send(worker, Command::AddPort { id, port });
         Ok(id)
     }

@@ -99,9 +99,18 @@ impl State {
                 mtu: u.mtu,
             }
         });
+        let workers_of: std::collections::HashMap<(&str, Ipv4Addr), usize> = self
+            .ports
+            .values()
+            .filter_map(|r| Some(((r.net.as_str(), r.attach.as_ref()?.ip?), r.worker)))
+            .collect();
         let mut published = vswitch_engine::tables::FastMap::default();
         for ((proto, hp), p) in &self.published {
             if let Some(n) = self.networks.get(&p.network) {
+                // Its connections live with the worker of the container's
+                // port.
+                let worker = workers_of.get(&(p.network.as_str(), p.ip)).copied();
+                let worker = worker.unwrap_or(0);
                 published.insert(
                     (proto.number(), *hp),
                     Published {
@@ -109,6 +118,7 @@ impl State {
                         net: n.id,
                         ip: u32::from(p.ip),
                         port: p.port,
+                        worker: worker as u16,
                     },
                 );
             }

@@ -8,10 +8,11 @@
 //! a packet matching `orig` leaves as the reverse of `reply`, one matching
 //! `reply` leaves as the reverse of `orig`.
 //!
-//! The table is bounded (`max_flows`); when it is full, new flows are refused
-//! (a counted drop) while every existing flow keeps working. Workers take the
-//! lock once per batch, not per packet; the control thread expires flows a
-//! slice at a time, so no pass holds the lock for long.
+//! Each worker has its own table and no lock (see [`Conntrack`] for how a
+//! flow finds its worker). The tables together are bounded (`max_flows`);
+//! when they are full, new flows are refused (a counted drop) while every
+//! existing flow keeps working. Expiry, listing and removal run in the
+//! worker between bursts, [`EXPIRE_STEP`] slots at a time.
 use crate::fdb::NetId;
 use crate::wire::mac::Mac;
 use slots::Slots;
@@ -19,8 +20,7 @@ pub use slots::{carried, FlowMemory};
 
 mod slots;
 use serde::Serialize;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 /// IP protocol numbers the tracker understands.
 pub const PROTO_ICMP: u8 = 1;
@@ -472,7 +472,7 @@ fn tag_matches_scalar(ways: &[u32; WAYS], keep: u32, want: u32) -> u32 {
 #[repr(C, align(64))]
 struct Bucket([u32; WAYS]);
 
-/// The table itself; reach it through [`Conntrack::lock`].
+/// One worker's table (see [`Conntrack`] for how flows find their worker).
 ///
 /// The index is a flat array of cache-line buckets with linear probing from
 /// the bucket the hash's low half picks (multiply-shift, so any number of
@@ -499,6 +499,8 @@ pub struct CtTable {
     max: usize,
     expire_cursor: usize,
     port_cursor: u32,
+    /// Flows removed since [`CtTable::take_freed`].
+    freed: usize,
     /// The hash key (see [`hash_key`]), random per table.
     seed: u64,
 }
@@ -511,7 +513,9 @@ impl CtTable {
         hash_key(t.key(), self.seed)
     }
 
-    fn with_memory(max: usize, mem: FlowMemory) -> Self {
+    /// An empty table for at most `max` flows whose entries live in `mem`
+    /// (see [`FlowMemory`]).
+    pub fn with_memory(max: usize, mem: FlowMemory) -> Self {
         let max = max.min(MAX_FLOWS);
         // Two entries per flow, at most 5/8 of the index's entries.
         let sized = max.max(8);
@@ -529,11 +533,13 @@ impl CtTable {
             max,
             expire_cursor: 0,
             port_cursor: 0,
+            freed: 0,
             seed: random_seed(),
         }
     }
 
-    fn with_max(max: usize) -> Self {
+    /// An empty table for at most `max` flows, in anonymous memory.
+    pub fn with_max(max: usize) -> Self {
         let cap = max.clamp(1, MAX_FLOWS);
         // Address space only: pages are taken as flows arrive, as a
         // vector's reserved capacity would be.
@@ -811,28 +817,45 @@ impl CtTable {
         remote: u32,
         remote_port: u16,
         nat_ip: u32,
-        (lo, hi): (u16, u16),
+        range: (u16, u16),
         prefer: u16,
     ) -> Option<u16> {
+        self.alloc_port_where(proto, (remote, remote_port), nat_ip, range, prefer, |_| {
+            true
+        })
+    }
+
+    /// [`CtTable::alloc_port`] among the ports `ok` accepts (those this
+    /// worker owns, none a published port uses).
+    pub fn alloc_port_where(
+        &mut self,
+        proto: u8,
+        (remote, remote_port): (u32, u16),
+        nat_ip: u32,
+        (lo, hi): (u16, u16),
+        prefer: u16,
+        ok: impl Fn(u16) -> bool,
+    ) -> Option<u16> {
         let span = (hi as u32).saturating_sub(lo as u32) + 1;
-        let taken = |p: u16, me: &Self| {
-            me.contains(&Tuple {
-                src: remote,
-                dst: nat_ip,
-                // ICMP echo: both "ports" are the identifier.
-                sport: if proto == PROTO_ICMP { p } else { remote_port },
-                dport: p,
-                proto,
-            })
+        let free = |p: u16, me: &Self| {
+            ok(p)
+                && !me.contains(&Tuple {
+                    src: remote,
+                    dst: nat_ip,
+                    // ICMP echo: both "ports" are the identifier.
+                    sport: if proto == PROTO_ICMP { p } else { remote_port },
+                    dport: p,
+                    proto,
+                })
         };
-        if (lo..=hi).contains(&prefer) && !taken(prefer, self) {
+        if (lo..=hi).contains(&prefer) && free(prefer, self) {
             return Some(prefer);
         }
         // Round-robin from a moving cursor: a port just freed is the last to
         // be reused, which keeps a far end's TIME_WAIT out of the way.
         for i in 0..span {
             let p = lo as u32 + (self.port_cursor.wrapping_add(i) % span);
-            if !taken(p as u16, self) {
+            if free(p as u16, self) {
                 self.port_cursor = self.port_cursor.wrapping_add(i + 1);
                 return Some(p as u16);
             }
@@ -897,6 +920,19 @@ impl CtTable {
         self.remove_entry(&r);
         self.slots[slot] = FlowEntry::default();
         self.free.push(slot as u32);
+        self.freed += 1;
+    }
+
+    /// Flows removed (expired, taken over by a new one, removed on request)
+    /// since the last call: the owner gives their room back to
+    /// [`Conntrack::release`].
+    pub fn take_freed(&mut self) -> usize {
+        std::mem::take(&mut self.freed)
+    }
+
+    /// Slots in the table (live and free): what a full pass visits.
+    pub fn slots(&self) -> usize {
+        self.slots.len()
     }
 
     /// Removes every flow `pred` selects; returns how many.
@@ -994,101 +1030,205 @@ pub struct CtStats {
     pub full: AtomicU64,
 }
 
-/// The shared tracker.
+/// What the workers' connection tables share: the bound on flows over all
+/// of them, the counters, and which worker each NAT port belongs to.
+///
+/// Every worker has a [`CtTable`] of its own that only it reads and writes
+/// (VPP's NAT44-ED per-worker tables): a flow lives with the worker of its
+/// container's port, which sees the container's packets anyway, and
+/// packets of the flow that arrive elsewhere (replies on the uplink, a
+/// published port's connections) are handed to that worker. Control never
+/// touches a table: it asks the worker (see `worker::Command`).
 pub struct Conntrack {
-    table: Mutex<CtTable>,
     /// Counters.
     pub stats: CtStats,
+    /// Flows in all tables together.
+    live: AtomicUsize,
+    max: usize,
+    /// Which worker each NAT port belongs to.
+    pub ports: NatPorts,
 }
 
 impl std::fmt::Debug for Conntrack {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Conntrack").finish_non_exhaustive()
+        f.debug_struct("Conntrack")
+            .field("live", &self.live)
+            .field("max", &self.max)
+            .finish_non_exhaustive()
     }
 }
 
 impl Conntrack {
-    /// An empty tracker for at most `max_flows` flows.
+    /// Shared state for at most `max_flows` flows over all workers.
     pub fn new(max_flows: usize) -> Self {
         Self {
-            table: Mutex::new(CtTable::with_max(max_flows)),
             stats: CtStats::default(),
+            live: AtomicUsize::new(0),
+            max: max_flows.clamp(1, MAX_FLOWS),
+            ports: NatPorts::default(),
         }
     }
 
-    /// An empty tracker for at most `max_flows` flows whose entries live in
-    /// `mem` (see [`FlowMemory`]).
-    pub fn with_memory(max_flows: usize, mem: FlowMemory) -> Self {
-        Self {
-            table: Mutex::new(CtTable::with_memory(max_flows, mem)),
-            stats: CtStats::default(),
-        }
-    }
-
-    /// Locks the table (a worker: once per batch).
-    #[inline]
-    pub fn lock(&self) -> MutexGuard<'_, CtTable> {
-        // A worker that panicked holding the lock aborts the process
-        // (panic = abort), so poisoning cannot be observed; recover anyway.
-        self.table.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The bound.
+    /// The bound over all workers' tables (each table is sized for all of
+    /// it: the flows of one worker's containers may be all there are).
     pub fn max(&self) -> usize {
-        self.lock().max
+        self.max
     }
 
-    /// Slots in the table (live and free): what a full expiry pass visits.
-    pub fn slots(&self) -> usize {
-        self.lock().slots.len()
+    /// Flows in all tables.
+    pub fn live(&self) -> usize {
+        self.live.load(Ordering::Relaxed)
     }
 
-    /// Removes every flow `pred` selects, [`EXPIRE_STEP`] slots under each
-    /// hold of the lock (a worker waits at most that long); returns how many.
-    pub fn remove_if(&self, mut pred: impl FnMut(&Flow) -> bool) -> usize {
-        let mut removed = 0;
-        let mut from = 0;
-        while from < self.slots() {
-            removed += self.lock().remove_if_in(from, EXPIRE_STEP, &mut pred);
-            from += EXPIRE_STEP;
+    /// Takes room for one new flow; `false` when the bound is reached (the
+    /// flow is refused and counted).
+    #[inline]
+    pub fn reserve(&self) -> bool {
+        let ok = self
+            .live
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .is_ok();
+        if !ok {
+            self.stats.full.fetch_add(1, Ordering::Relaxed);
         }
-        removed
+        ok
     }
 
-    /// A copy of every flow, taken [`EXPIRE_STEP`] slots under each hold of
-    /// the lock.
-    pub fn flows(&self) -> Vec<Flow> {
-        let mut all = Vec::new();
-        let mut from = 0;
-        while from < self.slots() {
-            all.extend(self.lock().flows_in(from, EXPIRE_STEP));
-            from += EXPIRE_STEP;
+    /// Gives back the room of `n` flows that are gone (or were never made).
+    #[inline]
+    pub fn release(&self, n: usize) {
+        if n > 0 {
+            let _ = self
+                .live
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                    Some(v.saturating_sub(n))
+                });
         }
-        all
     }
 
-    /// Expires idle flows among the next `visit` slots after the last call's
-    /// (each slot at most once a call), [`EXPIRE_STEP`] slots under each hold
-    /// of the lock: a worker that wants it meanwhile waits tens of
-    /// microseconds, not the milliseconds a pass over a million flows takes.
-    pub fn expire(&self, now: u32, visit: usize) -> usize {
-        let mut left = visit.min(self.slots());
-        let mut total = 0;
-        while left > 0 {
-            let step = EXPIRE_STEP.min(left);
-            total += self.lock().expire(now, step);
-            left -= step;
-        }
-        self.stats
-            .expired
-            .fetch_add(total as u64, Ordering::Relaxed);
-        total
+    /// Counts `n` flows taken over from an earlier process.
+    pub fn adopted(&self, n: usize) {
+        self.live.fetch_add(n, Ordering::Relaxed);
     }
 }
 
-/// Slots expiry visits under one hold of the table's lock. A step over
-/// flows spread across a million-flow table held the lock at most ~45 µs
-/// in a measurement on this machine (65,536 slots: ~390 µs).
+/// Which worker owns each NAT port (a translated source port or ICMP
+/// identifier) of each protocol: the worker that allocates it, and to which
+/// replies to it are handed.
+///
+/// By default the SNAT range is cut into one block per worker, in order
+/// (worker `i` of `n` owns the `i`-th `n`-th), as VPP gives each worker its
+/// own port range. A port can be given to another worker (a flow taken over
+/// after a restart lives with its container's worker, whatever the block),
+/// or held: its replies are dropped, not given to the host kernel (which
+/// would reset the connection), until the flow that uses it is back.
+pub struct NatPorts {
+    /// 0: by block; [`HELD`]; otherwise the owner's index + 1.
+    over: Box<[AtomicU8]>,
+}
+
+const HELD: u8 = u8::MAX;
+
+impl Default for NatPorts {
+    fn default() -> Self {
+        Self {
+            over: (0..3 * 65536).map(|_| AtomicU8::new(0)).collect(),
+        }
+    }
+}
+
+/// Who answers for a NAT port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortOwner {
+    /// This worker.
+    Worker(usize),
+    /// Nobody yet: a flow carried over a restart will come back to it.
+    Held,
+}
+
+impl NatPorts {
+    #[inline]
+    fn slot(&self, proto: u8, port: u16) -> Option<&AtomicU8> {
+        let p = match proto {
+            PROTO_TCP => 0,
+            PROTO_UDP => 1,
+            PROTO_ICMP => 2,
+            _ => return None,
+        };
+        self.over.get(p * 65536 + port as usize)
+    }
+
+    /// The owner of `port` in `range` among `workers` workers; `None`: a
+    /// port outside the range (no SNAT flow uses it).
+    #[inline]
+    pub fn owner(
+        &self,
+        proto: u8,
+        port: u16,
+        range: (u16, u16),
+        workers: usize,
+    ) -> Option<PortOwner> {
+        let v = self.slot(proto, port)?.load(Ordering::Relaxed);
+        match v {
+            0 => block_of(port, range, workers).map(PortOwner::Worker),
+            HELD => Some(PortOwner::Held),
+            w => Some(PortOwner::Worker(w as usize - 1)),
+        }
+    }
+
+    /// Gives `port` to worker `w`.
+    pub fn give(&self, proto: u8, port: u16, w: usize) {
+        if let Some(s) = self.slot(proto, port) {
+            s.store((w.min(HELD as usize - 2) + 1) as u8, Ordering::Relaxed);
+        }
+    }
+
+    /// Holds `port` until [`NatPorts::give`] or [`NatPorts::unhold`].
+    pub fn hold(&self, proto: u8, port: u16) {
+        if let Some(s) = self.slot(proto, port) {
+            s.store(HELD, Ordering::Relaxed);
+        }
+    }
+
+    /// Puts every held port back in its block.
+    pub fn unhold_all(&self) {
+        for s in self.over.iter() {
+            let _ = s.compare_exchange(HELD, 0, Ordering::Relaxed, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The block of `range` worker `w` of `n` allocates from.
+#[inline]
+pub fn block(range: (u16, u16), w: usize, n: usize) -> (u16, u16) {
+    let (lo, hi) = (range.0 as u64, range.1.max(range.0) as u64);
+    let span = hi - lo + 1;
+    let n = n.max(1) as u64;
+    let w = (w as u64).min(n - 1);
+    let a = lo + span * w / n;
+    let b = lo + span * (w + 1) / n;
+    (a as u16, (b.max(a + 1) - 1) as u16)
+}
+
+/// The worker whose block of `range` holds `port`.
+#[inline]
+pub fn block_of(port: u16, range: (u16, u16), n: usize) -> Option<usize> {
+    let (lo, hi) = (range.0 as u64, range.1.max(range.0) as u64);
+    let p = port as u64;
+    if p < lo || p > hi {
+        return None;
+    }
+    let n = n.max(1) as u64;
+    // The inverse of `block`: the largest w with lo + span*w/n <= p.
+    let span = hi - lo + 1;
+    Some((((p - lo + 1) * n - 1) / span).min(n - 1) as usize)
+}
+
+/// Slots a worker visits in one step of expiry, listing or removal between
+/// two bursts. A step over flows spread across a million-flow table took at
+/// most ~45 µs in a measurement on this machine (65,536 slots: ~390 µs).
 pub const EXPIRE_STEP: usize = 4096;
 
 #[cfg(test)]
@@ -1162,9 +1302,103 @@ mod tests {
     }
 
     #[test]
+    fn every_workers_table_in_one_file_is_carried() {
+        let stride = FlowMemory::bytes_for(16).next_multiple_of(4096);
+        let mem = |next| {
+            let map = memmap2::MmapMut::map_anon(stride).unwrap();
+            FlowMemory::section(map, Box::new(()), next)
+        };
+        let mut tables = [
+            CtTable::with_memory(16, mem(stride as u64)),
+            CtTable::with_memory(16, mem(0)),
+        ];
+        for (i, tb) in tables.iter_mut().enumerate() {
+            for k in 0..3u16 {
+                let o = t(1, 1000 + k, 9 + i as u32, 80);
+                let r = t(9 + i as u32, 80, 5, 30000 + k);
+                tb.create(o, r, Side::Uplink, Side::Uplink, State::Icmp, 0)
+                    .unwrap();
+            }
+        }
+        let mut file = tables[0].slots.bytes().to_vec();
+        file.extend_from_slice(tables[1].slots.bytes());
+        assert_eq!(carried(&file).unwrap().len(), 6, "both tables' flows");
+        // One table alone (a switch with one worker) reads as before.
+        assert_eq!(carried(tables[1].slots.bytes()).unwrap().len(), 3);
+        // A next table that is not there is an error, not a guess.
+        assert!(carried(tables[0].slots.bytes()).is_err());
+    }
+
+    #[test]
+    fn the_snat_range_is_cut_into_one_block_per_worker() {
+        for range in [(20000, 20009), (1024, 65535), (5, 5), (100, 102)] {
+            for n in 1..=5 {
+                let mut next = range.0 as u32;
+                for w in 0..n {
+                    let (lo, hi) = block(range, w, n);
+                    let span = range.1 as u32 - range.0 as u32 + 1;
+                    if span < n as u32 {
+                        // Fewer ports than workers: every worker gets one.
+                        assert!(lo >= range.0 && hi <= range.1);
+                        continue;
+                    }
+                    assert_eq!(lo as u32, next, "{range:?} {n}: blocks are contiguous");
+                    assert!(hi >= lo);
+                    for p in [lo, hi] {
+                        assert_eq!(block_of(p, range, n), Some(w), "{range:?} {n} {p}");
+                    }
+                    next = hi as u32 + 1;
+                }
+                if (range.1 - range.0) as usize + 1 >= n {
+                    assert_eq!(next, range.1 as u32 + 1, "{range:?} {n}: the whole range");
+                }
+            }
+        }
+        assert_eq!(block_of(19999, (20000, 20009), 2), None);
+        let ports = NatPorts::default();
+        let r = (20000, 20009);
+        assert_eq!(
+            ports.owner(PROTO_TCP, 20007, r, 2),
+            Some(PortOwner::Worker(1))
+        );
+        ports.give(PROTO_TCP, 20007, 0);
+        assert_eq!(
+            ports.owner(PROTO_TCP, 20007, r, 2),
+            Some(PortOwner::Worker(0))
+        );
+        assert_eq!(
+            ports.owner(PROTO_UDP, 20007, r, 2),
+            Some(PortOwner::Worker(1)),
+            "per protocol"
+        );
+        ports.hold(PROTO_UDP, 20001);
+        assert_eq!(ports.owner(PROTO_UDP, 20001, r, 2), Some(PortOwner::Held));
+        ports.unhold_all();
+        assert_eq!(
+            ports.owner(PROTO_UDP, 20001, r, 2),
+            Some(PortOwner::Worker(0))
+        );
+        assert_eq!(
+            ports.owner(PROTO_TCP, 20007, r, 2),
+            Some(PortOwner::Worker(0))
+        );
+    }
+
+    #[test]
+    fn the_shared_bound_counts_every_workers_flows() {
+        let ct = Conntrack::new(2);
+        assert!(ct.reserve() && ct.reserve());
+        assert!(!ct.reserve(), "a third flow is refused");
+        assert_eq!(ct.stats.full.load(Ordering::Relaxed), 1);
+        ct.release(1);
+        assert!(ct.reserve());
+        ct.release(5);
+        assert_eq!(ct.live(), 0, "never below zero");
+    }
+
+    #[test]
     fn both_directions_find_the_flow() {
-        let ct = Conntrack::new(10);
-        let mut g = ct.lock();
+        let mut g = CtTable::with_max(10);
         let orig = t(1, 1000, 9, 80);
         let reply = t(9, 80, 5, 61000);
         g.create(
@@ -1191,8 +1425,7 @@ mod tests {
     /// one.
     #[test]
     fn a_syn_takes_over_the_tuples_of_a_closed_flow() {
-        let ct = Conntrack::new(10);
-        let mut g = ct.lock();
+        let mut g = CtTable::with_max(10);
         let reply = t(9, 8080, 1, 40000);
         let syn = State::Tcp(TcpState::SynSent);
         let (a, b) = (t(1, 40000, 5, 18080), t(1, 40000, 5, 19080));
@@ -1218,8 +1451,7 @@ mod tests {
     /// unknown tuple even when the hint points at another flow's entry.
     #[test]
     fn hinted_lookup_checks_its_hint() {
-        let ct = Conntrack::new(64);
-        let mut g = ct.lock();
+        let mut g = CtTable::with_max(64);
         let flows: Vec<(Tuple, Tuple)> = (0..40u16)
             .map(|i| (t(1, 1000 + i, 9, 80), t(9, 80, 5, 61000 + i)))
             .collect();
@@ -1271,8 +1503,7 @@ mod tests {
     fn churn_matches_a_model() {
         use std::collections::HashMap;
         let max = 300;
-        let ct = Conntrack::new(max);
-        let mut g = ct.lock();
+        let mut g = CtTable::with_max(max);
         // orig tuple -> (reply tuple, created at)
         let mut model: HashMap<Tuple, (Tuple, u32)> = HashMap::new();
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
@@ -1374,8 +1605,7 @@ mod tests {
 
     #[test]
     fn bounded_and_existing_flows_keep_working() {
-        let ct = Conntrack::new(2);
-        let mut g = ct.lock();
+        let mut g = CtTable::with_max(2);
         for i in 0..2u16 {
             g.create(
                 t(1, i, 9, 80),
@@ -1404,8 +1634,7 @@ mod tests {
 
     #[test]
     fn port_allocation_never_collides() {
-        let ct = Conntrack::new(100_000);
-        let mut g = ct.lock();
+        let mut g = CtTable::with_max(100_000);
         let mut seen = std::collections::HashSet::new();
         for i in 0..1000u16 {
             let p = g
@@ -1432,9 +1661,9 @@ mod tests {
     #[test]
     fn expiry_visits_as_many_slots_as_asked_and_goes_on_from_there() {
         let n = 3 * EXPIRE_STEP as u32 + 100;
-        let ct = Conntrack::new(n as usize);
+        let mut ct = CtTable::with_max(n as usize);
         {
-            let mut g = ct.lock();
+            let g = &mut ct;
             for i in 0..n {
                 g.create(
                     t(i, 1000, 0xffff_0000, 53),
@@ -1463,18 +1692,17 @@ mod tests {
             "{removed:?}"
         );
         assert_eq!(removed.iter().sum::<usize>(), n as usize);
-        assert!(ct.lock().is_empty());
-        assert_eq!(ct.stats.expired.load(Ordering::Relaxed), n as u64);
+        assert!(ct.is_empty());
+        assert_eq!(ct.take_freed(), n as usize);
         // Asking for more than the table visits each slot once.
         assert_eq!(ct.expire(late, usize::MAX), 0);
     }
 
     #[test]
     fn tcp_states_and_expiry() {
-        let ct = Conntrack::new(10);
+        let mut ct = CtTable::with_max(10);
         {
-            let mut g = ct.lock();
-            let f = g
+            let f = ct
                 .create(
                     t(1, 1, 9, 80),
                     t(9, 80, 5, 1),
@@ -1496,6 +1724,6 @@ mod tests {
         }
         assert_eq!(ct.expire(100, 4), 0);
         assert_eq!(ct.expire(200, 4), 1);
-        assert!(ct.lock().is_empty());
+        assert!(ct.is_empty());
     }
 }

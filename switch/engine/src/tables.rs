@@ -196,6 +196,9 @@ pub struct Published {
     pub ip: u32,
     /// Container port.
     pub port: u16,
+    /// The worker of the container's switch port: its connections live
+    /// there (see `pipeline::steer`).
+    pub worker: u16,
 }
 
 /// A port as the data plane sees it.
@@ -426,6 +429,7 @@ mod tests {
                         net: 0,
                         ip: 0x0a01_0002,
                         port: 8080,
+                        worker: 0,
                     },
                 ),
                 (
@@ -435,6 +439,7 @@ mod tests {
                         net: 2,
                         ip: 0x0a02_0002,
                         port: 53,
+                        worker: 0,
                     },
                 ),
             ]

@@ -10,6 +10,7 @@
 //! eventfd and `poll(2)` are the I/O crate's (`vswitch_io::runtime`); here,
 //! [`Nap`] parks on memory, for tests and benchmarks.
 use crate::clock::Clock;
+use crate::conntrack::{CtTable, Flow, FlowEntry, EXPIRE_STEP};
 use crate::packet::{Packet, PacketPool};
 use crate::pipeline::{offload, Pipeline, TxQueues, BATCH};
 use crate::port::{Port, PortId};
@@ -88,9 +89,61 @@ pub enum Command {
         /// The whole Ethernet frame.
         frame: Vec<u8>,
     },
+    /// Take over flows an earlier switch process left (those whose
+    /// container's port this worker owns); the table checks each.
+    Adopt {
+        /// The flows.
+        flows: Vec<FlowEntry>,
+    },
+    /// Send a copy of every flow of this worker's table, taken
+    /// [`EXPIRE_STEP`] slots between bursts at a time.
+    Flows {
+        /// Where the listing goes.
+        reply: Sender<FlowList>,
+    },
+    /// Remove the flows `pred` selects, [`EXPIRE_STEP`] slots between
+    /// bursts at a time; `ack` gets how many once done.
+    RemoveFlows {
+        /// Which.
+        pred: Box<dyn FnMut(&Flow) -> bool + Send>,
+        /// Signalled with the count when done.
+        ack: Sender<usize>,
+    },
     /// Leave the loop.
     Stop,
 }
+
+/// One worker's flows, as [`Command::Flows`] lists them.
+#[derive(Debug, Default)]
+pub struct FlowList {
+    /// The flows.
+    pub flows: Vec<Flow>,
+    /// Bytes of memory the table takes at its bound (index and entries).
+    pub table_bytes: usize,
+}
+
+/// Work on the connection table that control asked for, done a step at a
+/// time between bursts.
+enum CtJob {
+    List {
+        from: usize,
+        acc: FlowList,
+        reply: Sender<FlowList>,
+    },
+    Remove {
+        from: usize,
+        removed: usize,
+        pred: Box<dyn FnMut(&Flow) -> bool + Send>,
+        ack: Sender<usize>,
+    },
+}
+
+/// How often a worker adds a slice of its table to expiry's budget, and
+/// how many such slices make a whole pass: every flow is looked at once a
+/// second, which the shortest timeout (10 s) does not notice, for a tenth
+/// of a pass's work each time.
+const EXPIRY_TICK_NS: u64 = 100_000_000;
+const EXPIRY_SLICES_PER_PASS: usize = 10;
 
 /// What a worker tells the control thread.
 #[derive(Debug, Clone)]
@@ -150,6 +203,13 @@ impl Parker for Nap {
 #[derive(Debug)]
 pub struct WorkerShared {
     inbox: ArrayQueue<(PortId, Packet)>,
+    /// Frames other workers received for this worker's flows, with the
+    /// port they arrived on.
+    handoff: ArrayQueue<(PortId, Packet)>,
+    /// Frames this worker handed to another for its flows.
+    pub handed_over: AtomicU64,
+    /// Frames other workers handed to this one.
+    pub handed_in: AtomicU64,
     parker: Box<dyn Parker>,
     sleeping: AtomicBool,
     /// Loop iterations.
@@ -167,6 +227,9 @@ impl WorkerShared {
     pub fn new(parker: Box<dyn Parker>) -> Self {
         Self {
             inbox: ArrayQueue::new(4096),
+            handoff: ArrayQueue::new(4096),
+            handed_over: AtomicU64::new(0),
+            handed_in: AtomicU64::new(0),
             parker,
             sleeping: AtomicBool::new(false),
             loops: AtomicU64::new(0),
@@ -225,10 +288,14 @@ pub struct Worker {
     drops: BatchDrops,
     idle_since: Option<u64>,
     stop: bool,
+    ct_jobs: std::collections::VecDeque<CtJob>,
+    /// Slots expiry may still visit, and when it is next given more.
+    expiry_budget: usize,
+    expiry_next_ns: u64,
 }
 
 impl Worker {
-    /// A worker not yet running.
+    /// A worker not yet running, whose flows live in anonymous memory.
     pub fn new(
         config: WorkerConfig,
         tables: Arc<Tables>,
@@ -237,6 +304,22 @@ impl Worker {
         events: Sender<Event>,
         cmd_rx: Receiver<Command>,
     ) -> Self {
+        let ct = CtTable::with_max(tables.ct.max());
+        Self::with_conntrack(config, tables, all, clock, events, cmd_rx, ct)
+    }
+
+    /// A worker not yet running, whose flows live in `ct` (memory the I/O
+    /// side mapped: a flow file a restarted switch reads back).
+    pub fn with_conntrack(
+        config: WorkerConfig,
+        tables: Arc<Tables>,
+        all: Arc<[Arc<WorkerShared>]>,
+        clock: Arc<dyn Clock>,
+        events: Sender<Event>,
+        cmd_rx: Receiver<Command>,
+        ct: CtTable,
+    ) -> Self {
+        let pipeline = Self::pipeline(&config, &all, ct);
         Self {
             config,
             tables,
@@ -249,11 +332,26 @@ impl Worker {
             batch: Vec::with_capacity(BATCH),
             scratch: Vec::with_capacity(BATCH * 4),
             txq: TxQueues::default(),
-            pipeline: Pipeline::default(),
+            pipeline,
             drops: BatchDrops::default(),
             idle_since: None,
             stop: false,
+            ct_jobs: Default::default(),
+            expiry_budget: 0,
+            expiry_next_ns: 0,
         }
+    }
+
+    fn pipeline(config: &WorkerConfig, all: &[Arc<WorkerShared>], ct: CtTable) -> Pipeline {
+        let mut p = Pipeline::new(ct);
+        p.set_worker(config.id, all.len());
+        p
+    }
+
+    /// The pipeline, with this worker's connection table (tests and
+    /// benchmarks that drive [`Worker::poll_once`]).
+    pub fn pipeline_mut(&mut self) -> &mut Pipeline {
+        &mut self.pipeline
     }
 
     /// Adds a port directly (tests and benchmarks without a control thread).
@@ -320,6 +418,29 @@ impl Worker {
                 Command::Send { port, frame } => {
                     self.txq.push(port, Packet::from_slice(&frame));
                 }
+                Command::Adopt { flows } => {
+                    let offered = flows.len();
+                    let now = self.clock.now_secs();
+                    let taken = self.pipeline.ct_mut().adopt(flows, now);
+                    self.tables.ct.adopted(taken);
+                    tracing::info!(
+                        worker = self.config.id,
+                        taken,
+                        offered,
+                        "connections taken over from the previous switch"
+                    );
+                }
+                Command::Flows { reply } => self.ct_jobs.push_back(CtJob::List {
+                    from: 0,
+                    acc: FlowList::default(),
+                    reply,
+                }),
+                Command::RemoveFlows { pred, ack } => self.ct_jobs.push_back(CtJob::Remove {
+                    from: 0,
+                    removed: 0,
+                    pred,
+                    ack,
+                }),
                 Command::Stop => self.stop = true,
             }
         }
@@ -359,6 +480,7 @@ impl Worker {
                         &mut self.txq,
                         &mut self.drops,
                     );
+                    self.hand_over(id);
                 }
                 Err(e) => {
                     self.owned[i].gone = true;
@@ -375,12 +497,162 @@ impl Worker {
                 self.drops.flush(&v.stats);
             }
         }
+        work += self.handed_in(&snap, now);
         while let Some((pid, p)) = self.me().inbox.pop() {
             self.txq.push(pid, p);
             work += 1;
         }
         self.flush(&snap);
-        work
+        work + self.ct_work(now)
+    }
+
+    /// Moves the frames the pipeline handed to other workers (their flows)
+    /// into those workers' handoff queues; `in_port`: where they arrived.
+    fn hand_over(&mut self, in_port: PortId) {
+        let handed = self.pipeline.handed();
+        if handed.is_empty() {
+            return;
+        }
+        let n = handed.len() as u64;
+        let mut last_woken = None;
+        for (w, p) in handed.drain(..) {
+            let Some(peer) = self.all.get(w as usize) else {
+                self.drops.add(DropReason::HandoffFull);
+                self.pool.put(p);
+                continue;
+            };
+            if let Err((_, p)) = peer.handoff.push((in_port, p)) {
+                self.drops.add(DropReason::HandoffFull);
+                self.pool.put(p);
+            } else if last_woken != Some(w) {
+                peer.wake();
+                last_woken = Some(w);
+            }
+        }
+        self.me().handed_over.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Runs the frames other workers handed over (this worker's flows)
+    /// through the pipeline, a batch per run of frames from one port. At
+    /// most what was queued when it looked: a peer that keeps handing
+    /// frames over does not keep this worker from its own ports.
+    fn handed_in(&mut self, snap: &Snapshot, now: u32) -> usize {
+        let queued = self.me().handoff.len();
+        if queued == 0 {
+            return 0;
+        }
+        let mut cur: Option<PortId> = None;
+        for _ in 0..queued {
+            let Some((pid, p)) = self.all[self.config.id].handoff.pop() else {
+                break;
+            };
+            if cur != Some(pid) || self.batch.len() >= BATCH {
+                if let Some(c) = cur {
+                    self.run_handed(snap, c, now);
+                }
+                cur = Some(pid);
+            }
+            self.batch.push(p);
+        }
+        if let Some(c) = cur {
+            self.run_handed(snap, c, now);
+        }
+        self.me()
+            .handed_in
+            .fetch_add(queued as u64, Ordering::Relaxed);
+        queued
+    }
+
+    fn run_handed(&mut self, snap: &Snapshot, in_port: PortId, now: u32) {
+        self.pipeline.run_handed_over(
+            &self.tables,
+            snap,
+            in_port,
+            now,
+            &mut self.batch,
+            &mut self.pool,
+            &mut self.txq,
+            &mut self.drops,
+        );
+        // Handed-over frames are not handed on; drop any a bug left.
+        let left = self.pipeline.handed();
+        for (_, p) in left.drain(..) {
+            self.drops.add(DropReason::HandoffFull);
+            self.pool.put(p);
+        }
+        if let Some(v) = snap.port(in_port) {
+            self.drops.flush(&v.stats);
+        }
+    }
+
+    /// One step of the work on the connection table: control's requests
+    /// first, then expiry. Returns the slots visited (as work done, so an
+    /// adaptive worker does not sleep with a request half done).
+    fn ct_work(&mut self, now: u32) -> usize {
+        if let Some(job) = self.ct_jobs.front_mut() {
+            let ct = self.pipeline.ct_mut();
+            let slots = ct.slots();
+            let done = match job {
+                CtJob::List { from, acc, .. } => {
+                    acc.flows.extend(ct.flows_in(*from, EXPIRE_STEP));
+                    *from += EXPIRE_STEP;
+                    *from >= slots
+                }
+                CtJob::Remove {
+                    from,
+                    removed,
+                    pred,
+                    ..
+                } => {
+                    *removed += ct.remove_if_in(*from, EXPIRE_STEP, pred);
+                    *from += EXPIRE_STEP;
+                    *from >= slots
+                }
+            };
+            let freed = ct.take_freed();
+            self.tables.ct.release(freed);
+            if done {
+                match self.ct_jobs.pop_front() {
+                    Some(CtJob::List { mut acc, reply, .. }) => {
+                        acc.table_bytes =
+                            self.pipeline.ct().bytes_per_flow() * self.pipeline.ct().max();
+                        let _ = reply.send(acc);
+                    }
+                    Some(CtJob::Remove { removed, ack, .. }) => {
+                        let _ = ack.send(removed);
+                    }
+                    None => {}
+                }
+            }
+            return EXPIRE_STEP.min(slots).max(1);
+        }
+        let now_ns = self.clock.now_ns();
+        if now_ns >= self.expiry_next_ns {
+            self.expiry_next_ns = now_ns + EXPIRY_TICK_NS;
+            let slots = self.pipeline.ct().slots();
+            if slots > 0 {
+                self.expiry_budget = (slots / EXPIRY_SLICES_PER_PASS).max(EXPIRE_STEP.min(slots));
+            }
+        }
+        if self.expiry_budget == 0 {
+            return 0;
+        }
+        let step = EXPIRE_STEP.min(self.expiry_budget);
+        self.expiry_budget -= step;
+        let ct = self.pipeline.ct_mut();
+        let expired = ct.expire(now, step);
+        let freed = ct.take_freed();
+        self.tables.ct.release(freed);
+        if expired > 0 {
+            self.tables
+                .ct
+                .stats
+                .expired
+                .fetch_add(expired as u64, Ordering::Relaxed);
+        }
+        // Expiry is housekeeping, not traffic: it does not keep an
+        // adaptive worker awake.
+        0
     }
 
     fn flush(&mut self, snap: &Snapshot) {
@@ -477,7 +749,7 @@ impl Worker {
     fn sleep(&mut self, max: Duration) {
         let me = self.all[self.config.id].clone();
         me.sleeping.store(true, Ordering::SeqCst);
-        if !me.inbox.is_empty() || !self.cmd_rx.is_empty() {
+        if !me.inbox.is_empty() || !me.handoff.is_empty() || !self.cmd_rx.is_empty() {
             me.sleeping.store(false, Ordering::SeqCst);
             return;
         }

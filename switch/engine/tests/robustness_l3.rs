@@ -456,6 +456,7 @@ fn snapshot(stats: &[Arc<PortStats>]) -> Snapshot {
                     net: 0,
                     ip: C_IPS[0],
                     port: 80,
+                    worker: 0,
                 },
             ),
             (
@@ -465,6 +466,7 @@ fn snapshot(stats: &[Arc<PortStats>]) -> Snapshot {
                     net: 0,
                     ip: C_IPS[1],
                     port: 53,
+                    worker: 0,
                 },
             ),
         ]
@@ -558,7 +560,9 @@ fn hostile_frames_through_gateway_nat_and_overlay() {
         txq.restore_pending(pending);
         drops.flush(&stats[in_port as usize]);
         if round % 500 == 499 {
-            tables.ct.expire(now + 1000, usize::MAX);
+            let ct = pipe.ct_mut();
+            ct.expire(now + 1000, usize::MAX);
+            tables.ct.release(ct.take_freed());
         }
     }
     let drops_of = |d: DropReason| stats.iter().map(|s| s.drops_of(d)).sum::<u64>();

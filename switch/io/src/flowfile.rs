@@ -3,9 +3,12 @@
 //! `vswitch_engine::conntrack::FlowMemory`). It belongs in a tmpfs runtime
 //! directory (`/run/vswitch`): flows outlive the process, not the boot.
 //!
-//! Opening takes an exclusive `flock` (one switch per file), reads the live
-//! entries an earlier process left, then starts the file afresh at the size
-//! `max_flows` needs (sparse: pages are taken as flows arrive).
+//! The file holds one table per worker, one after another, each at a page
+//! boundary. Opening takes an exclusive `flock` (one switch per file), reads
+//! the live entries an earlier process left (of every table, whatever the
+//! number of workers then), then starts the file afresh at the size
+//! `max_flows` needs in each of `tables` tables (sparse: pages are taken as
+//! flows arrive).
 use crate::IoError;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -13,8 +16,8 @@ use vswitch_engine::conntrack::{carried, FlowEntry, FlowMemory};
 
 /// What opening a flow file found.
 pub struct Opened {
-    /// Memory for the new table, mapped from the file.
-    pub memory: FlowMemory,
+    /// Memory for each new table, mapped from the file.
+    pub memory: Vec<FlowMemory>,
     /// Live entries an earlier process left (unchecked: the table checks
     /// each as it takes it over).
     pub carried: Vec<FlowEntry>,
@@ -22,8 +25,9 @@ pub struct Opened {
     pub unreadable: Option<String>,
 }
 
-/// Opens (creating) the flow file at `path` for `max_flows` flows.
-pub fn open(path: &Path, max_flows: usize) -> Result<Opened, IoError> {
+/// Opens (creating) the flow file at `path` for `tables` tables of
+/// `max_flows` flows each.
+pub fn open(path: &Path, max_flows: usize, tables: usize) -> Result<Opened, IoError> {
     let what = |m: String| IoError::Other(format!("flow file {}: {m}", path.display()));
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
@@ -53,16 +57,35 @@ pub fn open(path: &Path, max_flows: usize) -> Result<Opened, IoError> {
             Err(e) => (Vec::new(), Some(e.to_string())),
         }
     };
-    let bytes = FlowMemory::bytes_for(max_flows) as u64;
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .map_or(4096, |p| p as u64);
+    let stride = (FlowMemory::bytes_for(max_flows) as u64).next_multiple_of(page);
+    let tables = tables.max(1) as u64;
+    let bytes = stride * tables;
     file.set_len(0).map_err(|e| what(e.to_string()))?;
     file.set_len(bytes)
         .map_err(|e| what(format!("cannot size it to {bytes} bytes: {e}")))?;
-    // SAFETY: as above: the file is locked for this process, which alone
-    // sets its length, and the mapping lives as long as the lock (both go
-    // into the FlowMemory).
-    let map = unsafe { memmap2::MmapMut::map_mut(&*file) }.map_err(|e| what(e.to_string()))?;
+    let file = std::sync::Arc::new(file);
+    let mut memory = Vec::new();
+    for i in 0..tables {
+        // SAFETY: as above: the file is locked for this process, which
+        // alone sets its length, and each mapping lives as long as the lock
+        // (the file goes into every FlowMemory). The sections do not
+        // overlap.
+        let map = unsafe {
+            memmap2::MmapOptions::new()
+                .offset(i * stride)
+                .len(stride as usize)
+                .map_mut(&**file)
+        }
+        .map_err(|e| what(e.to_string()))?;
+        let next = if i + 1 < tables { stride } else { 0 };
+        memory.push(FlowMemory::section(map, Box::new(file.clone()), next));
+    }
     Ok(Opened {
-        memory: FlowMemory::mapped(map, Box::new(file)),
+        memory,
         carried,
         unreadable,
     })

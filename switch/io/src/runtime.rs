@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use vswitch_engine::clock::Clock;
+use vswitch_engine::conntrack::{CtTable, FlowMemory};
 use vswitch_engine::tables::Tables;
 use vswitch_engine::worker::{
     Command, Event, Parker, Worker, WorkerConfig, WorkerShared, THREAD_NAME_PREFIX,
@@ -98,7 +99,11 @@ pub type ThreadSetup = Box<dyn FnOnce() -> Result<i32, String> + Send>;
 
 /// Starts worker `config.id`. `setup` runs first in the new thread; `spawn`
 /// returns once it has, with its error if it failed (the thread is then
-/// gone), so a worker counts as started only where it was placed.
+/// gone), so a worker counts as started only where it was placed. The
+/// worker's connection table lives in `flows` (a section of the flow file)
+/// if given, else in anonymous memory; either way it is built in the
+/// worker's thread, after pinning, so its pages are first touched there.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn(
     config: WorkerConfig,
     tables: Arc<Tables>,
@@ -106,6 +111,7 @@ pub fn spawn(
     clock: Arc<dyn Clock>,
     events: Sender<Event>,
     setup: ThreadSetup,
+    flows: Option<FlowMemory>,
 ) -> std::io::Result<WorkerHandle> {
     let (cmd_tx, cmd_rx) = crossbeam::channel::unbounded();
     let (ready_tx, ready_rx) = crossbeam::channel::bounded(1);
@@ -122,7 +128,18 @@ pub fn spawn(
             };
             all[config.id].tid.store(tid, Ordering::Relaxed);
             let _ = ready_tx.send(Ok(()));
-            let mut w = Worker::new(config, tables, all, clock, events, cmd_rx);
+            let max = tables.ct.max();
+            let ct = match flows {
+                Some(mem) => CtTable::with_memory(max, mem),
+                None => CtTable::with_max(max),
+            };
+            let advice = crate::hugepage::advise(&ct.regions());
+            tracing::debug!(
+                worker = config.id,
+                ?advice,
+                "connection table: huge page advice"
+            );
+            let mut w = Worker::with_conntrack(config, tables, all, clock, events, cmd_rx, ct);
             w.run();
         })?;
     let started = ready_rx

@@ -498,13 +498,14 @@ fn run(cli: Cli) -> Result<(), String> {
                 return Ok(());
             }
             out!(
-                "{:<5} {:<22} {:<22} {:<22} {:<22} {:<12} AGE",
+                "{:<5} {:<22} {:<22} {:<22} {:<22} {:<12} {:<6} AGE",
                 "PROTO",
                 "ORIG SRC",
                 "ORIG DST",
                 "REPLY SRC",
                 "REPLY DST",
-                "STATE"
+                "STATE",
+                "WORKER"
             );
             for f in v["flows"].as_array().into_iter().flatten() {
                 let st = &f["state"];
@@ -522,13 +523,14 @@ fn run(cli: Cli) -> Result<(), String> {
                     })
                     .unwrap_or_else(|| "-".into());
                 out!(
-                    "{:<5} {:<22} {:<22} {:<22} {:<22} {:<12} {}",
+                    "{:<5} {:<22} {:<22} {:<22} {:<22} {:<12} {:<6} {}",
                     f["orig"]["proto"].as_str().unwrap_or("?"),
                     f["orig"]["src"].as_str().unwrap_or("?"),
                     f["orig"]["dst"].as_str().unwrap_or("?"),
                     f["reply"]["src"].as_str().unwrap_or("?"),
                     f["reply"]["dst"].as_str().unwrap_or("?"),
                     state,
+                    f["worker"],
                     f["age_secs"]
                 );
             }
@@ -582,7 +584,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 serde_json::from_value(v["workers"].clone()).unwrap_or_default();
             for w in workers {
                 out!(
-                    "worker {} pinned to {} allowed cores {} last ran on {}{} idle {} loops {} busy_loops {} sleeps {}",
+                    "worker {} pinned to {} allowed cores {} last ran on {}{} idle {} loops {} busy_loops {} sleeps {} handed_over {} handed_in {}",
                     w.id,
                     w.core.map_or("-".to_string(), |c| c.to_string()),
                     w.allowed_cores,
@@ -594,7 +596,9 @@ fn run(cli: Cli) -> Result<(), String> {
                     },
                     w.loops,
                     w.busy_loops,
-                    w.sleeps
+                    w.sleeps,
+                    w.handed_over,
+                    w.handed_in
                 );
             }
             Ok(())

@@ -28,7 +28,10 @@ pub struct Header {
     capacity: u64,
     /// Slots in use from the start (live or freed).
     used: u64,
-    _reserved: [u64; 4],
+    /// Bytes from this header to the next table's (one per worker, in
+    /// one file); 0: the last.
+    next: u64,
+    _reserved: [u64; 3],
 }
 
 const _: () = assert!(HEADER == 64);
@@ -36,6 +39,8 @@ const _: () = assert!(HEADER == 64);
 /// Memory for a flow table (see the module's text).
 pub struct FlowMemory {
     map: memmap2::MmapMut,
+    /// See [`Header::next`].
+    next: u64,
     /// What must live as long as the mapping (the locked file).
     _owner: Option<Box<dyn Send + Sync>>,
 }
@@ -59,6 +64,7 @@ impl FlowMemory {
     pub fn anonymous(capacity: usize) -> std::io::Result<Self> {
         Ok(Self {
             map: memmap2::MmapMut::map_anon(Self::bytes_for(capacity))?,
+            next: 0,
             _owner: None,
         })
     }
@@ -66,16 +72,41 @@ impl FlowMemory {
     /// Memory the caller mapped (at least [`FlowMemory::bytes_for`] bytes,
     /// zeroed), kept alive with `owner`.
     pub fn mapped(map: memmap2::MmapMut, owner: Box<dyn Send + Sync>) -> Self {
+        Self::section(map, owner, 0)
+    }
+
+    /// One of several tables' memory in one file: the next table's header
+    /// is `next` bytes after this one's (0: this is the last).
+    pub fn section(map: memmap2::MmapMut, owner: Box<dyn Send + Sync>, next: u64) -> Self {
         Self {
             map,
+            next,
             _owner: Some(owner),
         }
     }
 }
 
-/// The live entries in `bytes`, a flow mapping an earlier process wrote;
-/// an error says why none can be taken (another layout, a short file).
+/// The live entries in `bytes`, the flow mapping an earlier process wrote
+/// (every table of it, one after another); an error says why none can be
+/// taken (another layout, a short file).
 pub fn carried(bytes: &[u8]) -> Result<Vec<FlowEntry>, String> {
+    let mut all = Vec::new();
+    let mut at = 0usize;
+    loop {
+        let (mut live, next) = carried_one(&bytes[at.min(bytes.len())..])?;
+        all.append(&mut live);
+        if next == 0 {
+            return Ok(all);
+        }
+        at = at
+            .checked_add(next as usize)
+            .ok_or("a table's next offset overflows")?;
+    }
+}
+
+/// The live entries of one table's mapping, and its header's
+/// [`Header::next`].
+fn carried_one(bytes: &[u8]) -> Result<(Vec<FlowEntry>, u64), String> {
     let h: Header = bytes
         .get(..HEADER)
         .map(bytemuck::pod_read_unaligned)
@@ -93,11 +124,17 @@ pub fn carried(bytes: &[u8]) -> Result<Vec<FlowEntry>, String> {
     let body = bytes
         .get(HEADER..HEADER + used * ENTRY)
         .ok_or("shorter than its header says")?;
-    Ok(body
+    // A next table must start past this one's entries.
+    let end = (HEADER + h.capacity as usize * ENTRY) as u64;
+    if h.next != 0 && h.next < end {
+        return Err(format!("a table's next offset {} falls inside it", h.next));
+    }
+    let live = body
         .chunks_exact(ENTRY)
         .map(bytemuck::pod_read_unaligned::<FlowEntry>)
         .filter(FlowEntry::live)
-        .collect())
+        .collect();
+    Ok((live, h.next))
 }
 
 /// The flow slots of a table: a vector's `push`/`get` over a
@@ -112,13 +149,15 @@ impl Slots {
     /// Slots over `mem`, all free; writes the header.
     pub fn new(mut mem: FlowMemory, cap: usize) -> Self {
         let cap = cap.min((mem.map.len().saturating_sub(HEADER)) / ENTRY);
+        let next = mem.next;
         mem.map[..HEADER].copy_from_slice(bytemuck::bytes_of(&Header {
             magic: MAGIC,
             layout: LAYOUT,
             entry_size: ENTRY as u32,
             capacity: cap as u64,
             used: 0,
-            _reserved: [0; 4],
+            next,
+            _reserved: [0; 3],
         }));
         Self { mem, used: 0, cap }
     }

@@ -24,7 +24,6 @@ use crate::port::PortId;
 use crate::stats::{BatchDrops, DropReason};
 use crate::tables::{L3View, NetworkView, Snapshot, Tables};
 use crate::wire::mac::Mac;
-use std::sync::MutexGuard;
 
 /// The per-batch context of the gateway stage.
 pub struct Ctx<'a> {
@@ -36,7 +35,11 @@ pub struct Ctx<'a> {
     pub now: u32,
     /// Ingress port.
     pub in_port: PortId,
-    pub(super) ct: Option<MutexGuard<'a, CtTable>>,
+    /// This worker's connection table.
+    pub(super) ct: &'a mut CtTable,
+    /// Which worker this is, among how many, and whether the batch was
+    /// handed over by another (see `steer`).
+    pub(super) steer: super::steer::Steer,
     /// The last L2 addressing decision: the frames of a batch mostly share
     /// one, so the route and neighbour lookups are done once.
     pub(super) last_emit: Option<super::route::LastEmit>,
@@ -45,14 +48,22 @@ pub struct Ctx<'a> {
 }
 
 impl<'a> Ctx<'a> {
-    /// A context for one batch; the conntrack lock is taken on first use.
-    pub fn new(tables: &'a Tables, snap: &'a Snapshot, now: u32, in_port: PortId) -> Self {
+    /// A context for one batch.
+    pub fn new(
+        tables: &'a Tables,
+        snap: &'a Snapshot,
+        now: u32,
+        in_port: PortId,
+        ct: &'a mut CtTable,
+        steer: super::steer::Steer,
+    ) -> Self {
         Self {
             tables,
             snap,
             now,
             in_port,
-            ct: None,
+            ct,
+            steer,
             last_emit: None,
             decap: Default::default(),
         }
@@ -176,6 +187,10 @@ fn from_container(
             if l3.internal {
                 return Action::Drop(DropReason::Internal);
             }
+            // The flow lives with the target's worker, which sees its replies.
+            if let Some(a) = ctx.steer.to(pb.worker as usize) {
+                return a;
+            }
             let Some(tnv) = ctx.snap.network(pb.net) else {
                 return Action::Drop(DropReason::NoContainer);
             };
@@ -189,11 +204,8 @@ fn from_container(
                 // Its first fragment made no flow: nothing to follow.
                 return Action::Drop(DropReason::BadL3);
             }
-            let (gw, range) = (tl3.gw_ip, u.snat_ports);
-            let Some(nat_port) = ctx
-                .ct()
-                .alloc_port(t.proto, pb.ip, pb.port, gw, range, t.sport)
-            else {
+            let gw = tl3.gw_ip;
+            let Some(nat_port) = ctx.alloc_nat_port(&t, (pb.ip, pb.port), gw, u) else {
                 return Action::Drop(DropReason::NatPortsExhausted);
             };
             let reply = Tuple {
@@ -235,11 +247,8 @@ fn from_container(
         return Action::Drop(DropReason::BadL3);
     }
     // New flow to the outside: SNAT to the uplink's address.
-    let (snat, range) = (u.snat_ip, u.snat_ports);
-    let Some(nat_port) = ctx
-        .ct()
-        .alloc_port(t.proto, t.dst, t.dport, snat, range, t.sport)
-    else {
+    let snat = u.snat_ip;
+    let Some(nat_port) = ctx.alloc_nat_port(&t, (t.dst, t.dport), snat, u) else {
         return Action::Drop(DropReason::NatPortsExhausted);
     };
     let reply = Tuple {

@@ -123,6 +123,12 @@ pub(super) fn icmp_error_in(ctx: &mut Ctx<'_>, p: &mut Packet, v: &V4) -> Action
 /// The header of the packet an ICMP error quotes (`b`: from its IPv4
 /// header on) and what it was: its IPv4 header length and tuple. `None`
 /// when the quote is not IPv4 with its header and 8 bytes behind it.
+/// The packet an ICMP error in `p` quotes: what was sent, as it left.
+pub(super) fn sent_by(p: &Packet, v: &V4) -> Option<Tuple> {
+    let inner = v.l4 as usize + 8;
+    p.data().get(inner..).and_then(embedded).map(|(_, t)| t)
+}
+
 fn embedded(b: &[u8]) -> Option<(usize, Tuple)> {
     if b.len() < 20 {
         return None;

@@ -27,9 +27,11 @@ pub mod learn;
 pub mod nat;
 pub mod offload;
 pub mod route;
+pub mod steer;
 pub mod uplink;
 pub mod vxlan;
 
+use crate::conntrack::CtTable;
 use crate::fdb::NetId;
 use crate::packet::{Packet, PacketPool};
 use crate::port::PortId;
@@ -54,6 +56,9 @@ pub enum Action {
     FloodIn(NetId),
     /// For the gateway stage.
     Route,
+    /// Handed to this worker, with whom the frame's connection lives (see
+    /// [`steer`]).
+    Steer(u16),
 }
 
 /// Per-frame facts the stages pass along (24 bytes: the stages read and
@@ -146,18 +151,76 @@ impl TxQueues {
     }
 }
 
-/// Scratch space reused across batches (no allocation per batch).
-#[derive(Debug, Default)]
+/// Flows a [`Pipeline::default`] table holds (tests and benchmarks; a
+/// worker's table is sized by the switch's `max_flows`).
+pub const DEFAULT_FLOWS: usize = 65_536;
+
+/// One worker's pipeline: its connection table, and scratch space reused
+/// across batches (no allocation per batch).
 pub struct Pipeline {
     hdrs: Vec<Hdr>,
     actions: Vec<Action>,
     encap: vxlan::EncapCache,
     parsed: ipv4::Parsed,
+    ct: CtTable,
+    steer: steer::Steer,
+    handed: Vec<(u16, Packet)>,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("flows", &self.ct.len())
+            .field("steer", &self.steer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Pipeline {
+    fn default() -> Self {
+        Self::new(CtTable::with_max(DEFAULT_FLOWS))
+    }
 }
 
 impl Pipeline {
+    /// A pipeline (of worker 0 of 1) whose flows live in `ct`.
+    pub fn new(ct: CtTable) -> Self {
+        Self {
+            hdrs: Vec::new(),
+            actions: Vec::new(),
+            encap: Default::default(),
+            parsed: Default::default(),
+            ct,
+            steer: steer::Steer::default(),
+            handed: Vec::with_capacity(BATCH),
+        }
+    }
+
+    /// Makes this the pipeline of worker `me` of `workers`.
+    pub fn set_worker(&mut self, me: usize, workers: usize) {
+        self.steer = steer::Steer::new(me, workers);
+    }
+
+    /// The connection table.
+    pub fn ct(&self) -> &CtTable {
+        &self.ct
+    }
+
+    /// The connection table, to change (taking flows over, expiry, removal:
+    /// the worker does it between bursts).
+    pub fn ct_mut(&mut self) -> &mut CtTable {
+        &mut self.ct
+    }
+
+    /// The frames the last runs handed to other workers (worker index and
+    /// frame), for the caller to deliver.
+    pub fn handed(&mut self) -> &mut Vec<(u16, Packet)> {
+        &mut self.handed
+    }
+
     /// Runs one batch received on `in_port` through every stage, moving each
-    /// frame into `txq` or back into `pool` (drops, counted in `drops`).
+    /// frame into `txq`, into [`Pipeline::handed`], or back into `pool`
+    /// (drops, counted in `drops`).
     #[allow(clippy::too_many_arguments)]
     pub fn run(
         &mut self,
@@ -170,11 +233,48 @@ impl Pipeline {
         txq: &mut TxQueues,
         drops: &mut BatchDrops,
     ) {
+        let steer = self.steer;
+        self.run_as(steer, tables, snap, in_port, now, batch, pool, txq, drops);
+    }
+
+    /// [`Pipeline::run`] for a batch another worker received on `in_port`
+    /// and handed over: its frames belong to this worker's flows, and are
+    /// not handed on.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_handed_over(
+        &mut self,
+        tables: &Tables,
+        snap: &Snapshot,
+        in_port: PortId,
+        now: u32,
+        batch: &mut Vec<Packet>,
+        pool: &mut PacketPool,
+        txq: &mut TxQueues,
+        drops: &mut BatchDrops,
+    ) {
+        let steer = self.steer.handed_over();
+        self.run_as(steer, tables, snap, in_port, now, batch, pool, txq, drops);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn run_as(
+        &mut self,
+        steer: steer::Steer,
+        tables: &Tables,
+        snap: &Snapshot,
+        in_port: PortId,
+        now: u32,
+        batch: &mut Vec<Packet>,
+        pool: &mut PacketPool,
+        txq: &mut TxQueues,
+        drops: &mut BatchDrops,
+    ) {
         if let Some(u) = snap.uplink.as_ref().filter(|u| u.port == in_port) {
-            let mut ctx = gateway::Ctx::new(tables, snap, now, in_port);
+            let mut ctx = gateway::Ctx::new(tables, snap, now, in_port, &mut self.ct, steer);
             uplink::from_uplink(&mut ctx, u, batch, &mut self.actions, &mut self.parsed);
             ctx.count_refused_learns(drops);
-            drop(ctx);
+            self.release_freed(tables);
             let mut out = Out {
                 tables,
                 snap,
@@ -183,6 +283,7 @@ impl Pipeline {
                 txq,
                 drops,
                 encap: &mut self.encap,
+                handed: &mut self.handed,
             };
             emit(batch, self.actions.iter().copied(), &mut out);
             return;
@@ -209,8 +310,9 @@ impl Pipeline {
                 forward::no_icc(l, in_port, &mut self.hdrs, drops);
             }
             if self.hdrs.iter().any(|h| h.action == Action::Route) {
-                let mut ctx = gateway::Ctx::new(tables, snap, now, in_port);
+                let mut ctx = gateway::Ctx::new(tables, snap, now, in_port, &mut self.ct, steer);
                 gateway::route_batch(&mut ctx, net, l, batch, &mut self.hdrs, &mut self.parsed);
+                self.release_freed(tables);
             }
         }
         // The actions are read straight from `hdrs` (no copy into
@@ -223,8 +325,16 @@ impl Pipeline {
             txq,
             drops,
             encap: &mut self.encap,
+            handed: &mut self.handed,
         };
         emit(batch, self.hdrs.iter().map(|h| h.action), &mut out);
+    }
+
+    /// Gives the room of flows the batch removed (a new connection taking
+    /// over a closed one's tuples) back to the shared bound.
+    #[inline]
+    fn release_freed(&mut self, tables: &Tables) {
+        tables.ct.release(self.ct.take_freed());
     }
 }
 
@@ -279,6 +389,8 @@ pub struct Out<'a> {
     pub drops: &'a mut BatchDrops,
     /// Outer-header templates for remote VTEPs.
     pub encap: &'a mut vxlan::EncapCache,
+    /// Frames for other workers' flows.
+    pub handed: &'a mut Vec<(u16, Packet)>,
 }
 
 impl Out<'_> {
@@ -324,5 +436,6 @@ fn dispatch(p: Packet, a: Action, o: &mut Out<'_>) {
         }
         Action::Drop(r) => o.drop(p, r),
         Action::Route => o.drop(p, DropReason::NoRoute),
+        Action::Steer(w) => o.handed.push((w, p)),
     }
 }

@@ -7,10 +7,12 @@ use super::ipv4::{Frag, ETH_LEN, V4};
 use super::route::ttl_dec;
 use super::Action;
 use crate::conntrack::{
-    CreateError, CtTable, FlowEntry, Side, State, TcpState, Tuple, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+    block, CreateError, CtTable, FlowEntry, PortOwner, Side, State, TcpState, Tuple, PROTO_ICMP,
+    PROTO_TCP, PROTO_UDP,
 };
 use crate::packet::Packet;
 use crate::stats::DropReason;
+use crate::tables::UplinkView;
 use crate::wire::checksum;
 use smoltcp::wire::{Icmpv4Packet, Ipv4Address, Ipv4Packet, TcpPacket, UdpPacket};
 
@@ -106,8 +108,30 @@ impl Ctx<'_> {
     }
 
     pub(super) fn ct(&mut self) -> &mut CtTable {
-        let t = self.tables;
-        self.ct.get_or_insert_with(|| t.ct.lock())
+        self.ct
+    }
+
+    /// A NAT port (source port or ICMP identifier) on `nat_ip` for a new
+    /// flow of `t` toward `remote`: one of this worker's block of the SNAT
+    /// range (so that replies find the worker by the port), not held for a
+    /// flow carried over a restart, and not a published port of that
+    /// address (whose packets go to the published container).
+    pub(super) fn alloc_nat_port(
+        &mut self,
+        t: &Tuple,
+        remote: (u32, u16),
+        nat_ip: u32,
+        u: &UplinkView,
+    ) -> Option<u16> {
+        let (snap, ports) = (self.snap, &self.tables.ct.ports);
+        let (me, n, range) = (self.steer.me(), self.steer.workers(), u.snat_ports);
+        let ok = |p: u16| {
+            ports.owner(t.proto, p, range, n) == Some(PortOwner::Worker(me))
+                && snap.published_at(t.proto, nat_ip, p).is_none()
+        };
+        let mine = block(range, me, n);
+        self.ct
+            .alloc_port_where(t.proto, remote, nat_ip, mine, t.sport, ok)
     }
 
     /// Translates a packet of a tracked flow and addresses it.
@@ -147,23 +171,33 @@ impl Ctx<'_> {
             _ => State::Icmp,
         };
         let now = self.now;
-        let stats = &self.tables.ct.stats;
-        match self.ct().create(orig, reply, os, rs, state, now) {
+        let shared = &self.tables.ct;
+        // Room among all workers' flows first (counted when refused).
+        if !shared.reserve() {
+            return Err(DropReason::CtFull);
+        }
+        match self.ct.create(orig, reply, os, rs, state, now) {
             Ok(f) => {
                 f.see(crate::conntrack::Dir::Orig, flags, now);
-                stats
+                shared
+                    .stats
                     .created
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let hit = hit_of(f);
                 Ok(hit)
             }
             Err(CreateError::Full) => {
-                stats
+                shared.release(1);
+                shared
+                    .stats
                     .full
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 Err(DropReason::CtFull)
             }
-            Err(CreateError::PortsExhausted) => Err(DropReason::NatPortsExhausted),
+            Err(CreateError::PortsExhausted) => {
+                shared.release(1);
+                Err(DropReason::NatPortsExhausted)
+            }
         }
     }
 }

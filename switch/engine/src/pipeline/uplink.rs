@@ -4,7 +4,7 @@
 //! not hold); everything else is the host kernel's and is left alone.
 use super::arp::{arp_reply_in_place, arp_request_target};
 use super::gateway::Ctx;
-use super::icmp::{icmp_error_in, ICMP_PARAM_PROBLEM, ICMP_TIME_EXCEEDED, ICMP_UNREACH};
+use super::icmp::{icmp_error_in, sent_by, ICMP_PARAM_PROBLEM, ICMP_TIME_EXCEEDED, ICMP_UNREACH};
 use super::ipv4::{ethertype, Frag, Parsed, ETH_LEN, ETH_P_ARP, ETH_P_IPV4, V4};
 use super::Action;
 use crate::conntrack::{Side, Tuple, PROTO_ICMP, PROTO_UDP};
@@ -86,7 +86,17 @@ fn uplink_one(ctx: &mut Ctx<'_>, u: &UplinkView, p: &mut Packet, pre: Option<V4>
         if v.frag != Frag::Whole {
             return Action::Drop(DropReason::BadL3);
         }
+        // About a packet the switch sent from a host address and port: the
+        // flow that sent it lives where that port belongs.
+        if let Some(s) = sent_by(p, &v) {
+            if let Some(a) = ctx.steer_local(u, s.proto, s.src, s.sport) {
+                return a;
+            }
+        }
         return icmp_error_in(ctx, p, &v);
+    }
+    if let Some(a) = ctx.steer_local(u, t.proto, t.dst, t.dport) {
+        return a;
     }
     if let Some(hit) = ctx.track(&v) {
         return ctx.translate(p, &v, hit);
