@@ -24,8 +24,8 @@
 #    plus its worker's.
 # LAYOUTS="equal pinned" by default; name one to run only that.
 # At a fixed offered load (FIX_TCP for iperf3, FIX_PPS for 64-byte frames),
-# the CPU each datapath costs, whole machine (/proc/stat), in the equal
-# layout.
+# the CPU each datapath costs, whole machine (time not idle, from
+# /proc/uptime and /proc/stat's idle), in the equal layout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-5}
@@ -37,6 +37,8 @@ SWEEP_STARTS=${SWEEP_STARTS:-16}
 LAYOUTS=${LAYOUTS:-equal pinned}
 FIX_TCP=${FIX_TCP:-5G}
 FIX_PPS=${FIX_PPS:-100000}
+# Other tracked flows for the SNAT connection-rate row.
+FILL_FLOWS=${FILL_FLOWS:-100000}
 NCPU=$(nproc)
 # Sets the layout $1: APP prefixes the applications, TG_APP and TG_CPUS
 # place trafgen; SFX names the rows.
@@ -124,7 +126,14 @@ PY
 last() { awk -v k="$1" -v kl="${L:-}.$1" '$1==kl||$1==k{v=$2} END{print v}' "$TMP/samples"; }
 # Busy CPU time of the whole machine so far, in seconds (user, nice,
 # system, irq, softirq; not idle, iowait or steal).
-cpu_busy() { awk -v hz="$(getconf CLK_TCK)" '/^cpu /{print ($2+$3+$4+$7+$8)/hz}' /proc/stat; }
+# CPU-seconds the whole machine has been busy: every CPU's time since boot
+# less its idle and iowait time. Not the sum of /proc/stat's busy fields:
+# those are sampled at the scheduler tick, and a load paced by a timer
+# (iperf3 -b, trafgen --rate) runs between ticks, so the samples miss most
+# of it (iperf3 at 5 Gbit/s over a veth: 0.2 CPU-s of busy ticks in 5 s,
+# where idle fell by only 7.8 of 10). Idle time is measured exactly on a
+# tickless kernel; so is uptime.
+cpu_busy() { awk -v n="$(nproc)" -v hz="$(getconf CLK_TCK)" 'FNR==NR{up=$1; next} /^cpu /{idle=($5+$6)/hz} END{printf "%.3f\n", n*up - idle}' /proc/uptime /proc/stat; }
 
 # Median of the arguments.
 med() { printf '%s\n' "$@" | python3 -c "import sys,statistics;print(round(statistics.median(float(x) for x in sys.stdin.read().split()),3))"; }
@@ -432,6 +441,39 @@ for N in 1 1000 10000; do
     done
     echo "$N published ports: iptables/vswitch $(medk "k_cps_$N")/$(medk "v_cps_$N") connections/s (4 blocking clients, medians)"
 done
+echo "== new TCP connections/s through SNAT (container -> external), with no other flows and with $FILL_FLOWS other tracked flows (equal layout)"
+# A server outside each side; the other flows are UDP from the container to
+# $FILL_FLOWS destination ports outside (dropped there), sent again before
+# every measurement so that none expires (UDP unreplied: 30 s on both).
+for ns in ne se; do
+    ip netns exec "$P-$ns" $APP "$BENCH" accept-server --bind 0.0.0.0:8081 --threads 4 & PIDS+=("$!")
+    NS "$ns" iptables -A INPUT -p udp --dport 1024:65535 -j DROP
+done
+sleep 0.3
+# $1 container namespace, $2 external address: $FILL_FLOWS UDP flows.
+fill() {
+    NS "$1" python3 -c "
+import socket
+n, dst = $FILL_FLOWS, '$2'
+socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range((n + 49999) // 50000)]
+for i in range(n):
+    socks[i // 50000].sendto(b'x', (dst, 1024 + i % 50000))
+" || echo "filling flows from $1 failed" >&2
+}
+k_tracked() { NS nh cat /proc/sys/net/netfilter/nf_conntrack_count 2>/dev/null || echo "?"; }
+v_tracked() { { "$BIN" --socket "$SOCK3" conntrack show --json | python3 -c "import json,sys;print(json.load(sys.stdin)['count'])"; } 2>/dev/null || echo "?"; }
+for t in $(seq "$TRIALS"); do
+    kill -STOP "$NPID"
+    rec k_cps_snat "$(cps nc 192.168.95.2 8081)"
+    fill nc 192.168.95.2; KT=$(k_tracked)
+    rec k_cps_snat_fill "$(cps nc 192.168.95.2 8081)"
+    kill -CONT "$NPID"; sleep 0.2
+    rec v_cps_snat "$(cps sc 192.168.94.2 8081)"
+    fill sc 192.168.94.2; VT=$(v_tracked)
+    rec v_cps_snat_fill "$(cps sc 192.168.94.2 8081)"
+    echo "trial $t: iptables/vswitch $(last k_cps_snat)/$(last v_cps_snat) connections/s; with the other flows (tracked before: $KT / $VT) $(last k_cps_snat_fill)/$(last v_cps_snat_fill)"
+done
+echo "through SNAT: iptables/vswitch $(medk k_cps_snat)/$(medk v_cps_snat) connections/s; with $FILL_FLOWS other tracked flows $(medk k_cps_snat_fill)/$(medk v_cps_snat_fill) (4 blocking clients, medians)"
 "$BIN" --socket "$SOCK3" stats
 "$BIN" --socket "$SOCK3" conntrack show | tail -1
 kill "$NPID"; wait "$NPID" 2>/dev/null || true
@@ -585,6 +627,8 @@ cpu_s_per_gb_tcp_snat_busy_at_$FIX_TCP cpu-s/GB $(medk k_snat_cpu) $(medk v_snat
 tcp_conn_per_sec_1_published conn/s $(medk k_cps_1) $(medk v_cps_1)
 tcp_conn_per_sec_1000_published conn/s $(medk k_cps_1000) $(medk v_cps_1000)
 tcp_conn_per_sec_10000_published conn/s $(medk k_cps_10000) $(medk v_cps_10000)
+tcp_conn_per_sec_snat conn/s $(medk k_cps_snat) $(medk v_cps_snat)
+tcp_conn_per_sec_snat_${FILL_FLOWS}_flows conn/s $(medk k_cps_snat_fill) $(medk v_cps_snat_fill)
 R
 } >"$RES"
 cat "$TMP/cl.res" >>"$RES"
