@@ -472,6 +472,9 @@ pub struct StatsReport {
     pub ports: Vec<PortStatsEntry>,
     /// Per worker.
     pub workers: Vec<crate::workers::WorkerStats>,
+    /// The networks' resolver.
+    #[serde(default)]
+    pub dns: crate::dns::DnsCounters,
 }
 
 /// One port's counters.

@@ -381,7 +381,9 @@ fn add(conf: &NetConf) -> Result<Value, CniError> {
 }
 
 /// The `ADD` result in the configuration's version: the interface, its
-/// address with the gateway, and the default route.
+/// address with the gateway, the default route, and the gateway as the
+/// container's nameserver (the switch answers the network's names there;
+/// podman writes it into the container's `resolv.conf`).
 fn add_result(
     conf: &NetConf,
     ifname: &str,
@@ -415,7 +417,10 @@ fn add_result(
         interfaces: vec![json!({ "name": ifname, "mac": a.mac, "sandbox": netns })],
         ips,
         routes,
-        dns: json!({}),
+        dns: match &a.gateway {
+            Some(gw) => json!({ "nameservers": [gw] }),
+            None => json!({}),
+        },
     })
 }
 
@@ -591,6 +596,7 @@ mod tests {
             Some("24"),
         );
         assert!(new["ips"][0].get("version").is_none(), "{new}");
+        assert_eq!(new["dns"], json!({ "nameservers": ["10.1.0.1"] }));
         assert_eq!(
             new["routes"],
             json!([{ "dst": "0.0.0.0/0", "gw": "10.1.0.1" }])

@@ -323,6 +323,11 @@ pub struct NetworkConfig {
     /// the choice to the switch (Docker's endpoints); default TAP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attach_kind: Option<crate::api::AttachKind>,
+    /// Resolvers (IPv4 addresses) the network's resolver asks for names
+    /// that are not the network's own (`network create --dns`); none: the
+    /// host's `/etc/resolv.conf`. An `--internal` network asks no one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<String>,
 }
 
 impl NetworkConfig {
@@ -345,6 +350,7 @@ impl NetworkConfig {
             no_icc: false,
             owner: None,
             attach_kind: None,
+            dns: Vec::new(),
         }
     }
 }
@@ -632,6 +638,20 @@ pub fn validate_network(n: &NetworkConfig) -> Result<(), ConfigError> {
                 n.name
             ))
         })?;
+    }
+    for d in &n.dns {
+        d.parse::<std::net::Ipv4Addr>().map_err(|_| {
+            ConfigError::Invalid(format!(
+                "network {:?}: dns {d:?} is not an IPv4 address of a resolver",
+                n.name
+            ))
+        })?;
+    }
+    if !n.dns.is_empty() && subnet.is_none() {
+        return Err(ConfigError::Invalid(format!(
+            "network {:?}: --dns needs a --subnet (the resolver answers on the gateway)",
+            n.name
+        )));
     }
     if (n.internal || n.no_icc) && subnet.is_none() {
         return Err(ConfigError::Invalid(format!(

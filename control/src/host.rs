@@ -74,6 +74,11 @@ pub trait Host: Send {
     fn nft(&self, script: &str) -> Result<(), String>;
     /// The names of the netdev-family nftables tables.
     fn nft_netdev_tables(&self) -> Vec<String>;
+    /// Writes `text` as named namespace `ns`'s `resolv.conf`
+    /// (`/etc/netns/NS/resolv.conf`, which `ip netns exec` shows as
+    /// `/etc/resolv.conf`), or removes it (`None`); a file the switch did
+    /// not write is left alone.
+    fn resolv_conf(&self, ns: &str, text: Option<&str>) -> Result<(), String>;
 }
 
 /// The real host.
@@ -199,6 +204,39 @@ impl Host for Kernel {
             .filter_map(|l| l.strip_prefix("table netdev "))
             .map(|t| t.trim().to_string())
             .collect()
+    }
+
+    fn resolv_conf(&self, ns: &str, text: Option<&str>) -> Result<(), String> {
+        // Only a named namespace has a directory `ip netns exec` reads.
+        if ns.is_empty() || ns.contains('/') || ns.starts_with('.') {
+            return Ok(());
+        }
+        let dir = std::path::Path::new("/etc/netns").join(ns);
+        let file = dir.join("resolv.conf");
+        let theirs =
+            std::fs::read_to_string(&file).is_ok_and(|t| !t.starts_with(crate::dns::RESOLV_MARK));
+        if theirs {
+            return Ok(());
+        }
+        let what = |e: std::io::Error| format!("{}: {e}", file.display());
+        match text {
+            Some(t) => {
+                std::fs::create_dir_all(&dir).map_err(what)?;
+                let tmp = dir.join(".resolv.conf.vswitch");
+                std::fs::write(&tmp, t).map_err(what)?;
+                std::fs::rename(&tmp, &file).map_err(what)
+            }
+            None => {
+                match std::fs::remove_file(&file) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(what(e)),
+                }
+                // The directory goes too if nothing else is in it.
+                let _ = std::fs::remove_dir(&dir);
+                Ok(())
+            }
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 pub mod api;
 pub mod cni;
 pub mod config;
+pub mod dns;
 pub mod docker;
 pub mod host;
 pub mod mgmt;

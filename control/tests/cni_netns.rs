@@ -262,7 +262,8 @@ fn a_runtime_puts_containers_on_vswitch_through_the_cni_plugin() {
 /// Podman (CNI backend) runs real containers on vswitch: `podman run
 /// --network vsnet -p HOST:CONTAINER` gives the container an address from
 /// the switch, the published port answers from outside, another container
-/// reaches it, and `podman rm` takes it all away. Podman runs in the
+/// reaches it (by its address, and by its name through the switch's
+/// resolver), and `podman rm` takes it all away. Podman runs in the
 /// switch's namespace (`nsenter --net`), with its own storage and config
 /// under a temporary directory; the image is busybox-static imported from a
 /// tar (no registry).
@@ -433,6 +434,24 @@ fn podman_runs_containers_on_vswitch() {
         "http://192.168.93.2:8099/",
     ]);
     assert_eq!(out, "hello from outside", "egress through SNAT");
+    // By name: the switch answers the network's names on the gateway, which
+    // the CNI result names as the containers' nameserver.
+    let by_name = run(&[
+        "run",
+        "--rm",
+        "--network",
+        "vsnet",
+        "localhost/vsbox",
+        "wget",
+        "-q",
+        "-O",
+        "-",
+        "http://web:8080/",
+    ]);
+    assert_eq!(
+        by_name, "hello from podman",
+        "another container finds web by its name"
+    );
     // `podman network reload` runs DEL and ADD again: the same address and
     // MAC (podman passes them back as IP= and MAC=), reachable from the
     // host and from other containers. Podman 4.3's second ADD carries no

@@ -38,6 +38,13 @@ impl State {
             ));
         };
         self.check_placement(place)?;
+        // A user's names must be right; a runtime's start never fails for one.
+        let aliases = if owner.is_some() {
+            dns::runtime_names(aliases)
+        } else {
+            dns::check_names(&aliases)?;
+            aliases
+        };
         let mut ipam: Option<Ipv4Addr> = None;
         let addrs = match ip {
             None if net.l3.is_some() => {
@@ -145,6 +152,9 @@ impl State {
                 ) {
                     l3.hosts.insert(ip, (mac, label));
                     self.publish();
+                }
+                if let Placement::In { ns, .. } = place {
+                    self.container_resolv_conf(ns);
                 }
                 Ok(Attached {
                     port: id,
@@ -380,6 +390,7 @@ impl State {
             }
             self.publish();
         }
+        self.container_resolv_conf(&a.netns);
         match rec.kind {
             // Deleting the host end deletes its peer in the container too.
             PortKind::Afxdp | PortKind::Packet => {

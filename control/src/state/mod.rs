@@ -60,6 +60,7 @@ fn err<T>(msg: impl Into<String>) -> Result<T, CmdError> {
 
 mod attach;
 mod carried;
+mod dns;
 mod fdb;
 mod housekeeping;
 mod nat;
@@ -212,6 +213,12 @@ pub struct State {
     had_local_dnat: std::cell::Cell<bool>,
     /// The listeners of published ports the switch binds.
     proxies: Proxies,
+    /// The networks' resolver, and the names last handed to it.
+    dns: crate::dns::Resolver,
+    dns_published: std::cell::RefCell<Vec<crate::dns::NetZone>>,
+    /// Where the resolver asks names that are not the networks' own (the
+    /// host's `/etc/resolv.conf` at start).
+    upstreams: Vec<SocketAddr>,
     /// Where side effects on the host go.
     host: Box<dyn Host>,
     /// Connections of an earlier process waiting for their ports.
@@ -266,6 +273,11 @@ impl State {
             Workers::start(cfg, plan, &tables, &clock, ev_tx, opened.memory).map_err(CmdError)?;
         let proxies =
             Proxies::new().map_err(|e| CmdError(format!("cannot start the proxy thread: {e}")))?;
+        let dns = crate::dns::Resolver::start()
+            .map_err(|e| CmdError(format!("cannot start the resolver thread: {e}")))?;
+        let upstreams = crate::dns::nameservers(
+            &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        );
         let mut s = Self {
             tables,
             workers,
@@ -286,6 +298,9 @@ impl State {
             restoring: false,
             had_local_dnat: std::cell::Cell::new(true),
             proxies,
+            dns,
+            dns_published: Default::default(),
+            upstreams,
             host,
             carried: Default::default(),
         };

@@ -223,6 +223,10 @@ impl State {
             })
             .collect();
         let workers = self.workers.stats();
-        StatsReport { ports, workers }
+        StatsReport {
+            ports,
+            workers,
+            dns: self.dns.stats.counters(),
+        }
     }
 }

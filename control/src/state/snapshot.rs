@@ -145,5 +145,6 @@ impl State {
             vtep_index,
             vni_nets,
         });
+        self.publish_dns();
     }
 }

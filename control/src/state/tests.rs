@@ -187,6 +187,9 @@ impl Host for Fake {
         self.w().nft.push(script.to_string());
         Ok(())
     }
+    fn resolv_conf(&self, _ns: &str, _text: Option<&str>) -> Result<(), String> {
+        Ok(())
+    }
     fn nft_netdev_tables(&self) -> Vec<String> {
         Vec::new()
     }

@@ -820,13 +820,25 @@ impl CtTable {
         range: (u16, u16),
         prefer: u16,
     ) -> Option<u16> {
-        self.alloc_port_where(proto, (remote, remote_port), nat_ip, range, prefer, |_| {
-            true
-        })
+        self.alloc_port_where(
+            proto,
+            (remote, remote_port),
+            nat_ip,
+            range,
+            prefer,
+            false,
+            |_| true,
+        )
     }
 
     /// [`CtTable::alloc_port`] among the ports `ok` accepts (those this
-    /// worker owns, none a published port uses).
+    /// worker owns, none a published port uses). `syn`: for a TCP SYN,
+    /// which takes over a port whose only user toward that destination is
+    /// a closed connection (CLOSE or TIME_WAIT, see [`CtTable::create`]):
+    /// a client that opens and resets connections at a high rate would
+    /// otherwise find every port held by its closed ones (4,536 ports over
+    /// a 10 s CLOSE timeout: ~450 connections a second).
+    #[allow(clippy::too_many_arguments)]
     pub fn alloc_port_where(
         &mut self,
         proto: u8,
@@ -834,19 +846,30 @@ impl CtTable {
         nat_ip: u32,
         (lo, hi): (u16, u16),
         prefer: u16,
+        syn: bool,
         ok: impl Fn(u16) -> bool,
     ) -> Option<u16> {
         let span = (hi as u32).saturating_sub(lo as u32) + 1;
         let free = |p: u16, me: &Self| {
-            ok(p)
-                && !me.contains(&Tuple {
-                    src: remote,
-                    dst: nat_ip,
-                    // ICMP echo: both "ports" are the identifier.
-                    sport: if proto == PROTO_ICMP { p } else { remote_port },
-                    dport: p,
-                    proto,
-                })
+            if !ok(p) {
+                return false;
+            }
+            let t = Tuple {
+                src: remote,
+                dst: nat_ip,
+                // ICMP echo: both "ports" are the identifier.
+                sport: if proto == PROTO_ICMP { p } else { remote_port },
+                dport: p,
+                proto,
+            };
+            match me.find(&t, me.hash(&t)) {
+                None => true,
+                Some((_, _, v)) => {
+                    syn && me.entry(v).is_some_and(|f| {
+                        matches!(f.state(), State::Tcp(TcpState::TimeWait | TcpState::Close))
+                    })
+                }
+            }
         };
         if (lo..=hi).contains(&prefer) && free(prefer, self) {
             return Some(prefer);
@@ -1382,6 +1405,45 @@ mod tests {
             ports.owner(PROTO_TCP, 20007, r, 2),
             Some(PortOwner::Worker(0))
         );
+    }
+
+    #[test]
+    fn a_syn_may_reuse_a_nat_port_only_closed_connections_hold() {
+        let mut g = CtTable::with_max(16);
+        // One port in the range, held toward remote 9:80 by one flow.
+        let range = (2000, 2000);
+        let mk = |g: &mut CtTable, sport: u16| {
+            let p = g
+                .alloc_port_where(PROTO_TCP, (9, 80), 5, range, 0, true, |_| true)
+                .expect("a port");
+            g.create(
+                t(1, sport, 9, 80),
+                t(9, 80, 5, p),
+                Side::Uplink,
+                Side::Uplink,
+                State::Tcp(TcpState::SynSent),
+                0,
+            )
+            .map(|_| p)
+        };
+        assert_eq!(mk(&mut g, 1000), Ok(2000));
+        // Live: not for anyone.
+        assert_eq!(
+            g.alloc_port_where(PROTO_TCP, (9, 80), 5, range, 0, true, |_| true),
+            None
+        );
+        // Reset: a SYN takes it over (and the closed flow goes), anything
+        // else does not.
+        let (f, _) = g.lookup(&t(1, 1000, 9, 80)).unwrap();
+        f.see(Dir::Orig, tcp_flags::RST, 1);
+        assert_eq!(f.state(), State::Tcp(TcpState::Close));
+        assert_eq!(
+            g.alloc_port_where(PROTO_TCP, (9, 80), 5, range, 0, false, |_| true),
+            None
+        );
+        assert_eq!(mk(&mut g, 1001), Ok(2000));
+        assert_eq!(g.len(), 1, "the closed flow was taken over");
+        assert!(g.lookup(&t(1, 1000, 9, 80)).is_none());
     }
 
     #[test]

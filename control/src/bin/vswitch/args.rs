@@ -88,6 +88,13 @@ pub(crate) enum Cmd {
         /// MAC address (default: derived from network, namespace and name).
         #[arg(long)]
         mac: Option<String>,
+        /// The container's name on the network: the network's other
+        /// containers look it up with DNS (its address's PTR answers it).
+        #[arg(long)]
+        name: Option<String>,
+        /// Another name it is found by (repeat for more).
+        #[arg(long = "alias")]
+        aliases: Vec<String>,
     },
     /// Remove an attached interface.
     Detach {
@@ -316,6 +323,10 @@ pub(crate) struct CreateArgs {
     /// Containers cannot reach each other (only the gateway, host and outside).
     #[arg(long)]
     pub(crate) no_icc: bool,
+    /// A resolver for names that are not the network's own (repeat for
+    /// more; default: the host's /etc/resolv.conf).
+    #[arg(long)]
+    pub(crate) dns: Vec<String>,
 }
 
 #[derive(Subcommand)]

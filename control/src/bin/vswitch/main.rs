@@ -123,6 +123,7 @@ fn run(cli: Cli) -> Result<(), String> {
                     aging_secs: a.aging,
                     internal: a.internal,
                     no_icc: a.no_icc,
+                    dns: a.dns.clone(),
                     ..NetworkConfig::named(&a.name)
                 }),
             )?;
@@ -173,6 +174,8 @@ fn run(cli: Cli) -> Result<(), String> {
             kind,
             ip,
             mac,
+            name,
+            aliases,
         } => {
             let v = call(
                 &cli,
@@ -188,7 +191,7 @@ fn run(cli: Cli) -> Result<(), String> {
                     ip: ip.clone(),
                     mac: mac.clone(),
                     owner: None,
-                    aliases: Vec::new(),
+                    aliases: name.iter().chain(aliases).cloned().collect(),
                 },
             )?;
             let a: Attached = parse(v)?;
@@ -600,6 +603,10 @@ fn run(cli: Cli) -> Result<(), String> {
                     w.handed_over,
                     w.handed_in
                 );
+            }
+            if let Some(d) = v["dns"].as_object() {
+                let counters: Vec<String> = d.iter().map(|(k, n)| format!("{k} {n}")).collect();
+                out!("dns {}", counters.join(" "));
             }
             Ok(())
         }

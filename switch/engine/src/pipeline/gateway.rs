@@ -205,7 +205,7 @@ fn from_container(
                 return Action::Drop(DropReason::BadL3);
             }
             let gw = tl3.gw_ip;
-            let Some(nat_port) = ctx.alloc_nat_port(&t, (pb.ip, pb.port), gw, u) else {
+            let Some(nat_port) = ctx.alloc_nat_port(&v, (pb.ip, pb.port), gw, u) else {
                 return Action::Drop(DropReason::NatPortsExhausted);
             };
             let reply = Tuple {
@@ -248,7 +248,7 @@ fn from_container(
     }
     // New flow to the outside: SNAT to the uplink's address.
     let snat = u.snat_ip;
-    let Some(nat_port) = ctx.alloc_nat_port(&t, (t.dst, t.dport), snat, u) else {
+    let Some(nat_port) = ctx.alloc_nat_port(&v, (t.dst, t.dport), snat, u) else {
         return Action::Drop(DropReason::NatPortsExhausted);
     };
     let reply = Tuple {

@@ -112,17 +112,21 @@ impl Ctx<'_> {
     }
 
     /// A NAT port (source port or ICMP identifier) on `nat_ip` for a new
-    /// flow of `t` toward `remote`: one of this worker's block of the SNAT
+    /// flow of `v` toward `remote`: one of this worker's block of the SNAT
     /// range (so that replies find the worker by the port), not held for a
     /// flow carried over a restart, and not a published port of that
     /// address (whose packets go to the published container).
     pub(super) fn alloc_nat_port(
         &mut self,
-        t: &Tuple,
+        v: &V4,
         remote: (u32, u16),
         nat_ip: u32,
         u: &UplinkView,
     ) -> Option<u16> {
+        let t = &v.tuple;
+        // A SYN may reuse a port its destination saw closed (see
+        // `CtTable::alloc_port_where`).
+        let syn = t.proto == PROTO_TCP && v.flags & 0x12 == 0x02;
         let (snap, ports) = (self.snap, &self.tables.ct.ports);
         let (me, n, range) = (self.steer.me(), self.steer.workers(), u.snat_ports);
         let ok = |p: u16| {
@@ -131,7 +135,7 @@ impl Ctx<'_> {
         };
         let mine = block(range, me, n);
         self.ct
-            .alloc_port_where(t.proto, remote, nat_ip, mine, t.sport, ok)
+            .alloc_port_where(t.proto, remote, nat_ip, mine, t.sport, syn, ok)
     }
 
     /// Translates a packet of a tracked flow and addresses it.

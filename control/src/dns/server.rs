@@ -1,0 +1,567 @@
+//! The resolver's thread (`vswitch-dns`): one `mio` loop over a UDP socket
+//! and a TCP listener on each network's gateway address, port 53, and one
+//! UDP socket toward the upstream resolvers.
+//!
+//! A query is answered only when it comes from the network's own subnet
+//! (never from the uplink's side: the switch is not an open resolver), at
+//! most [`RATE`] a second per source (a burst of [`BURST`]); queries over
+//! [`MAX_QUERY`] bytes are dropped. Forwarded questions wait [`TIMEOUT`]
+//! for an answer from each upstream in turn, then get SERVFAIL; at most
+//! [`MAX_PENDING`] wait at once. Every refusal is counted ([`DnsStats`]).
+use super::answer::{self, Outcome, Refusal};
+use super::cache::Cache;
+use super::{DnsStats, NetZone};
+use crossbeam::channel::Receiver;
+use hickory_proto::op::{Message, ResponseCode};
+use mio::net::{TcpListener, TcpStream, UdpSocket};
+use mio::{Events, Interest, Poll, Token};
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Queries a second one source may send.
+pub const RATE: f64 = 2000.0;
+/// Queries one source may send at once.
+pub const BURST: f64 = 4000.0;
+/// Largest query taken (a query is one question: tens of bytes).
+pub const MAX_QUERY: usize = 1232;
+/// How long an upstream has to answer.
+pub const TIMEOUT: Duration = Duration::from_secs(2);
+/// Forwarded questions waiting at once.
+pub const MAX_PENDING: usize = 4096;
+/// Questions the cache holds.
+pub const CACHE_SIZE: usize = 10_000;
+/// An idle TCP client is closed after this.
+const TCP_IDLE: Duration = Duration::from_secs(10);
+
+pub(super) const WAKE: Token = Token(usize::MAX);
+const UPSTREAM: Token = Token(usize::MAX - 1);
+
+/// What control sends the thread.
+pub(super) enum Cmd {
+    /// The networks now, each keyed by its gateway address.
+    Zones(Vec<NetZone>),
+}
+
+enum Sock {
+    Udp(Ipv4Addr, UdpSocket),
+    Listener(Ipv4Addr, TcpListener),
+    Conn(Conn),
+}
+
+struct Conn {
+    gw: Ipv4Addr,
+    stream: TcpStream,
+    buf: Vec<u8>,
+    last: Instant,
+}
+
+/// Where an answer goes.
+#[derive(Clone, Copy)]
+enum To {
+    Udp(Ipv4Addr, SocketAddr),
+    Tcp(Token),
+}
+
+struct Pending {
+    to: To,
+    query: Message,
+    key: super::cache::Key,
+    bytes: Vec<u8>,
+    upstreams: Vec<SocketAddr>,
+    tried: usize,
+    sent: Instant,
+}
+
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+pub(super) struct Server {
+    poll: Poll,
+    rx: Receiver<Cmd>,
+    stats: Arc<DnsStats>,
+    socks: HashMap<Token, Sock>,
+    bound: HashMap<Ipv4Addr, [Token; 2]>,
+    zones: HashMap<Ipv4Addr, NetZone>,
+    upstream: UdpSocket,
+    pending: HashMap<u16, Pending>,
+    cache: Cache,
+    buckets: HashMap<IpAddr, Bucket>,
+    next: usize,
+    seed: u64,
+}
+
+impl Server {
+    pub(super) fn new(
+        poll: Poll,
+        rx: Receiver<Cmd>,
+        stats: Arc<DnsStats>,
+    ) -> std::io::Result<Self> {
+        let mut upstream = UdpSocket::bind("0.0.0.0:0".parse().expect("an address"))?;
+        poll.registry()
+            .register(&mut upstream, UPSTREAM, Interest::READABLE)?;
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0x9e37_79b9, |d| d.as_nanos() as u64)
+            | 1;
+        Ok(Self {
+            poll,
+            rx,
+            stats,
+            socks: HashMap::new(),
+            bound: HashMap::new(),
+            zones: HashMap::new(),
+            upstream,
+            pending: HashMap::new(),
+            cache: Cache::new(CACHE_SIZE),
+            buckets: HashMap::new(),
+            next: 0,
+            seed,
+        })
+    }
+
+    pub(super) fn run(mut self) {
+        let mut events = Events::with_capacity(256);
+        loop {
+            if let Err(e) = self
+                .poll
+                .poll(&mut events, Some(Duration::from_millis(200)))
+            {
+                if e.kind() != ErrorKind::Interrupted {
+                    tracing::warn!(error = %e, "resolver: poll failed; stopping");
+                    return;
+                }
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    WAKE => {
+                        if !self.commands() {
+                            return;
+                        }
+                    }
+                    UPSTREAM => self.upstream_answers(),
+                    t => self.ready(t),
+                }
+            }
+            self.timeouts(Instant::now());
+        }
+    }
+
+    /// Takes the commands; `false` once control is gone.
+    fn commands(&mut self) -> bool {
+        loop {
+            match self.rx.try_recv() {
+                Ok(Cmd::Zones(z)) => self.set_zones(z),
+                Err(crossbeam::channel::TryRecvError::Empty) => return true,
+                Err(crossbeam::channel::TryRecvError::Disconnected) => return false,
+            }
+        }
+    }
+
+    fn token(&mut self) -> Token {
+        self.next = (self.next + 1) % (usize::MAX - 2);
+        Token(self.next)
+    }
+
+    fn set_zones(&mut self, zones: Vec<NetZone>) {
+        let want: HashMap<Ipv4Addr, NetZone> = zones.into_iter().map(|z| (z.gw, z)).collect();
+        // Sockets of gateways that are gone.
+        let gone: Vec<Ipv4Addr> = self
+            .bound
+            .keys()
+            .filter(|gw| !want.contains_key(gw))
+            .copied()
+            .collect();
+        for gw in gone {
+            if let Some(tokens) = self.bound.remove(&gw) {
+                for t in tokens {
+                    self.socks.remove(&t);
+                }
+            }
+            self.socks
+                .retain(|_, s| !matches!(s, Sock::Conn(c) if c.gw == gw));
+        }
+        for (gw, z) in &want {
+            if self.bound.contains_key(gw) {
+                continue;
+            }
+            match self.bind(*gw) {
+                Ok(t) => {
+                    self.bound.insert(*gw, t);
+                    tracing::info!(network = z.network, gateway = %gw, "resolver answers on the gateway, port 53");
+                }
+                Err(e) => tracing::warn!(
+                    network = z.network,
+                    gateway = %gw,
+                    error = %e,
+                    "resolver: cannot listen on the gateway's port 53 (is another DNS server bound to it, or to 0.0.0.0:53?); the network's containers get no names until it is free"
+                ),
+            }
+        }
+        self.zones = want;
+    }
+
+    fn bind(&mut self, gw: Ipv4Addr) -> std::io::Result<[Token; 2]> {
+        let addr = SocketAddr::new(gw.into(), 53);
+        let mut u = UdpSocket::bind(addr)?;
+        let mut l = TcpListener::bind(addr)?;
+        let (tu, tl) = (self.token(), self.token());
+        self.poll
+            .registry()
+            .register(&mut u, tu, Interest::READABLE)?;
+        self.poll
+            .registry()
+            .register(&mut l, tl, Interest::READABLE)?;
+        self.socks.insert(tu, Sock::Udp(gw, u));
+        self.socks.insert(tl, Sock::Listener(gw, l));
+        Ok([tu, tl])
+    }
+
+    fn ready(&mut self, t: Token) {
+        match self.socks.get(&t) {
+            Some(Sock::Udp(..)) => self.udp(t),
+            Some(Sock::Listener(..)) => self.accept(t),
+            Some(Sock::Conn(_)) => self.tcp(t),
+            None => {}
+        }
+    }
+
+    /// Whether `src` may ask the resolver on `gw`'s network now.
+    fn admit(&mut self, gw: Ipv4Addr, src: IpAddr, now: Instant) -> bool {
+        let inside = match (src, self.zones.get(&gw)) {
+            (IpAddr::V4(ip), Some(z)) => z.contains(ip),
+            _ => false,
+        };
+        if !inside {
+            self.stats.refused_source.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        if self.buckets.len() > 65_536 {
+            self.buckets
+                .retain(|_, b| now.saturating_duration_since(b.at) < Duration::from_secs(10));
+        }
+        let b = self.buckets.entry(src).or_insert(Bucket {
+            tokens: BURST,
+            at: now,
+        });
+        let dt = now.saturating_duration_since(b.at).as_secs_f64();
+        b.tokens = (b.tokens + dt * RATE).min(BURST);
+        b.at = now;
+        if b.tokens < 1.0 {
+            self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        b.tokens -= 1.0;
+        true
+    }
+
+    fn udp(&mut self, t: Token) {
+        let mut buf = [0u8; 4096];
+        loop {
+            let Some(Sock::Udp(gw, s)) = self.socks.get(&t) else {
+                return;
+            };
+            let gw = *gw;
+            let (n, peer) = match s.recv_from(&mut buf) {
+                Ok(x) => x,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(_) => return,
+            };
+            let now = Instant::now();
+            if !self.admit(gw, peer.ip(), now) {
+                continue;
+            }
+            if n > MAX_QUERY {
+                self.stats.oversized.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            self.query(To::Udp(gw, peer), gw, &buf[..n], now);
+        }
+    }
+
+    fn accept(&mut self, t: Token) {
+        loop {
+            let Some(Sock::Listener(gw, l)) = self.socks.get(&t) else {
+                return;
+            };
+            let gw = *gw;
+            let (mut stream, peer) = match l.accept() {
+                Ok(x) => x,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(_) => return,
+            };
+            let now = Instant::now();
+            if !self.admit(gw, peer.ip(), now) {
+                continue;
+            }
+            let ct = self.token();
+            if self
+                .poll
+                .registry()
+                .register(&mut stream, ct, Interest::READABLE)
+                .is_ok()
+            {
+                self.socks.insert(
+                    ct,
+                    Sock::Conn(Conn {
+                        gw,
+                        stream,
+                        buf: Vec::new(),
+                        last: now,
+                    }),
+                );
+            }
+        }
+    }
+
+    fn tcp(&mut self, t: Token) {
+        let mut chunk = [0u8; 4096];
+        let mut close = false;
+        let mut queries = Vec::new();
+        let gw = {
+            let Some(Sock::Conn(c)) = self.socks.get_mut(&t) else {
+                return;
+            };
+            loop {
+                match c.stream.read(&mut chunk) {
+                    Ok(0) => {
+                        close = true;
+                        break;
+                    }
+                    Ok(n) => c.buf.extend_from_slice(&chunk[..n]),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        close = true;
+                        break;
+                    }
+                }
+            }
+            c.last = Instant::now();
+            // Length-prefixed messages (RFC 1035 4.2.2).
+            while c.buf.len() >= 2 {
+                let len = u16::from_be_bytes([c.buf[0], c.buf[1]]) as usize;
+                if len > MAX_QUERY {
+                    self.stats.oversized.fetch_add(1, Ordering::Relaxed);
+                    close = true;
+                    break;
+                }
+                if c.buf.len() < 2 + len {
+                    break;
+                }
+                queries.push(c.buf[2..2 + len].to_vec());
+                c.buf.drain(..2 + len);
+            }
+            c.gw
+        };
+        for q in queries {
+            if !self.admit_rate_only(t) {
+                continue;
+            }
+            self.query(To::Tcp(t), gw, &q, Instant::now());
+        }
+        if close {
+            self.socks.remove(&t);
+        }
+    }
+
+    /// The rate limit for one more query on connection `t` (its source was
+    /// checked when it was accepted).
+    fn admit_rate_only(&mut self, t: Token) -> bool {
+        let Some(Sock::Conn(c)) = self.socks.get(&t) else {
+            return false;
+        };
+        let (gw, peer) = (c.gw, c.stream.peer_addr());
+        match peer {
+            Ok(p) => self.admit(gw, p.ip(), Instant::now()),
+            Err(_) => false,
+        }
+    }
+
+    fn query(&mut self, to: To, gw: Ipv4Addr, bytes: &[u8], now: Instant) {
+        self.stats.queries.fetch_add(1, Ordering::Relaxed);
+        let Some(zone) = self.zones.get(&gw) else {
+            return;
+        };
+        let upstreams = zone.upstreams.clone();
+        let src = match to {
+            To::Udp(_, peer) => Some(peer.ip()),
+            To::Tcp(t) => match self.socks.get(&t) {
+                Some(Sock::Conn(c)) => c.stream.peer_addr().ok().map(|p| p.ip()),
+                _ => None,
+            },
+        };
+        let also: Vec<&NetZone> = match src {
+            Some(IpAddr::V4(ip)) => zone
+                .also
+                .get(&ip)
+                .into_iter()
+                .flatten()
+                .filter_map(|g| self.zones.get(g))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let (outcome, why) = answer::answer(zone, &also, bytes);
+        match why {
+            Some(Refusal::Malformed) => self.stats.malformed.fetch_add(1, Ordering::Relaxed),
+            Some(Refusal::Unsupported) => self.stats.unsupported.fetch_add(1, Ordering::Relaxed),
+            None => 0,
+        };
+        match outcome {
+            Outcome::Drop => {}
+            Outcome::Reply(b) => {
+                if why.is_none() {
+                    self.stats.answered.fetch_add(1, Ordering::Relaxed);
+                }
+                self.send(to, &b);
+            }
+            Outcome::Forward { query, key } => {
+                let key = (super::cache::upstreams_key(&upstreams), key.0, key.1);
+                if let Some(mut m) = self.cache.get(&key, now) {
+                    self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+                    m.set_id(query.id());
+                    // The question as the client wrote it (case included).
+                    *m.queries_mut() = query.queries().to_vec();
+                    if let Ok(b) = m.to_vec() {
+                        self.send(to, &b);
+                    }
+                    return;
+                }
+                if self.pending.len() >= MAX_PENDING {
+                    self.stats.servfail.fetch_add(1, Ordering::Relaxed);
+                    let q = query.queries().first();
+                    self.send(to, &answer::error(query.id(), ResponseCode::ServFail, q));
+                    return;
+                }
+                let id = self.fresh_id();
+                let mut out = query.clone();
+                out.set_id(id);
+                let Ok(bytes) = out.to_vec() else {
+                    return;
+                };
+                self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+                let _ = self.upstream.send_to(&bytes, upstreams[0]);
+                self.pending.insert(
+                    id,
+                    Pending {
+                        to,
+                        query,
+                        key,
+                        bytes,
+                        upstreams,
+                        tried: 1,
+                        sent: now,
+                    },
+                );
+            }
+        }
+    }
+
+    fn fresh_id(&mut self) -> u16 {
+        loop {
+            // xorshift64: ids an off-path sender cannot guess in order.
+            self.seed ^= self.seed << 13;
+            self.seed ^= self.seed >> 7;
+            self.seed ^= self.seed << 17;
+            let id = (self.seed >> 24) as u16;
+            if !self.pending.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    fn upstream_answers(&mut self) {
+        let mut buf = [0u8; 65_535];
+        loop {
+            let (n, from) = match self.upstream.recv_from(&mut buf) {
+                Ok(x) => x,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(_) => return,
+            };
+            let Ok(m) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            // The answer to a question asked, from the server asked.
+            let Some(p) = self.pending.get(&m.id()) else {
+                continue;
+            };
+            let asked = p.upstreams.get(p.tried - 1) == Some(&from);
+            let same_q = m
+                .queries()
+                .first()
+                .is_some_and(|q| answer::lower(q.name()) == p.key.1 && q.query_type() == p.key.2);
+            if !asked || !same_q {
+                continue;
+            }
+            let Some(p) = self.pending.remove(&m.id()) else {
+                continue;
+            };
+            self.cache.put(p.key.clone(), &m, Instant::now());
+            let mut m = m;
+            m.set_id(p.query.id());
+            *m.queries_mut() = p.query.queries().to_vec();
+            if let Ok(b) = m.to_vec() {
+                self.send(p.to, &b);
+            }
+        }
+    }
+
+    fn timeouts(&mut self, now: Instant) {
+        let late: Vec<u16> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| now.saturating_duration_since(p.sent) >= TIMEOUT)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in late {
+            let Some(mut p) = self.pending.remove(&id) else {
+                continue;
+            };
+            self.stats.upstream_timeouts.fetch_add(1, Ordering::Relaxed);
+            if p.tried < p.upstreams.len() {
+                let _ = self.upstream.send_to(&p.bytes, p.upstreams[p.tried]);
+                p.tried += 1;
+                p.sent = now;
+                self.pending.insert(id, p);
+            } else {
+                self.stats.servfail.fetch_add(1, Ordering::Relaxed);
+                let q = p.query.queries().first();
+                let b = answer::error(p.query.id(), ResponseCode::ServFail, q);
+                self.send(p.to, &b);
+            }
+        }
+        self.socks.retain(
+            |_, s| !matches!(s, Sock::Conn(c) if now.saturating_duration_since(c.last) > TCP_IDLE),
+        );
+    }
+
+    fn send(&mut self, to: To, b: &[u8]) {
+        match to {
+            To::Udp(gw, peer) => {
+                let Some(&[tu, _]) = self.bound.get(&gw) else {
+                    return;
+                };
+                if let Some(Sock::Udp(_, s)) = self.socks.get(&tu) {
+                    let _ = s.send_to(b, peer);
+                }
+            }
+            To::Tcp(t) => {
+                let Some(Sock::Conn(c)) = self.socks.get_mut(&t) else {
+                    return;
+                };
+                let mut framed = Vec::with_capacity(b.len() + 2);
+                framed.extend_from_slice(&(b.len() as u16).to_be_bytes());
+                framed.extend_from_slice(b);
+                // An answer is small: the socket's buffer takes it whole,
+                // or the client is not reading and is closed.
+                if c.stream.write_all(&framed).is_err() {
+                    self.socks.remove(&t);
+                }
+            }
+        }
+    }
+}
