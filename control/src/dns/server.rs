@@ -36,6 +36,8 @@ pub const MAX_PENDING: usize = 4096;
 pub const CACHE_SIZE: usize = 10_000;
 /// An idle TCP client is closed after this.
 const TCP_IDLE: Duration = Duration::from_secs(10);
+/// How often a gateway that could not be bound is tried again.
+const REBIND: Duration = Duration::from_secs(2);
 
 pub(super) const WAKE: Token = Token(usize::MAX);
 const UPSTREAM: Token = Token(usize::MAX - 1);
@@ -87,6 +89,8 @@ pub(super) struct Server {
     stats: Arc<DnsStats>,
     socks: HashMap<Token, Sock>,
     bound: HashMap<Ipv4Addr, [Token; 2]>,
+    /// Gateways that could not be bound, and when that was last tried.
+    unbound: HashMap<Ipv4Addr, Instant>,
     zones: HashMap<Ipv4Addr, NetZone>,
     upstream: UdpSocket,
     pending: HashMap<u16, Pending>,
@@ -115,6 +119,7 @@ impl Server {
             stats,
             socks: HashMap::new(),
             bound: HashMap::new(),
+            unbound: HashMap::new(),
             zones: HashMap::new(),
             upstream,
             pending: HashMap::new(),
@@ -186,24 +191,47 @@ impl Server {
             self.socks
                 .retain(|_, s| !matches!(s, Sock::Conn(c) if c.gw == gw));
         }
-        for (gw, z) in &want {
-            if self.bound.contains_key(gw) {
-                continue;
-            }
-            match self.bind(*gw) {
+        self.zones = want;
+        self.unbound.retain(|gw, _| self.zones.contains_key(gw));
+        self.bind_all(Instant::now(), true);
+    }
+
+    /// Listens on every gateway not listened on yet; one that cannot be
+    /// bound is tried again every [`REBIND`] (its address may not be up
+    /// yet, or another server holds the port), with one warning.
+    fn bind_all(&mut self, now: Instant, changed: bool) {
+        let todo: Vec<(Ipv4Addr, String)> = self
+            .zones
+            .iter()
+            .filter(|(gw, _)| !self.bound.contains_key(gw))
+            .filter(|(gw, _)| {
+                changed
+                    || self
+                        .unbound
+                        .get(gw)
+                        .is_none_or(|t| now.saturating_duration_since(*t) >= REBIND)
+            })
+            .map(|(gw, z)| (*gw, z.network.clone()))
+            .collect();
+        for (gw, network) in todo {
+            match self.bind(gw) {
                 Ok(t) => {
-                    self.bound.insert(*gw, t);
-                    tracing::info!(network = z.network, gateway = %gw, "resolver answers on the gateway, port 53");
+                    self.bound.insert(gw, t);
+                    self.unbound.remove(&gw);
+                    tracing::info!(network, gateway = %gw, "resolver answers on the gateway, port 53");
                 }
-                Err(e) => tracing::warn!(
-                    network = z.network,
-                    gateway = %gw,
-                    error = %e,
-                    "resolver: cannot listen on the gateway's port 53 (is another DNS server bound to it, or to 0.0.0.0:53?); the network's containers get no names until it is free"
-                ),
+                Err(e) => {
+                    if self.unbound.insert(gw, now).is_none() {
+                        tracing::warn!(
+                            network,
+                            gateway = %gw,
+                            error = %e,
+                            "resolver: cannot listen on the gateway's port 53 (is another DNS server bound to it, or to 0.0.0.0:53?); the network's containers get no names until it is free (tried again every few seconds)"
+                        );
+                    }
+                }
             }
         }
-        self.zones = want;
     }
 
     fn bind(&mut self, gw: Ipv4Addr) -> std::io::Result<[Token; 2]> {
@@ -537,6 +565,9 @@ impl Server {
         self.socks.retain(
             |_, s| !matches!(s, Sock::Conn(c) if now.saturating_duration_since(c.last) > TCP_IDLE),
         );
+        if !self.unbound.is_empty() {
+            self.bind_all(now, false);
+        }
     }
 
     fn send(&mut self, to: To, b: &[u8]) {
