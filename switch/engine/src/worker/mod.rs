@@ -1,28 +1,36 @@
 //! The poll-mode worker: rx burst → pipeline → tx burst per output port.
 //!
-//! A worker owns its ports (only it receives and transmits on them), reads the
-//! tables without locks, and takes commands (add/remove a port, stop) from the
-//! control thread through a channel it drains between bursts. Frames for a
-//! port owned by another worker are handed over through that worker's inbox.
+//! A worker owns its ports (only it receives and transmits on them) and its
+//! connection table (`table`), reads the other tables without locks, and
+//! takes commands (add/remove a port, take flows over, list or remove
+//! flows, stop) from the control thread through a channel it drains between
+//! bursts. Frames for a port owned by another worker go through that
+//! worker's inbox; frames of another worker's connections through its
+//! handoff queue (`shared`).
 //!
 //! The loop does no I/O of its own: ports are behind [`Port`], and how an idle
 //! worker sleeps and is woken is behind [`Parker`]. Threads, core pinning,
 //! eventfd and `poll(2)` are the I/O crate's (`vswitch_io::runtime`); here,
 //! [`Nap`] parks on memory, for tests and benchmarks.
+mod shared;
+mod table;
+
+pub use shared::{shared_on_memory, Nap, Parker, WorkerShared};
+pub use table::FlowList;
+
 use crate::clock::Clock;
-use crate::conntrack::{CtTable, Flow, FlowEntry, EXPIRE_STEP};
+use crate::conntrack::{CtTable, Flow, FlowEntry};
 use crate::packet::{Packet, PacketPool};
 use crate::pipeline::{offload, Pipeline, TxQueues, BATCH};
 use crate::port::{Port, PortId};
 use crate::stats::{BatchDrops, DropReason};
 use crate::tables::{Snapshot, Tables};
 use crossbeam::channel::{Receiver, Sender};
-use crossbeam::queue::ArrayQueue;
 use serde::{Deserialize, Serialize};
-use std::os::fd::BorrowedFd;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
+use table::CtJob;
 
 /// Worker threads are named this and their id (`vswitch-worker0`, ...).
 pub const THREAD_NAME_PREFIX: &str = "vswitch-worker";
@@ -113,38 +121,6 @@ pub enum Command {
     Stop,
 }
 
-/// One worker's flows, as [`Command::Flows`] lists them.
-#[derive(Debug, Default)]
-pub struct FlowList {
-    /// The flows.
-    pub flows: Vec<Flow>,
-    /// Bytes of memory the table takes at its bound (index and entries).
-    pub table_bytes: usize,
-}
-
-/// Work on the connection table that control asked for, done a step at a
-/// time between bursts.
-enum CtJob {
-    List {
-        from: usize,
-        acc: FlowList,
-        reply: Sender<FlowList>,
-    },
-    Remove {
-        from: usize,
-        removed: usize,
-        pred: Box<dyn FnMut(&Flow) -> bool + Send>,
-        ack: Sender<usize>,
-    },
-}
-
-/// How often a worker adds a slice of its table to expiry's budget, and
-/// how many such slices make a whole pass: every flow is looked at once a
-/// second, which the shortest timeout (10 s) does not notice, for a tenth
-/// of a pass's work each time.
-const EXPIRY_TICK_NS: u64 = 100_000_000;
-const EXPIRY_SLICES_PER_PASS: usize = 10;
-
 /// What a worker tells the control thread.
 #[derive(Debug, Clone)]
 pub enum Event {
@@ -155,113 +131,6 @@ pub enum Event {
         /// What happened.
         reason: String,
     },
-}
-
-/// How an idle worker sleeps and is woken: the platform's part of the idle
-/// path.
-pub trait Parker: Send + Sync + std::fmt::Debug {
-    /// Wakes the worker from [`Parker::park`], or makes its next one return
-    /// at once.
-    fn unpark(&self);
-    /// Sleeps until [`Parker::unpark`], until one of `fds` is readable, or
-    /// for `timeout` at most.
-    fn park(&self, fds: &[BorrowedFd<'_>], timeout: Duration);
-}
-
-/// A [`Parker`] on memory (a condition variable). It cannot wait on fds:
-/// given any, it naps 1 ms at most and looks again.
-#[derive(Debug, Default)]
-pub struct Nap {
-    woken: Mutex<bool>,
-    cv: Condvar,
-}
-
-impl Parker for Nap {
-    fn unpark(&self) {
-        if let Ok(mut w) = self.woken.lock() {
-            *w = true;
-            self.cv.notify_one();
-        }
-    }
-
-    fn park(&self, fds: &[BorrowedFd<'_>], timeout: Duration) {
-        let t = if fds.is_empty() {
-            timeout
-        } else {
-            timeout.min(Duration::from_millis(1))
-        };
-        let Ok(g) = self.woken.lock() else {
-            return;
-        };
-        if let Ok((mut g, _)) = self.cv.wait_timeout_while(g, t, |w| !*w) {
-            *g = false;
-        }
-    }
-}
-
-/// The part of a worker other threads touch.
-#[derive(Debug)]
-pub struct WorkerShared {
-    inbox: ArrayQueue<(PortId, Packet)>,
-    /// Frames other workers received for this worker's flows, with the
-    /// port they arrived on.
-    handoff: ArrayQueue<(PortId, Packet)>,
-    /// Frames this worker handed to another for its flows.
-    pub handed_over: AtomicU64,
-    /// Frames other workers handed to this one.
-    pub handed_in: AtomicU64,
-    parker: Box<dyn Parker>,
-    sleeping: AtomicBool,
-    /// Loop iterations.
-    pub loops: AtomicU64,
-    /// Loop iterations that found work.
-    pub busy_loops: AtomicU64,
-    /// Times the worker went to sleep.
-    pub sleeps: AtomicU64,
-    /// The worker thread's OS id, once it runs (0 before).
-    pub tid: AtomicI32,
-}
-
-impl WorkerShared {
-    /// The shared part of a worker that sleeps and is woken with `parker`.
-    pub fn new(parker: Box<dyn Parker>) -> Self {
-        Self {
-            inbox: ArrayQueue::new(4096),
-            handoff: ArrayQueue::new(4096),
-            handed_over: AtomicU64::new(0),
-            handed_in: AtomicU64::new(0),
-            parker,
-            sleeping: AtomicBool::new(false),
-            loops: AtomicU64::new(0),
-            busy_loops: AtomicU64::new(0),
-            sleeps: AtomicU64::new(0),
-            tid: AtomicI32::new(0),
-        }
-    }
-
-    /// Wakes the worker if it sleeps.
-    pub fn wake(&self) {
-        if self.sleeping.load(Ordering::SeqCst) {
-            self.parker.unpark();
-        }
-    }
-
-    /// Wakes the worker whether it sleeps or not: after a command, which
-    /// it may have just missed on its way to sleep.
-    pub fn kick(&self) {
-        self.parker.unpark();
-    }
-}
-
-/// The shared parts of `n` workers that park on memory ([`Nap`]), for
-/// tests and benchmarks that drive [`Worker::poll_once`] without threads.
-/// (Inboxes must exist before any worker starts: each may hand frames to
-/// any other.)
-pub fn shared_on_memory(n: usize) -> Arc<[Arc<WorkerShared>]> {
-    (0..n)
-        .map(|_| Arc::new(WorkerShared::new(Box::<Nap>::default())))
-        .collect::<Vec<_>>()
-        .into()
 }
 
 struct Owned {
@@ -583,76 +452,6 @@ impl Worker {
         if let Some(v) = snap.port(in_port) {
             self.drops.flush(&v.stats);
         }
-    }
-
-    /// One step of the work on the connection table: control's requests
-    /// first, then expiry. Returns the slots visited (as work done, so an
-    /// adaptive worker does not sleep with a request half done).
-    fn ct_work(&mut self, now: u32) -> usize {
-        if let Some(job) = self.ct_jobs.front_mut() {
-            let ct = self.pipeline.ct_mut();
-            let slots = ct.slots();
-            let done = match job {
-                CtJob::List { from, acc, .. } => {
-                    acc.flows.extend(ct.flows_in(*from, EXPIRE_STEP));
-                    *from += EXPIRE_STEP;
-                    *from >= slots
-                }
-                CtJob::Remove {
-                    from,
-                    removed,
-                    pred,
-                    ..
-                } => {
-                    *removed += ct.remove_if_in(*from, EXPIRE_STEP, pred);
-                    *from += EXPIRE_STEP;
-                    *from >= slots
-                }
-            };
-            let freed = ct.take_freed();
-            self.tables.ct.release(freed);
-            if done {
-                match self.ct_jobs.pop_front() {
-                    Some(CtJob::List { mut acc, reply, .. }) => {
-                        acc.table_bytes =
-                            self.pipeline.ct().bytes_per_flow() * self.pipeline.ct().max();
-                        let _ = reply.send(acc);
-                    }
-                    Some(CtJob::Remove { removed, ack, .. }) => {
-                        let _ = ack.send(removed);
-                    }
-                    None => {}
-                }
-            }
-            return EXPIRE_STEP.min(slots).max(1);
-        }
-        let now_ns = self.clock.now_ns();
-        if now_ns >= self.expiry_next_ns {
-            self.expiry_next_ns = now_ns + EXPIRY_TICK_NS;
-            let slots = self.pipeline.ct().slots();
-            if slots > 0 {
-                self.expiry_budget = (slots / EXPIRY_SLICES_PER_PASS).max(EXPIRE_STEP.min(slots));
-            }
-        }
-        if self.expiry_budget == 0 {
-            return 0;
-        }
-        let step = EXPIRE_STEP.min(self.expiry_budget);
-        self.expiry_budget -= step;
-        let ct = self.pipeline.ct_mut();
-        let expired = ct.expire(now, step);
-        let freed = ct.take_freed();
-        self.tables.ct.release(freed);
-        if expired > 0 {
-            self.tables
-                .ct
-                .stats
-                .expired
-                .fetch_add(expired as u64, Ordering::Relaxed);
-        }
-        // Expiry is housekeeping, not traffic: it does not keep an
-        // adaptive worker awake.
-        0
     }
 
     fn flush(&mut self, snap: &Snapshot) {
