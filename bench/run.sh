@@ -81,6 +81,9 @@ cleanup() {
     for n in bh ba bb vh va vb wa wb ta tb ih ia ib ic id nh nc ne sh sc se kA kB kc1 kc2 xA xB xa1 xa2 xb1 xb2; do ip netns del "$P-$n" 2>/dev/null || true; done
     # The cluster bench cleans up after itself; this covers it being killed.
     { ip netns list | awk '{print $1}' | grep "^$P-c" || true; } | while read -r n; do ip netns del "$n" 2>/dev/null || true; done
+    # The containers' resolv.conf the switches wrote (attach), which stay
+    # with attachments a stopped switch keeps.
+    rm -rf /etc/netns/"$P"-*
     rm -rf "$TMP"
 }
 trap cleanup EXIT INT TERM

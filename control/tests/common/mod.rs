@@ -490,6 +490,9 @@ impl Drop for Topo {
         }
         for ns in self.namespaces.drain(..).rev() {
             let _ = sh("ip", &["netns", "del", &ns]);
+            // The resolv.conf an attach wrote stays with an attachment a
+            // stopped switch keeps; the namespace is gone, so is it.
+            let _ = std::fs::remove_dir_all(format!("/etc/netns/{ns}"));
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
