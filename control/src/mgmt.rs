@@ -10,7 +10,7 @@
 //! logged with the caller's uid and pid (`SO_PEERCRED`).
 use crate::api::{Request, Response};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
@@ -191,8 +191,19 @@ fn reply(w: &mut impl Write, resp: &Response) -> std::io::Result<()> {
     w.write_all(&out)
 }
 
-/// Sends one request to a running switch.
+/// How long a client waits for the switch's answer by default: every
+/// request is answered in milliseconds, so a switch that says nothing for
+/// this long is stuck, and a client (the CLI, the CNI plugin a runtime waits
+/// on) says so instead of hanging with it.
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(60);
+
+/// Sends one request to a running switch and waits [`ANSWER_WITHIN`].
 pub fn request(socket: &Path, req: &Request) -> Result<Response, String> {
+    request_within(socket, req, ANSWER_WITHIN)
+}
+
+/// Sends one request to a running switch and waits `limit` for the answer.
+pub fn request_within(socket: &Path, req: &Request, limit: Duration) -> Result<Response, String> {
     let c = UnixStream::connect(socket).map_err(|e| {
         format!(
             "cannot reach vswitch at {}: {e} (is `vswitch run` running? set --socket or VSWITCH_SOCKET)",
@@ -203,9 +214,18 @@ pub fn request(socket: &Path, req: &Request) -> Result<Response, String> {
     let mut body = serde_json::to_vec(req).map_err(|e| e.to_string())?;
     body.push(b'\n');
     w.write_all(&body).map_err(|e| e.to_string())?;
+    c.set_read_timeout(Some(limit)).map_err(|e| e.to_string())?;
     let mut line = String::new();
     BufReader::new(c)
         .read_line(&mut line)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| match e.kind() {
+            ErrorKind::WouldBlock | ErrorKind::TimedOut => format!(
+                "the switch at {} did not answer within {} s: its control thread is stuck or \
+             overloaded (see its log); the request may still take effect",
+                socket.display(),
+                limit.as_secs()
+            ),
+            _ => e.to_string(),
+        })?;
     serde_json::from_str(&line).map_err(|e| format!("bad response from switch: {e}"))
 }

@@ -41,7 +41,7 @@ fn underlay(t: &mut Topo, backend: Backend) -> (Vec<Host>, Option<u32>) {
         .map(|i| format!("{}/24", host_ip(i)))
         .collect();
     let ups = t.underlay_bridge(&HOSTS, &addrs);
-    let dir = std::env::temp_dir().join(format!("{}-cl", t.prefix));
+    let dir = t.tmp("cl");
     let _ = std::fs::create_dir_all(&dir);
     let etcd = (backend == Backend::Etcd).then(|| {
         ok(&t.exec(
@@ -607,7 +607,7 @@ fn partition_heals(backend: Backend, tag: &str) {
 fn etcd_watch_resumes_and_relists_after_compaction() {
     let mut t = Topo::new("c5");
     let (mut hosts, etcd) = underlay(&mut t, Backend::Etcd);
-    let dir = std::env::temp_dir().join(format!("{}-cl", t.prefix));
+    let dir = t.tmp("cl");
     for (i, h) in hosts.iter_mut().enumerate() {
         start(&mut t, h, i);
     }

@@ -111,7 +111,7 @@ fn a_runtime_puts_containers_on_vswitch_through_the_cni_plugin() {
     assert!(a.contains("10.81.0.50/24"), "{a}");
 
     // A second container by /proc/PID/ns/net, veth, CNI 0.4.0.
-    let log = std::env::temp_dir().join(format!("{}-sleep.log", t.prefix));
+    let log = t.tmp("sleep.log");
     let holder = t.bg_log("c2", &["sleep", "120"], &log);
     let c2_path = format!("/proc/{holder}/ns/net");
     let conf2 = json!({
@@ -137,7 +137,7 @@ fn a_runtime_puts_containers_on_vswitch_through_the_cni_plugin() {
 
     // The port mapping: from outside, to a server in c1, through the
     // switch's DNAT while another process holds the host port.
-    let www = std::env::temp_dir().join(format!("{}-www", t.prefix));
+    let www = t.tmp("www");
     std::fs::create_dir_all(&www).unwrap();
     std::fs::write(www.join("index.html"), "hello from c1").unwrap();
     t.bg(
@@ -280,7 +280,7 @@ fn podman_runs_containers_on_vswitch() {
     t.start_switch(&format!(
         "[[workers]]\nidle = {{ mode = \"adaptive\", idle_after_us = 500, max_sleep_ms = 20 }}\n[uplink]\niface = \"{up}\"\n"
     ));
-    let dir = std::env::temp_dir().join(format!("{}-podman", t.prefix));
+    let dir = t.tmp("podman");
     let _cleanup = Podman(dir.clone());
     let _ = std::fs::remove_dir_all(&dir);
     for d in ["cni", "net.d"] {

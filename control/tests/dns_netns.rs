@@ -72,28 +72,14 @@ fn containers_find_each_other_by_name() {
     )
     .unwrap();
     let dnsmasq_log = t.state_dir().with_file_name("dnsmasq.log");
-    let pid_file = format!(
-        "--pid-file={}",
-        std::env::temp_dir()
-            .join(format!("{}-dnsmasq.pid", t.prefix))
-            .display()
-    );
-    t.bg_log(
+    t.dnsmasq(
         "ext",
+        EXT_IP,
         &[
-            "dnsmasq",
-            "--no-daemon",
-            "--no-resolv",
-            "--no-hosts",
-            "--bind-interfaces",
-            &format!("--listen-address={EXT_IP}"),
             &format!("--address=/external.test/{EXTERNAL}"),
             "--local-ttl=60",
-            "--log-queries",
-            "--log-facility=-",
-            &pid_file,
         ],
-        &dnsmasq_log,
+        Some(&dnsmasq_log),
     );
     // A second upstream, for the network that names its own (--dns).
     ok(&t.exec(
@@ -107,20 +93,14 @@ fn containers_find_each_other_by_name() {
             &format!("{}x", t.prefix),
         ],
     ));
-    let pid_file2 = pid_file.replace("dnsmasq.pid", "dnsmasq2.pid");
-    t.bg(
+    t.dnsmasq(
         "ext",
+        EXT_DNS2,
         &[
-            "dnsmasq",
-            "--no-daemon",
-            "--no-resolv",
-            "--no-hosts",
-            "--bind-interfaces",
-            &format!("--listen-address={EXT_DNS2}"),
             &format!("--address=/external.test/{EXTERNAL2}"),
             "--local-ttl=60",
-            &pid_file2,
         ],
+        None,
     );
     std::thread::sleep(std::time::Duration::from_millis(300));
     t.start_switch(&format!("{ADAPTIVE}[uplink]\niface = \"{up}\"\n"));
@@ -297,4 +277,30 @@ for _ in range(60):
     assert_eq!(short(&t, "c3", &["@10.82.0.1", "db"]), "10.82.0.13");
     std::thread::sleep(std::time::Duration::from_secs(1));
     assert_eq!(short(&t, "c2", &["@10.81.0.1", "client"]), "10.81.0.12");
+
+    // TCP clients are bounded per source ([dns] tcp_per_source, 16): the
+    // 17th to 20th connections are closed unanswered (counted) while the
+    // first 16 are answered, and another container is still answered.
+    let many = r#"
+import socket, struct, time
+q = bytes([0x12, 0x36, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 6]) + b"client" + bytes([0, 0, 1, 0, 1])
+held = [socket.create_connection(("10.81.0.1", 53), timeout=2) for _ in range(20)]
+time.sleep(0.3)
+answered = 0
+for s in held:
+    try:
+        s.sendall(struct.pack("!H", len(q)) + q)
+        answered += len(s.recv(2)) == 2
+    except OSError:
+        pass
+print(answered)
+"#;
+    let before = dns_stats(&t)["tcp_refused"].as_u64().unwrap();
+    assert_eq!(ok(&t.exec("c2", &["python3", "-c", many])).trim(), "16");
+    assert_eq!(dns_stats(&t)["tcp_refused"].as_u64().unwrap() - before, 4);
+    assert_eq!(short(&t, "c3", &["+tcp", "@10.82.0.1", "db"]), "10.82.0.13");
+    assert_eq!(
+        short(&t, "c2", &["+tcp", "@10.81.0.1", "client"]),
+        "10.81.0.12"
+    );
 }

@@ -158,7 +158,7 @@ fn docker_runs_containers_on_vswitch_through_its_network_driver() {
     );
     let args = ["--docker-plugin", "--docker-plugin-socket", plugin.as_str()];
     t.start_switch_args(&config, &args);
-    let dir = std::env::temp_dir().join(format!("{}-docker", t.prefix));
+    let dir = t.tmp("docker");
     let dockerd = Dockerd::start(&t, &dir);
     let rootfs = common::busybox_rootfs(&dir, "hello from docker");
     dockerd.run(&[

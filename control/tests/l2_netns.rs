@@ -1,7 +1,7 @@
 //! L2 switching in real network namespaces, with the kernel as referee.
 //! Needs root (CI runs as root).
 mod common;
-use common::{ok, Topo, ADAPTIVE};
+use common::{ok, wait_within, Topo, ADAPTIVE};
 use std::time::Duration;
 
 /// Three containers on one network, one on another: every pair of the first
@@ -182,7 +182,10 @@ fn iperf3_tcp_tap_and_veth() {
         let mut s = t.spawn_in(srv, &["iperf3", "-s", "-1", "-B", ip]);
         std::thread::sleep(Duration::from_millis(300));
         let out = ok(&t.exec(cli, &["iperf3", "-c", ip, "-t", "2", "-J"]));
-        let _ = s.wait();
+        assert!(
+            wait_within(&mut s, Duration::from_secs(20)),
+            "iperf3 server in {srv} did not end"
+        );
         let v: serde_json::Value = serde_json::from_str(&out).expect("iperf3 JSON");
         let bytes = v["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0);
         assert!(

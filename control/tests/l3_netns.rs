@@ -59,7 +59,7 @@ fn drops(t: &Topo, key: &str, reason: &str) -> u64 {
 
 /// Serves `body` over HTTP on `port` from namespace `ns` (python3 http.server).
 fn http_server(t: &mut Topo, ns: &str, port: u16, body: &str) {
-    let dir = std::env::temp_dir().join(format!("{}-{ns}-www{port}", t.prefix));
+    let dir = t.tmp(&format!("{ns}-www{port}"));
     let _ = std::fs::create_dir_all(&dir);
     std::fs::write(dir.join("index.html"), body).unwrap();
     t.bg(
@@ -97,7 +97,7 @@ fn wait_socket(t: &Topo, ns: &str, opts: &str, port: u16) {
 /// Starts `tcpdump` with `filter` on the external end of the uplink, writing
 /// to a file it returns once the capture is on (its header written).
 fn capture_ext(t: &mut Topo, name: &str, filter: &str) -> std::path::PathBuf {
-    let pcap = std::env::temp_dir().join(format!("{}-{name}.pcap", t.prefix));
+    let pcap = t.tmp(&format!("{name}.pcap"));
     let ex = format!("{}x", t.prefix);
     t.bg(
         "ext",
@@ -227,24 +227,7 @@ fn egress_snat_dns_icmp_and_host_untouched() {
     );
 
     // DNS through SNAT, from a real resolver.
-    t.bg(
-        "ext",
-        &[
-            "dnsmasq",
-            "--no-daemon",
-            "--no-resolv",
-            "--no-hosts",
-            "--bind-interfaces",
-            &format!("--listen-address={EXT_IP}"),
-            "--address=/svc.example/192.0.2.7",
-            &format!(
-                "--pid-file={}",
-                std::env::temp_dir()
-                    .join(format!("{}-dnsmasq.pid", t.prefix))
-                    .display()
-            ),
-        ],
-    );
+    t.dnsmasq("ext", EXT_IP, &["--address=/svc.example/192.0.2.7"], None);
     std::thread::sleep(Duration::from_millis(500));
     let d = ok(&t.exec(
         "c1",
@@ -556,7 +539,7 @@ fn ten_thousand_short_connections() {
     t.vs_ok(&["network", "create", "burst", "--subnet", "10.75.0.0/24"]);
     attach(&mut t, "burst", "b1", "tap");
     // The server records each peer address and answers one byte.
-    let log = std::env::temp_dir().join(format!("{}-peers.txt", t.prefix));
+    let log = t.tmp("peers.txt");
     let server = format!(
         r#"import socket
 s = socket.socket()

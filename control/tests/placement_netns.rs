@@ -118,7 +118,7 @@ fn workers_are_placed_as_configured_at_every_start() {
         "eth0",
         "192.168.71.2/24",
     );
-    let key = std::env::temp_dir().join(format!("{}-cluster.key", t.prefix));
+    let key = t.tmp("cluster.key");
     std::fs::write(&key, [7u8; 32]).expect("key file");
     let net = "[[networks]]\nname = \"blue\"\nsubnet = \"10.71.0.0/24\"\n";
     let busy = format!("[[workers]]\ncore = {wcore}\nidle = {{ mode = \"busy\" }}\n");

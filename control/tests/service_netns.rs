@@ -17,7 +17,7 @@ fn next(sock: &UnixDatagram) -> String {
 #[test]
 fn tells_the_service_manager_when_ready_and_stopping() {
     let mut t = Topo::new("sd");
-    let path = std::env::temp_dir().join(format!("{}-notify.sock", t.prefix));
+    let path = t.tmp("notify.sock");
     let _ = std::fs::remove_file(&path);
     let sock = UnixDatagram::bind(&path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(10)))

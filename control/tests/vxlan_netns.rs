@@ -62,7 +62,7 @@ fn iperf_bytes(t: &Topo, client: &str, server_ip: &str, port: &str) -> u64 {
 /// Another vswitch in namespace `ns`, with its own files and socket; `Topo`
 /// kills it (started through `bg`).
 fn start_switch_in(t: &mut Topo, ns: &str, cfg: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("{}-{ns}", t.prefix));
+    let dir = t.tmp(ns);
     let _ = std::fs::create_dir_all(&dir);
     let c = dir.join("sw.toml");
     std::fs::write(&c, cfg).unwrap();

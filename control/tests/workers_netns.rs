@@ -4,7 +4,7 @@
 //! port, hairpin, VXLAN to and from a kernel VTEP) are handed over between
 //! workers and arrive. Needs root.
 mod common;
-use common::{ok, Topo};
+use common::{ok, wait_within, Topo};
 use std::time::Duration;
 
 const HOST_IP: &str = "192.168.95.1";
@@ -68,7 +68,10 @@ fn frames_cross_between_two_workers() {
     let mut s = t.spawn_in("c2", &["iperf3", "-s", "-1", "-B", "10.66.0.12"]);
     std::thread::sleep(Duration::from_millis(300));
     let out = ok(&t.exec("c1", &["iperf3", "-c", "10.66.0.12", "-t", "2", "-J"]));
-    let _ = s.wait();
+    assert!(
+        wait_within(&mut s, Duration::from_secs(20)),
+        "iperf3 server did not end"
+    );
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let bytes = v["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0);
     assert!(

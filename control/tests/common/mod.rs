@@ -32,6 +32,27 @@ pub fn sh(cmd: &str, args: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("cannot run {cmd}: {e} (run scripts/install-deps.sh)"))
 }
 
+/// How long one command in a test may run. Everything a test runs ends in
+/// seconds; one that does not (a client waiting on a stalled path, a tool's
+/// own bug) fails its test with what the switch saw, instead of holding CI
+/// until its time runs out.
+pub const COMMAND_LIMIT: Duration = Duration::from_secs(120);
+
+/// Waits up to `limit` for child `c` to exit; kills it after that and
+/// returns false.
+pub fn wait_within(c: &mut Child, limit: Duration) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        if matches!(c.try_wait(), Ok(Some(_))) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+    false
+}
+
 pub fn ok(o: &Output) -> String {
     assert!(
         o.status.success(),
@@ -47,16 +68,7 @@ pub fn ok(o: &Output) -> String {
 /// after that. Returns whether it exited by itself.
 pub fn end_child(c: &mut Child, sig: nix::sys::signal::Signal, grace: Duration) -> bool {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), sig);
-    let t0 = Instant::now();
-    while t0.elapsed() < grace {
-        if matches!(c.try_wait(), Ok(Some(_))) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = c.kill();
-    let _ = c.wait();
-    false
+    wait_within(c, grace)
 }
 
 impl Topo {
@@ -84,6 +96,45 @@ impl Topo {
         t
     }
 
+    /// A path in the test's own directory, removed with the topology.
+    pub fn tmp(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Starts dnsmasq in namespace `name` as a real DNS server on `listen`
+    /// only: no host files, no resolv.conf; `args` say what it answers.
+    /// With `log`, its queries are logged there. Ended with the topology.
+    pub fn dnsmasq(
+        &mut self,
+        name: &str,
+        listen: &str,
+        args: &[&str],
+        log: Option<&std::path::Path>,
+    ) {
+        let listen = format!("--listen-address={listen}");
+        let pid = format!(
+            "--pid-file={}",
+            self.tmp(&format!("dnsmasq-{listen}.pid")).display()
+        );
+        let mut a = vec![
+            "dnsmasq",
+            "--no-daemon",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            listen.as_str(),
+            pid.as_str(),
+        ];
+        a.extend_from_slice(args);
+        match log {
+            Some(log) => {
+                a.extend(["--log-queries", "--log-facility=-"]);
+                self.bg_log(name, &a, log);
+            }
+            None => self.bg(name, &a),
+        }
+    }
+
     pub fn ns(&self, name: &str) -> String {
         format!("{}-{name}", self.prefix)
     }
@@ -103,11 +154,53 @@ impl Topo {
         ns
     }
 
+    /// Runs `args` in namespace `name`, for at most [`COMMAND_LIMIT`].
     pub fn exec(&self, name: &str, args: &[&str]) -> Output {
+        self.exec_within(name, args, COMMAND_LIMIT)
+    }
+
+    /// Runs `args` in namespace `name`; one still running after `limit` is
+    /// killed and fails the test with what the switch and the namespace's
+    /// sockets show.
+    pub fn exec_within(&self, name: &str, args: &[&str], limit: Duration) -> Output {
         let ns = self.ns(name);
-        let mut a = vec!["netns", "exec", ns.as_str()];
+        let secs = limit.as_secs().max(1).to_string();
+        let mut a = vec!["-k", "5", secs.as_str(), "ip", "netns", "exec", ns.as_str()];
         a.extend_from_slice(args);
-        sh("ip", &a)
+        let t0 = Instant::now();
+        let o = sh("timeout", &a);
+        if t0.elapsed() >= limit && matches!(o.status.code(), Some(124) | Some(137)) {
+            panic!(
+                "{args:?} in {ns} did not finish within {secs} s\n{}",
+                self.diagnose(name)
+            );
+        }
+        o
+    }
+
+    /// What to look at when a command hangs: the sockets of namespace
+    /// `name`, the switch's counters and the end of its log.
+    pub fn diagnose(&self, name: &str) -> String {
+        let out = |o: Output| {
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            )
+        };
+        let ns = self.ns(name);
+        let sockets = out(sh(
+            "timeout",
+            &["5", "ip", "netns", "exec", &ns, "ss", "-tnio"],
+        ));
+        let stats = out(self.vs(&["--timeout", "5", "stats"]));
+        let log = self.log();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        format!(
+            "sockets in {ns}:\n{sockets}\nswitch stats:\n{stats}\nswitch log (end):\n{}",
+            tail.join("\n")
+        )
     }
 
     pub fn spawn_in(&self, name: &str, args: &[&str]) -> Child {

@@ -18,6 +18,9 @@ pub(crate) struct Cli {
         default_value = "/run/vswitch/vswitch.sock"
     )]
     pub(crate) socket: PathBuf,
+    /// Seconds to wait for the switch's answer before giving up.
+    #[arg(long, global = true, env = "VSWITCH_TIMEOUT", default_value_t = 60)]
+    pub(crate) timeout: u64,
     #[command(subcommand)]
     pub(crate) cmd: Cmd,
 }

@@ -39,7 +39,8 @@ fn main() -> ExitCode {
 }
 
 fn call(cli: &Cli, req: Request) -> Result<serde_json::Value, String> {
-    let r = vswitch_control::mgmt::request(&cli.socket, &req)?;
+    let limit = std::time::Duration::from_secs(cli.timeout.max(1));
+    let r = vswitch_control::mgmt::request_within(&cli.socket, &req, limit)?;
     if r.ok {
         Ok(r.data)
     } else {
