@@ -16,7 +16,7 @@ use super::gateway::Ctx;
 use super::Action;
 use crate::conntrack::PortOwner;
 use crate::stats::DropReason;
-use crate::tables::UplinkView;
+use crate::tables::{Published, UplinkView};
 
 /// Who this worker is among the workers, for one batch.
 #[derive(Debug, Clone, Copy)]
@@ -65,7 +65,7 @@ impl Steer {
 
     /// Whether frames may be handed over from here at all.
     #[inline]
-    fn active(&self) -> bool {
+    pub fn active(&self) -> bool {
         self.workers > 1 && !self.handed
     }
 
@@ -78,23 +78,22 @@ impl Steer {
 }
 
 impl Ctx<'_> {
-    /// Where a packet to the host's address `ip`, port (or ICMP
-    /// identifier) `port` belongs, if not here: to a published port's
-    /// container's worker, or to the worker that owns a NAT port. A reply
-    /// to a port held for a flow being taken over is dropped and counted.
+    /// Where a packet to a host address's port (or ICMP identifier) `port`
+    /// belongs, if not here: to the worker of the container `published`
+    /// there (the snapshot's, which the caller looked up), or to the worker
+    /// that owns the NAT port. A reply to a port held for a flow being
+    /// taken over is dropped and counted. Only asked while frames may be
+    /// handed over ([`Steer::active`]).
     #[inline]
     pub(super) fn steer_local(
         &self,
         u: &UplinkView,
         proto: u8,
-        ip: u32,
         port: u16,
+        published: Option<&Published>,
     ) -> Option<Action> {
-        if !self.steer.active() {
-            return None;
-        }
         let owner =
-            match self.snap.published_at(proto, ip, port) {
+            match published {
                 Some(pb) => pb.worker as usize,
                 None => match self.tables.ct.ports.owner(
                     proto,

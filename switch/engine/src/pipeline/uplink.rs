@@ -89,19 +89,31 @@ fn uplink_one(ctx: &mut Ctx<'_>, u: &UplinkView, p: &mut Packet, pre: Option<V4>
         // About a packet the switch sent from a host address and port: the
         // flow that sent it lives where that port belongs.
         if let Some(s) = sent_by(p, &v) {
-            if let Some(a) = ctx.steer_local(u, s.proto, s.src, s.sport) {
-                return a;
+            if ctx.steer.active() {
+                let pb = ctx.snap.published_at(s.proto, s.src, s.sport);
+                if let Some(a) = ctx.steer_local(u, s.proto, s.sport, pb) {
+                    return a;
+                }
             }
         }
         return icmp_error_in(ctx, p, &v);
     }
-    if let Some(a) = ctx.steer_local(u, t.proto, t.dst, t.dport) {
-        return a;
+    // The published port it is for: looked up once, here when it decides
+    // the worker, else only for a packet no flow claims.
+    let mut published = None;
+    if ctx.steer.active() {
+        let pb = ctx.snap.published_at(t.proto, t.dst, t.dport).copied();
+        if let Some(a) = ctx.steer_local(u, t.proto, t.dport, pb.as_ref()) {
+            return a;
+        }
+        published = Some(pb);
     }
     if let Some(hit) = ctx.track(&v) {
         return ctx.translate(p, &v, hit);
     }
-    let Some(pb) = ctx.snap.published_at(t.proto, t.dst, t.dport).copied() else {
+    let published =
+        published.unwrap_or_else(|| ctx.snap.published_at(t.proto, t.dst, t.dport).copied());
+    let Some(pb) = published else {
         return Action::Drop(DropReason::ToKernel);
     };
     if v.frag == Frag::Rest {
