@@ -549,7 +549,7 @@ done
 
 : >"$TMP/cl.res"
 # CLUSTER_HOSTS=0 skips the peer-table sync section, CONTAINER_START=0 the
-# podman section.
+# podman section, DNS_BENCH=0 the resolver's.
 for backend in $([ "$CLUSTER_HOSTS" -gt 0 ] && echo gossip etcd); do
     echo "== peer-table sync: $CLUSTER_HOSTS hosts (namespaces on one bridge), one switch each, $backend backend"
     "$BENCH" cluster --hosts "$CLUSTER_HOSTS" --vswitch "$BIN" --prefix "$P-c" --backend "$backend" | tee "$TMP/cl.txt" | grep -v '^RESULT'
@@ -560,6 +560,12 @@ echo "== container start: podman on a vswitch network (the CNI plugin) against p
 if [ "${CONTAINER_START:-1}" != 0 ]; then
     bash bench/container_start.sh "$BIN" | tee "$TMP/cs.txt" | grep -v '^RESULT'
     grep '^RESULT' "$TMP/cs.txt" | sed 's/^RESULT //' >>"$TMP/cl.res"
+fi
+
+echo "== name resolution: dnsperf against a network's resolver, vswitch's on the gateway against dnsmasq on a docker0-style bridge"
+if [ "${DNS_BENCH:-1}" != 0 ]; then
+    DURATION=$DURATION TRIALS=$TRIALS WORKER_CORE=$WORKER_CORE bash bench/dns.sh "$BIN" | tee "$TMP/dns.txt" | grep -v '^RESULT'
+    grep '^RESULT' "$TMP/dns.txt" | sed 's/^RESULT //' >>"$TMP/cl.res"
 fi
 
 echo "== pipeline on memory"

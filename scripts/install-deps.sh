@@ -15,8 +15,8 @@ fi
 # containernetworking-plugins, busybox-static: a real container runtime that
 # drives the CNI plugin, and an image made offline; docker.io: dockerd, which
 # drives the Docker network driver (never started as a service: see below);
-# util-linux: nsenter.
-pkgs=(iproute2 iputils-ping iperf3 tcpdump netsniff-ng ethtool procps kmod nftables iptables curl dnsutils dnsmasq-base python3 etcd-server protobuf-compiler libprotobuf-dev podman runc conmon containernetworking-plugins busybox-static docker.io util-linux)
+# util-linux: nsenter; dnsperf: the resolver's benchmark.
+pkgs=(iproute2 iputils-ping iperf3 tcpdump netsniff-ng ethtool procps kmod nftables iptables curl dnsutils dnsmasq-base python3 etcd-server protobuf-compiler libprotobuf-dev podman runc conmon containernetworking-plugins busybox-static docker.io util-linux dnsperf)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

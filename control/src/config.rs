@@ -25,6 +25,49 @@ pub struct Config {
     /// Peer-table sync with the other hosts (overlay networks).
     #[serde(default)]
     pub cluster: Option<ClusterSection>,
+    /// The networks' resolver.
+    #[serde(default)]
+    pub dns: DnsConfig,
+}
+
+/// `[dns]`: how much one container may ask of its network's resolver.
+/// Beyond these, queries and TCP clients are refused and counted
+/// (`vswitch stats`); a reload applies new values at once.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConfig {
+    /// Queries a second one source may send (default 2,000).
+    #[serde(default = "default_dns_rate")]
+    pub rate: u32,
+    /// Queries one source may send at once, after a quiet spell (default
+    /// 4,000).
+    #[serde(default = "default_dns_burst")]
+    pub burst: u32,
+    /// TCP clients one source may hold open (default 16).
+    #[serde(default = "default_dns_tcp")]
+    pub tcp_per_source: u32,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self {
+            rate: default_dns_rate(),
+            burst: default_dns_burst(),
+            tcp_per_source: default_dns_tcp(),
+        }
+    }
+}
+
+fn default_dns_rate() -> u32 {
+    2000
+}
+
+fn default_dns_burst() -> u32 {
+    4000
+}
+
+fn default_dns_tcp() -> u32 {
+    16
 }
 
 /// `[cluster]`: hosts sync their overlay peer tables themselves.
@@ -419,6 +462,7 @@ impl Default for Config {
             ports: Vec::new(),
             uplink: None,
             cluster: None,
+            dns: DnsConfig::default(),
         }
     }
 }
@@ -491,6 +535,21 @@ impl Config {
                 "switch.max_flows = {max_flows}: give a number from 1 to {} (the conntrack index \
                  keeps a flow's slot in 23 bits)",
                 vswitch_engine::conntrack::MAX_FLOWS
+            )));
+        }
+        let d = self.dns;
+        if d.rate == 0 || d.burst == 0 {
+            return Err(ConfigError::Invalid(format!(
+                "dns.rate = {}, dns.burst = {}: give at least 1 each (queries a second, and \
+                 at once, one container may send)",
+                d.rate, d.burst
+            )));
+        }
+        if !(1..=crate::dns::MAX_TCP as u32).contains(&d.tcp_per_source) {
+            return Err(ConfigError::Invalid(format!(
+                "dns.tcp_per_source = {}: give a number from 1 to {}",
+                d.tcp_per_source,
+                crate::dns::MAX_TCP
             )));
         }
         // Whether a worker's core is one this process may use is checked at
@@ -758,5 +817,14 @@ mod tests {
             assert!(e.contains("max_flows") && e.contains("8388608"), "{e}");
         }
         parse("[switch]\nmax_flows = 8388608\n").unwrap();
+        let e = parse("[dns]\nrate = 0\n").unwrap_err();
+        assert!(e.contains("dns.rate = 0"), "{e}");
+        let e = parse("[dns]\ntcp_per_source = 5000\n").unwrap_err();
+        assert!(e.contains("from 1 to 1024"), "{e}");
+        let c = parse("[dns]\nrate = 50000\nburst = 100000\n").unwrap();
+        assert_eq!(
+            (c.dns.rate, c.dns.burst, c.dns.tcp_per_source),
+            (50_000, 100_000, 16)
+        );
     }
 }

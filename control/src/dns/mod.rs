@@ -26,7 +26,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-pub use server::{BURST, MAX_QUERY, RATE};
+pub use server::{MAX_QUERY, MAX_TCP};
 
 /// One network's names, as the resolver answers them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +77,8 @@ pub struct DnsStats {
     pub oversized: AtomicU64,
     /// Malformed (answered FORMERR when they had a header, else dropped).
     pub malformed: AtomicU64,
+    /// TCP clients refused: over the per-source or overall bound.
+    pub tcp_refused: AtomicU64,
     /// Not a plain query of class IN (answered NOTIMP).
     pub unsupported: AtomicU64,
     /// An upstream did not answer in time.
@@ -105,6 +107,9 @@ pub struct DnsCounters {
     /// See [`DnsStats`].
     pub malformed: u64,
     /// See [`DnsStats`].
+    #[serde(default)]
+    pub tcp_refused: u64,
+    /// See [`DnsStats`].
     pub unsupported: u64,
     /// See [`DnsStats`].
     pub upstream_timeouts: u64,
@@ -125,6 +130,7 @@ impl DnsStats {
             rate_limited: l(&self.rate_limited),
             oversized: l(&self.oversized),
             malformed: l(&self.malformed),
+            tcp_refused: l(&self.tcp_refused),
             unsupported: l(&self.unsupported),
             upstream_timeouts: l(&self.upstream_timeouts),
             servfail: l(&self.servfail),
@@ -146,22 +152,30 @@ impl std::fmt::Debug for server::Cmd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             server::Cmd::Zones(z) => write!(f, "Zones({})", z.len()),
+            server::Cmd::Limits(l) => write!(f, "Limits({l:?})"),
         }
     }
 }
 
 impl Resolver {
     /// Starts the resolver thread (`vswitch-dns`), with no network yet.
-    pub fn start() -> std::io::Result<Self> {
+    pub fn start(limits: crate::config::DnsConfig) -> std::io::Result<Self> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), server::WAKE)?);
         let (tx, rx) = crossbeam::channel::unbounded();
         let stats = Arc::new(DnsStats::default());
-        let srv = server::Server::new(poll, rx, stats.clone())?;
+        let srv = server::Server::new(poll, rx, stats.clone(), limits)?;
         std::thread::Builder::new()
             .name("vswitch-dns".into())
             .spawn(move || srv.run())?;
         Ok(Self { tx, waker, stats })
+    }
+
+    /// New bounds per source (a reloaded `[dns]`).
+    pub fn limit(&self, limits: crate::config::DnsConfig) {
+        if self.tx.send(server::Cmd::Limits(limits)).is_ok() {
+            let _ = self.waker.wake();
+        }
     }
 
     /// The networks' names now (the resolver listens on exactly these

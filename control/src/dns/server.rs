@@ -4,17 +4,21 @@
 //!
 //! A query is answered only when it comes from the network's own subnet
 //! (never from the uplink's side: the switch is not an open resolver), at
-//! most [`RATE`] a second per source (a burst of [`BURST`]); queries over
-//! [`MAX_QUERY`] bytes are dropped. Forwarded questions wait [`TIMEOUT`]
-//! for an answer from each upstream in turn, then get SERVFAIL; at most
-//! [`MAX_PENDING`] wait at once. Every refusal is counted ([`DnsStats`]).
+//! most `[dns] rate` a second per source (bursts of `burst`), over at most
+//! `tcp_per_source` TCP connections per source ([`MAX_TCP`] in all);
+//! queries over [`MAX_QUERY`] bytes are dropped. Forwarded questions wait
+//! [`TIMEOUT`] for an answer from each upstream in turn, then get SERVFAIL;
+//! at most [`MAX_PENDING`] wait at once. Every refusal is counted
+//! ([`DnsStats`]).
 use super::answer::{self, Outcome, Refusal};
 use super::cache::Cache;
 use super::{DnsStats, NetZone};
+use crate::config::DnsConfig;
 use crossbeam::channel::Receiver;
 use hickory_proto::op::{Message, ResponseCode};
 use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token};
+use socket2::{Domain, Socket, Type};
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -22,10 +26,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Queries a second one source may send.
-pub const RATE: f64 = 2000.0;
-/// Queries one source may send at once.
-pub const BURST: f64 = 4000.0;
 /// Largest query taken (a query is one question: tens of bytes).
 pub const MAX_QUERY: usize = 1232;
 /// How long an upstream has to answer.
@@ -36,6 +36,10 @@ pub const MAX_PENDING: usize = 4096;
 pub const CACHE_SIZE: usize = 10_000;
 /// An idle TCP client is closed after this.
 const TCP_IDLE: Duration = Duration::from_secs(10);
+/// TCP clients at once, from all sources.
+pub const MAX_TCP: usize = 1024;
+/// How often waiting questions and idle clients are looked over.
+const SWEEP: Duration = Duration::from_millis(100);
 /// How often a gateway that could not be bound is tried again.
 const REBIND: Duration = Duration::from_secs(2);
 
@@ -46,6 +50,8 @@ const UPSTREAM: Token = Token(usize::MAX - 1);
 pub(super) enum Cmd {
     /// The networks now, each keyed by its gateway address.
     Zones(Vec<NetZone>),
+    /// The bounds per source (`[dns]`).
+    Limits(DnsConfig),
 }
 
 enum Sock {
@@ -56,6 +62,7 @@ enum Sock {
 
 struct Conn {
     gw: Ipv4Addr,
+    peer: IpAddr,
     stream: TcpStream,
     buf: Vec<u8>,
     last: Instant,
@@ -96,6 +103,10 @@ pub(super) struct Server {
     pending: HashMap<u16, Pending>,
     cache: Cache,
     buckets: HashMap<IpAddr, Bucket>,
+    limits: DnsConfig,
+    /// Open TCP clients per source.
+    tcp_open: HashMap<IpAddr, u32>,
+    swept: Instant,
     next: usize,
     seed: u64,
 }
@@ -105,6 +116,7 @@ impl Server {
         poll: Poll,
         rx: Receiver<Cmd>,
         stats: Arc<DnsStats>,
+        limits: DnsConfig,
     ) -> std::io::Result<Self> {
         let mut upstream = UdpSocket::bind("0.0.0.0:0".parse().expect("an address"))?;
         poll.registry()
@@ -125,6 +137,9 @@ impl Server {
             pending: HashMap::new(),
             cache: Cache::new(CACHE_SIZE),
             buckets: HashMap::new(),
+            limits,
+            tcp_open: HashMap::new(),
+            swept: Instant::now(),
             next: 0,
             seed,
         })
@@ -153,7 +168,11 @@ impl Server {
                     t => self.ready(t),
                 }
             }
-            self.timeouts(Instant::now());
+            let now = Instant::now();
+            if now.saturating_duration_since(self.swept) >= SWEEP {
+                self.swept = now;
+                self.timeouts(now);
+            }
         }
     }
 
@@ -162,6 +181,7 @@ impl Server {
         loop {
             match self.rx.try_recv() {
                 Ok(Cmd::Zones(z)) => self.set_zones(z),
+                Ok(Cmd::Limits(l)) => self.limits = l,
                 Err(crossbeam::channel::TryRecvError::Empty) => return true,
                 Err(crossbeam::channel::TryRecvError::Disconnected) => return false,
             }
@@ -188,8 +208,7 @@ impl Server {
                     self.socks.remove(&t);
                 }
             }
-            self.socks
-                .retain(|_, s| !matches!(s, Sock::Conn(c) if c.gw == gw));
+            self.close_where(|c| c.gw == gw);
         }
         self.zones = want;
         self.unbound.retain(|gw, _| self.zones.contains_key(gw));
@@ -197,8 +216,8 @@ impl Server {
     }
 
     /// Listens on every gateway not listened on yet; one that cannot be
-    /// bound is tried again every [`REBIND`] (its address may not be up
-    /// yet, or another server holds the port), with one warning.
+    /// bound (another server holds the port) is tried again every
+    /// [`REBIND`], with one warning.
     fn bind_all(&mut self, now: Instant, changed: bool) {
         let todo: Vec<(Ipv4Addr, String)> = self
             .zones
@@ -236,8 +255,10 @@ impl Server {
 
     fn bind(&mut self, gw: Ipv4Addr) -> std::io::Result<[Token; 2]> {
         let addr = SocketAddr::new(gw.into(), 53);
-        let mut u = UdpSocket::bind(addr)?;
-        let mut l = TcpListener::bind(addr)?;
+        let mut u = UdpSocket::from_std(freebound(addr, Type::DGRAM)?.into());
+        let l = freebound(addr, Type::STREAM)?;
+        l.listen(1024)?;
+        let mut l = TcpListener::from_std(l.into());
         let (tu, tl) = (self.token(), self.token());
         self.poll
             .registry()
@@ -273,12 +294,13 @@ impl Server {
             self.buckets
                 .retain(|_, b| now.saturating_duration_since(b.at) < Duration::from_secs(10));
         }
+        let (rate, burst) = (self.limits.rate as f64, self.limits.burst as f64);
         let b = self.buckets.entry(src).or_insert(Bucket {
-            tokens: BURST,
+            tokens: burst,
             at: now,
         });
         let dt = now.saturating_duration_since(b.at).as_secs_f64();
-        b.tokens = (b.tokens + dt * RATE).min(BURST);
+        b.tokens = (b.tokens + dt * rate).min(burst);
         b.at = now;
         if b.tokens < 1.0 {
             self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
@@ -308,7 +330,7 @@ impl Server {
                 self.stats.oversized.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            self.query(To::Udp(gw, peer), gw, &buf[..n], now);
+            self.query(To::Udp(gw, peer), gw, peer.ip(), &buf[..n], now);
         }
     }
 
@@ -327,6 +349,13 @@ impl Server {
             if !self.admit(gw, peer.ip(), now) {
                 continue;
             }
+            let open = self.tcp_open.get(&peer.ip()).copied().unwrap_or(0);
+            let all: u32 = self.tcp_open.values().sum();
+            if open >= self.limits.tcp_per_source || all as usize >= MAX_TCP {
+                // Dropping the stream closes it.
+                self.stats.tcp_refused.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             let ct = self.token();
             if self
                 .poll
@@ -338,11 +367,13 @@ impl Server {
                     ct,
                     Sock::Conn(Conn {
                         gw,
+                        peer: peer.ip(),
                         stream,
                         buf: Vec::new(),
                         last: now,
                     }),
                 );
+                *self.tcp_open.entry(peer.ip()).or_insert(0) += 1;
             }
         }
     }
@@ -351,7 +382,7 @@ impl Server {
         let mut chunk = [0u8; 4096];
         let mut close = false;
         let mut queries = Vec::new();
-        let gw = {
+        let (gw, peer) = {
             let Some(Sock::Conn(c)) = self.socks.get_mut(&t) else {
                 return;
             };
@@ -384,47 +415,52 @@ impl Server {
                 queries.push(c.buf[2..2 + len].to_vec());
                 c.buf.drain(..2 + len);
             }
-            c.gw
+            (c.gw, c.peer)
         };
         for q in queries {
-            if !self.admit_rate_only(t) {
-                continue;
+            if self.admit(gw, peer, Instant::now()) {
+                self.query(To::Tcp(t), gw, peer, &q, Instant::now());
             }
-            self.query(To::Tcp(t), gw, &q, Instant::now());
         }
         if close {
-            self.socks.remove(&t);
+            self.close(t);
         }
     }
 
-    /// The rate limit for one more query on connection `t` (its source was
-    /// checked when it was accepted).
-    fn admit_rate_only(&mut self, t: Token) -> bool {
-        let Some(Sock::Conn(c)) = self.socks.get(&t) else {
-            return false;
-        };
-        let (gw, peer) = (c.gw, c.stream.peer_addr());
-        match peer {
-            Ok(p) => self.admit(gw, p.ip(), Instant::now()),
-            Err(_) => false,
+    /// Closes TCP client `t`.
+    fn close(&mut self, t: Token) {
+        if !matches!(self.socks.get(&t), Some(Sock::Conn(_))) {
+            return;
+        }
+        if let Some(Sock::Conn(c)) = self.socks.remove(&t) {
+            if let Some(n) = self.tcp_open.get_mut(&c.peer) {
+                *n -= 1;
+                if *n == 0 {
+                    self.tcp_open.remove(&c.peer);
+                }
+            }
         }
     }
 
-    fn query(&mut self, to: To, gw: Ipv4Addr, bytes: &[u8], now: Instant) {
+    /// Closes the TCP clients `f` picks.
+    fn close_where(&mut self, f: impl Fn(&Conn) -> bool) {
+        let gone: Vec<Token> = self
+            .socks
+            .iter()
+            .filter_map(|(t, s)| matches!(s, Sock::Conn(c) if f(c)).then_some(*t))
+            .collect();
+        for t in gone {
+            self.close(t);
+        }
+    }
+
+    fn query(&mut self, to: To, gw: Ipv4Addr, src: IpAddr, bytes: &[u8], now: Instant) {
         self.stats.queries.fetch_add(1, Ordering::Relaxed);
         let Some(zone) = self.zones.get(&gw) else {
             return;
         };
-        let upstreams = zone.upstreams.clone();
-        let src = match to {
-            To::Udp(_, peer) => Some(peer.ip()),
-            To::Tcp(t) => match self.socks.get(&t) {
-                Some(Sock::Conn(c)) => c.stream.peer_addr().ok().map(|p| p.ip()),
-                _ => None,
-            },
-        };
         let also: Vec<&NetZone> = match src {
-            Some(IpAddr::V4(ip)) => zone
+            IpAddr::V4(ip) => zone
                 .also
                 .get(&ip)
                 .into_iter()
@@ -448,6 +484,14 @@ impl Server {
                 self.send(to, &b);
             }
             Outcome::Forward { query, key } => {
+                let upstreams = self
+                    .zones
+                    .get(&gw)
+                    .map(|z| z.upstreams.clone())
+                    .unwrap_or_default();
+                if upstreams.is_empty() {
+                    return;
+                }
                 let key = (super::cache::upstreams_key(&upstreams), key.0, key.1);
                 if let Some(mut m) = self.cache.get(&key, now) {
                     self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
@@ -562,9 +606,7 @@ impl Server {
                 self.send(p.to, &b);
             }
         }
-        self.socks.retain(
-            |_, s| !matches!(s, Sock::Conn(c) if now.saturating_duration_since(c.last) > TCP_IDLE),
-        );
+        self.close_where(|c| now.saturating_duration_since(c.last) > TCP_IDLE);
         if !self.unbound.is_empty() {
             self.bind_all(now, false);
         }
@@ -590,9 +632,24 @@ impl Server {
                 // An answer is small: the socket's buffer takes it whole,
                 // or the client is not reading and is closed.
                 if c.stream.write_all(&framed).is_err() {
-                    self.socks.remove(&t);
+                    self.close(t);
                 }
             }
         }
     }
+}
+
+/// A nonblocking socket bound to `addr` even while the address is not on
+/// any interface yet (`IP_FREEBIND`): the gateway's address comes up with
+/// its port, after the network's zone; packets reach the socket as soon as
+/// it does. Another server on the port still makes this fail.
+fn freebound(addr: SocketAddr, ty: Type) -> std::io::Result<Socket> {
+    let s = Socket::new(Domain::IPV4, ty, None)?;
+    s.set_nonblocking(true)?;
+    s.set_freebind_v4(true)?;
+    if ty == Type::STREAM {
+        s.set_reuse_address(true)?;
+    }
+    s.bind(&addr.into())?;
+    Ok(s)
 }

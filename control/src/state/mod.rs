@@ -273,7 +273,7 @@ impl State {
             Workers::start(cfg, plan, &tables, &clock, ev_tx, opened.memory).map_err(CmdError)?;
         let proxies =
             Proxies::new().map_err(|e| CmdError(format!("cannot start the proxy thread: {e}")))?;
-        let dns = crate::dns::Resolver::start()
+        let dns = crate::dns::Resolver::start(cfg.dns)
             .map_err(|e| CmdError(format!("cannot start the resolver thread: {e}")))?;
         let upstreams = crate::dns::nameservers(
             &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),

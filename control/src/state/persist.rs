@@ -241,6 +241,7 @@ impl State {
                 Err(e)
             }
         };
+        self.dns.limit(cfg.dns);
         for n in &cfg.networks {
             if let Err(e) = self.config_network(n) {
                 fail(e)?;
