@@ -237,6 +237,23 @@ fn docker_runs_containers_on_vswitch_through_its_network_driver() {
         "the published port from the host itself"
     );
 
+    // Docker's own resolver (127.0.0.11 in each container of a
+    // user-defined network) finds a container of this driver's network by
+    // its name, as on Docker's bridge.
+    let by_name = dockerd.run(&[
+        "run",
+        "--rm",
+        "--network",
+        "n1",
+        "vsbox",
+        "wget",
+        "-q",
+        "-O",
+        "-",
+        "http://web:8080/",
+    ]);
+    assert_eq!(by_name, "hello from docker", "a container by its name");
+
     // An address asked for with --ip.
     dockerd.run(&[
         "run",

@@ -349,7 +349,10 @@ fn sigterm_keeps_interfaces_detach_and_network_rm_remove_them() {
         .exec("c2", &["ip", "link", "show", "eth0"])
         .status
         .success());
-    // c3 goes while the switch is down.
+    // c3 goes while the switch is down (`ip netns del` leaves its
+    // /etc/netns directory, with the resolv.conf attach wrote).
+    let c3_resolv = format!("/etc/netns/{}/resolv.conf", t.ns("c3"));
+    assert!(std::path::Path::new(&c3_resolv).exists());
     ok(&common::sh("ip", &["netns", "del", &t.ns("c3")]));
     t.start_switch(WORKER);
     assert!(t.ping("c1", "10.74.0.3", 3), "c1 -> c2 after the restart");
@@ -362,6 +365,10 @@ fn sigterm_keeps_interfaces_detach_and_network_rm_remove_them() {
         t.log().contains("namespace is gone"),
         "the gone container is reported:\n{}",
         t.log()
+    );
+    assert!(
+        !std::path::Path::new(&c3_resolv).exists(),
+        "its resolv.conf is removed with it"
     );
     // detach removes the interface; network rm the host's interface.
     t.vs_ok(&["detach", "app", "--netns", &t.ns("c1")]);

@@ -442,6 +442,8 @@ impl State {
             if a.kind.is_veth() {
                 let _ = self.host.delete_link(None, &a.host_iface);
             }
+            // The resolv.conf attach wrote for it (only the switch's own).
+            let _ = self.host.resolv_conf(&a.netns, None);
             return err(format!(
                 "{who}: its namespace is gone; the attachment to {:?} was removed",
                 a.network
