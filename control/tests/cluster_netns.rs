@@ -131,6 +131,7 @@ fn start_with(t: &mut Topo, h: &mut Host, text: &str) {
     // Each start of a host begins with no saved state.
     let state = h.cfg.with_extension("state");
     let _ = std::fs::remove_dir_all(&state);
+    t.no_upstream(h.ns);
     h.pid = t.bg_log(
         h.ns,
         &[
@@ -208,9 +209,23 @@ fn until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> Duratio
     panic!("not within {limit:?}: {what}");
 }
 
+/// Attaches container `c` (named `c` for DNS) to host `h`'s overlay
+/// network; returns its address.
 fn attach(t: &mut Topo, h: &Host, c: &str, mac: &str) -> String {
     t.add_ns(c);
-    vs(h, &["attach", "ov", "--netns", &t.ns(c), "--mac", mac]);
+    vs(
+        h,
+        &[
+            "attach",
+            "ov",
+            "--netns",
+            &t.ns(c),
+            "--mac",
+            mac,
+            "--name",
+            c,
+        ],
+    );
     // The address IPAM gave, as the container sees it.
     let a = ok(&t.exec(c, &["ip", "-o", "-4", "addr", "show", "dev", "eth0"]));
     a.split_whitespace()
@@ -251,6 +266,18 @@ const MACS: [&str; 3] = [
     "02:90:00:00:00:11",
     "02:90:00:00:00:12",
 ];
+
+/// The address container `c` gets for `name` from its resolver.
+fn resolve(t: &Topo, c: &str, name: &str) -> Option<String> {
+    let o = t.exec(c, &["getent", "hosts", name]);
+    o.status.success().then(|| {
+        String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_string()
+    })
+}
 
 fn has(list: &[(String, String)], mac: &str, host: &str) -> bool {
     list.iter().any(|(m, h)| m == mac && h == host)
@@ -322,19 +349,32 @@ fn three_hosts_sync_endpoints(backend: Backend, tag: &str) {
             ips[b]
         );
     }
+    // Names too: each container finds the others by name, through the
+    // resolver of its own host.
+    for (a, b) in [(0, 1), (0, 2), (1, 2), (2, 0)] {
+        let c = format!("c{a}");
+        until(
+            &format!("c{a} resolves c{b}"),
+            Duration::from_secs(5),
+            || resolve(&t, &c, &format!("c{b}")).as_deref() == Some(ips[b].as_str()),
+        );
+    }
     // Flood lists came from the cluster too.
     let st = json(&hosts[0], &["peers", "--json"]);
-    assert_eq!(st["me"]["entries"].as_u64(), Some(3), "{st}"); // VTEP, VNI, c0
+    assert_eq!(st["me"]["entries"].as_u64(), Some(4), "{st}"); // VTEP, VNI, c0 and its name
     assert_eq!(st["stats"]["rx_bad_auth"], 0);
     assert_eq!(st["stats"]["rx_malformed"], 0);
 
-    // Detach withdraws everywhere.
+    // Detach withdraws everywhere, the name too.
     vs(&hosts[2], &["detach", "ov", "--netns", &t.ns("c2")]);
     for h in &hosts[..2] {
         until("c2 withdrawn after detach", Duration::from_secs(3), || {
             !synced(h).iter().any(|(m, _)| m == MACS[2])
         });
     }
+    until("c2's name withdrawn", Duration::from_secs(3), || {
+        resolve(&t, "c0", "c2").is_none()
+    });
     // Back, then the switch on host 2 dies without a word.
     vs(
         &hosts[2],
@@ -460,7 +500,7 @@ fn networks_made_after_joining_get_the_cluster_entries() {
                         .as_array()
                         .unwrap()
                         .iter()
-                        .all(|m| m["entries"].as_u64() == Some(3))
+                        .all(|m| m["entries"].as_u64() == Some(4))
                 },
             );
         }

@@ -30,7 +30,7 @@ fn cni(cmd: &str, conf: &Value, env: &[(&str, &str)]) -> (bool, Value) {
         .unwrap()
         .write_all(conf.to_string().as_bytes())
         .unwrap();
-    let o = c.wait_with_output().unwrap();
+    let o = common::output_within(c, Duration::from_secs(120), "the CNI plugin");
     let out = String::from_utf8_lossy(&o.stdout);
     let v = if out.trim().is_empty() {
         Value::Null

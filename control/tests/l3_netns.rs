@@ -161,7 +161,10 @@ fn egress_snat_dns_icmp_and_host_untouched() {
         "gateway ping from veth\n{}",
         t.log()
     );
-    let arp = String::from_utf8_lossy(&cap.wait_with_output().unwrap().stdout).into_owned();
+    let arp = String::from_utf8_lossy(
+        &common::output_within(cap, Duration::from_secs(120), "tcpdump").stdout,
+    )
+    .into_owned();
     let replies: Vec<&str> = arp.lines().filter(|l| l.contains("is-at")).collect();
     assert!(!replies.is_empty(), "no ARP reply seen: {arp}");
     assert!(

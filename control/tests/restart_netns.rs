@@ -280,7 +280,7 @@ fn survive_kill_9(tag: &str, cfg: &str) -> Topo {
 
     // The connections finish without a reset.
     for (name, c) in [("SNAT", snat), ("published port", dnat)] {
-        let o = c.wait_with_output().expect("client");
+        let o = common::output_within(c, Duration::from_secs(120), name);
         let out = String::from_utf8_lossy(&o.stdout);
         assert!(
             o.status.success() && out.contains("ok "),
@@ -288,7 +288,7 @@ fn survive_kill_9(tag: &str, cfg: &str) -> Topo {
             String::from_utf8_lossy(&o.stderr)
         );
     }
-    let o = iperf.wait_with_output().expect("iperf3");
+    let o = common::output_within(iperf, Duration::from_secs(120), "iperf3");
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).expect("iperf3 JSON");
     assert!(
         o.status.success() && j.get("error").is_none(),
@@ -316,12 +316,16 @@ fn survive_kill_9(tag: &str, cfg: &str) -> Topo {
     // New connections: published port from outside, SNAT egress.
     let c = t.spawn_in("ext", &[PY, "-c", ECHO_CLIENT, HOST_IP, "8090", "0.3"]);
     assert!(
-        c.wait_with_output().unwrap().status.success(),
+        common::output_within(c, Duration::from_secs(120), "a new connection")
+            .status
+            .success(),
         "published port after restart"
     );
     let c = t.spawn_in("c1", &[PY, "-c", ECHO_CLIENT, EXT_IP, "7000", "0.3"]);
     assert!(
-        c.wait_with_output().unwrap().status.success(),
+        common::output_within(c, Duration::from_secs(120), "a new connection")
+            .status
+            .success(),
         "SNAT egress after restart"
     );
     t
@@ -533,7 +537,7 @@ fn sighup_applies_the_config_difference() {
     t.write_config(&format!("{WORKER}{a}"));
     hup(&t);
     assert_eq!(names(&t), ["a"], "b removed:\n{}", t.log());
-    let o = ping.wait_with_output().unwrap();
+    let o = common::output_within(ping, Duration::from_secs(120), "ping");
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
         out.contains(" 0% packet loss"),

@@ -75,7 +75,7 @@ fn attach_detach_does_not_disturb_other_ports() {
         t.vs_ok(&["detach", "blue", "--netns", &t.ns("c3")]);
         t.vs_ok(&["detach", "blue", "--netns", &t.ns("c4")]);
     }
-    let out = pinger.wait_with_output().expect("ping");
+    let out = common::output_within(pinger, std::time::Duration::from_secs(120), "ping");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("400 packets transmitted, 400 received"),

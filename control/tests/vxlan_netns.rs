@@ -67,6 +67,7 @@ fn start_switch_in(t: &mut Topo, ns: &str, cfg: &str) -> std::path::PathBuf {
     let c = dir.join("sw.toml");
     std::fs::write(&c, cfg).unwrap();
     let sock = dir.join("sw.sock");
+    t.no_upstream(ns);
     t.bg(
         ns,
         &[

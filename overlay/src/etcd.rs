@@ -53,6 +53,8 @@ fn key_str(k: &Key) -> String {
             "ep/{vni}/{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
             m[0], m[1], m[2], m[3], m[4], m[5]
         ),
+        // A name has no '/' (DNS labels and dots).
+        Key::Name(vni, n) => format!("name/{vni}/{n}"),
     }
 }
 
@@ -67,6 +69,9 @@ fn parse_key(s: &str) -> Option<Key> {
                 *b = u8::from_str_radix(m.get(2 * i..2 * i + 2)?, 16).ok()?;
             }
             Some(Key::Endpoint(v.parse().ok()?, mac))
+        }
+        ("name", Some(v), Some(n)) if !n.is_empty() && it.next().is_none() => {
+            Some(Key::Name(v.parse().ok()?, n.to_string()))
         }
         _ => None,
     }
@@ -552,10 +557,13 @@ mod tests {
             Key::Vtep,
             Key::Member(4242),
             Key::Endpoint(7, [2, 0xab, 0, 0, 0x10, 0xff]),
+            Key::Name(7, "web.svc_1".into()),
         ] {
             assert_eq!(parse_key(&key_str(&k)), Some(k));
         }
         assert_eq!(parse_key("ep/7/02ab"), None);
+        assert_eq!(parse_key("name/7/"), None);
+        assert_eq!(parse_key("name/7/a/b"), None);
         assert_eq!(parse_key("member/x"), None);
         assert_eq!(parse_key("bogus"), None);
     }

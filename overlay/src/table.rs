@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 pub type Vni = u32;
 
 /// What an entry is about.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Key {
     /// The host's VTEP address.
     Vtep,
@@ -33,6 +33,10 @@ pub enum Key {
     Member(Vni),
     /// A container MAC on this VNI, behind the host's VTEP.
     Endpoint(Vni, [u8; 6]),
+    /// A container's name (or alias) on this VNI, lowercase: the other
+    /// hosts' resolvers answer it too. Added after the others, so that the
+    /// variants before keep their numbers on the wire.
+    Name(Vni, String),
 }
 
 /// The value of an entry.
@@ -45,6 +49,19 @@ pub enum Value {
     /// For [`Key::Endpoint`]: the container's address, when known (ARP
     /// suppression).
     Endpoint(Option<Ipv4Addr>),
+    /// For [`Key::Name`]: the container's address.
+    Name(Ipv4Addr),
+}
+
+impl Entry {
+    /// Its share of a delta piece: an entry of fixed size is about 30 bytes
+    /// on the wire, a name that plus its length.
+    fn units(&self) -> usize {
+        match &self.key {
+            Key::Name(_, n) => 1 + n.len() / 30,
+            _ => 1,
+        }
+    }
 }
 
 /// One entry on the wire; `value: None` is a tombstone.
@@ -139,7 +156,8 @@ impl HostRows {
             .filter_map(|(k, s)| s.value.as_ref().map(|v| (k, v)))
     }
 
-    /// The changes above `since`, in pieces of at most `max` entries.
+    /// The changes above `since`, in pieces of at most `max` units
+    /// (entries, a long name counting for more).
     fn delta(&self, host: &str, since: u64, max: usize) -> Vec<Delta> {
         let reset = since < self.gc_floor;
         let mut list: Vec<Entry> = self
@@ -153,7 +171,7 @@ impl HostRows {
                 }
             })
             .map(|(k, s)| Entry {
-                key: *k,
+                key: k.clone(),
                 seq: s.seq,
                 value: s.value,
             })
@@ -165,7 +183,17 @@ impl HostRows {
         let max = max.max(1);
         let mut rest = list.as_slice();
         loop {
-            let n = rest.len().min(max);
+            // As many entries as fit in `max` units (at least one).
+            let mut units = 0;
+            let n = rest
+                .iter()
+                .take_while(|e| {
+                    units += e.units();
+                    units <= max
+                })
+                .count()
+                .max(1)
+                .min(rest.len());
             let (piece, tail) = rest.split_at(n);
             let to = if tail.is_empty() {
                 self.seq
@@ -215,6 +243,8 @@ pub struct HostView {
     pub vnis: Vec<Vni>,
     /// Endpoints: VNI, MAC, IP.
     pub endpoints: Vec<(Vni, [u8; 6], Option<Ipv4Addr>)>,
+    /// Containers' names: VNI, name, IP.
+    pub names: Vec<(Vni, String, Ipv4Addr)>,
 }
 
 impl HostView {
@@ -228,11 +258,13 @@ impl HostView {
         let mut vtep = None;
         let mut vnis = Vec::new();
         let mut endpoints = Vec::new();
+        let mut names = Vec::new();
         for (k, val) in rows {
             match (k, val) {
                 (Key::Vtep, Value::Vtep(ip)) => vtep = Some(*ip),
                 (Key::Member(vni), _) => vnis.push(*vni),
                 (Key::Endpoint(vni, mac), Value::Endpoint(ip)) => endpoints.push((*vni, *mac, *ip)),
+                (Key::Name(vni, n), Value::Name(ip)) => names.push((*vni, n.clone(), *ip)),
                 _ => {}
             }
         }
@@ -242,6 +274,7 @@ impl HostView {
             vtep: vtep?,
             vnis,
             endpoints,
+            names,
         })
     }
 }
@@ -300,7 +333,7 @@ impl Store {
             if !same {
                 seq += 1;
                 self.local.entries.insert(
-                    *k,
+                    k.clone(),
                     Slot {
                         seq,
                         value: Some(*v),
@@ -321,7 +354,7 @@ impl Store {
         (seq != before).then_some(before)
     }
 
-    /// The local changes above `since`, in pieces of at most `max` entries.
+    /// The local changes above `since`, in pieces of at most `max` units.
     pub fn local_delta(&self, since: u64, max: usize) -> Vec<Delta> {
         self.local.delta(&self.me, since, max)
     }
@@ -416,7 +449,7 @@ impl Store {
             }
             changed |= old.and_then(|s| s.value) != e.value;
             rows.entries.insert(
-                e.key,
+                e.key.clone(),
                 Slot {
                     seq: e.seq,
                     value: e.value,
@@ -462,7 +495,7 @@ mod tests {
     use super::*;
 
     fn want(items: &[(Key, Value)]) -> BTreeMap<Key, Value> {
-        items.iter().copied().collect()
+        items.iter().cloned().collect()
     }
 
     const M1: [u8; 6] = [2, 0, 0, 0, 0, 1];
@@ -621,5 +654,36 @@ mod tests {
             assert!(matches!(b.apply(p, t), Applied::Ok(_)));
         }
         assert_eq!(b.view(|_, _| true)[0].endpoints.len(), 10);
+    }
+
+    #[test]
+    fn names_replicate_and_long_ones_make_smaller_pieces() {
+        let t = Instant::now();
+        let mut a = Store::new("a", 1, Duration::from_secs(60), t);
+        let mut w = vec![(Key::Vtep, Value::Vtep(Ipv4Addr::LOCALHOST))];
+        for i in 0..100u8 {
+            // Names as long as a DNS name gets: 253 bytes.
+            let n = format!("{i:03}.{}", "x".repeat(249));
+            w.push((Key::Name(1, n), Value::Name(Ipv4Addr::new(10, 0, 0, i))));
+        }
+        a.set_local(&want(&w), t);
+        // Gossip's piece: 40 units, which must stay within one datagram.
+        let d = a.local_delta(0, 40);
+        assert!(d.len() > 3, "{} pieces", d.len());
+        for p in &d {
+            let bytes = postcard::to_allocvec(p).unwrap().len();
+            assert!(bytes < 1400, "a piece of {bytes} bytes");
+        }
+        let mut b = Store::new("b", 1, Duration::from_secs(60), t);
+        for p in &d {
+            assert!(matches!(b.apply(p, t), Applied::Ok(_)));
+        }
+        let v = b.view(|_, _| true);
+        assert_eq!(v[0].names.len(), 100);
+        assert!(v[0].names.contains(&(
+            1,
+            format!("007.{}", "x".repeat(249)),
+            Ipv4Addr::new(10, 0, 0, 7)
+        )));
     }
 }

@@ -128,6 +128,17 @@ impl State {
                         z.also.insert(ip, others);
                     }
                 }
+                // The other hosts' containers on an overlay network, from
+                // the cluster (their own addresses are not on this host).
+                for (name, ips) in self.synced.names.get(&n.id).into_iter().flatten() {
+                    let e = z.names.entry(name.clone()).or_default();
+                    for ip in ips {
+                        if !e.contains(ip) {
+                            e.push(*ip);
+                        }
+                        z.ptr.entry(*ip).or_insert_with(|| name.clone());
+                    }
+                }
                 Some(z)
             })
             .collect()

@@ -34,6 +34,9 @@ pub(super) struct Synced {
     pub peers: BTreeMap<Vni, BTreeSet<Ipv4Addr>>,
     /// (network, MAC) → where it lives.
     pub fdb: BTreeMap<(NetId, Mac), SyncedEntry>,
+    /// Network → the other hosts' containers' names on it → their
+    /// addresses.
+    pub names: BTreeMap<NetId, BTreeMap<String, BTreeSet<Ipv4Addr>>>,
     /// Last rows handed to the agent.
     pub last_local: Option<BTreeMap<Key, Value>>,
     /// The last view the agent sent, and the scope it was applied in: a
@@ -140,6 +143,12 @@ impl State {
                 continue;
             };
             rows.insert(Key::Endpoint(*vni, a.mac.bytes()), Value::Endpoint(a.ip));
+            // Its names, for the other hosts' resolvers.
+            if let Some(ip) = a.ip {
+                for n in &a.aliases {
+                    rows.insert(Key::Name(*vni, n.to_ascii_lowercase()), Value::Name(ip));
+                }
+            }
         }
         let mut statics = Vec::new();
         self.tables.fdb.retain_not(0, |e| {
@@ -201,6 +210,7 @@ impl State {
         let now = unix_us();
         let mut peers: BTreeMap<Vni, BTreeSet<Ipv4Addr>> = BTreeMap::new();
         let mut fdb: BTreeMap<(NetId, Mac), SyncedEntry> = BTreeMap::new();
+        let mut names: BTreeMap<NetId, BTreeMap<String, BTreeSet<Ipv4Addr>>> = BTreeMap::new();
         let scope = self.view_scope();
         let (vni_net, my_vtep) = scope.clone();
         let own: BTreeSet<Mac> = self
@@ -230,6 +240,16 @@ impl State {
                     at_us: now,
                 };
                 fdb.insert((*net, mac), e);
+            }
+            for (vni, name, ip) in &h.names {
+                if let Some(net) = vni_net.get(vni) {
+                    names
+                        .entry(*net)
+                        .or_default()
+                        .entry(name.clone())
+                        .or_default()
+                        .insert(*ip);
+                }
             }
         }
         // FDB: withdraw what went away, install what is new or moved.
@@ -289,8 +309,10 @@ impl State {
             .iter()
             .map(|(k, e)| (k, e.ip))
             .ne(fdb.iter().map(|(k, e)| (k, e.ip)));
+        let names_changed = names != self.synced.names;
         self.synced.peers = peers;
         self.synced.fdb = fdb;
+        self.synced.names = names;
         self.synced.last_view = Some((v.clone(), scope));
         tracing::debug!(
             hosts = v.hosts.len(),
@@ -300,6 +322,8 @@ impl State {
         );
         if peers_changed || arp_changed {
             self.publish();
+        } else if names_changed {
+            self.publish_dns();
         }
         if peers_changed {
             self.refresh_uplink(false);

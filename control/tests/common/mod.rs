@@ -53,6 +53,27 @@ pub fn wait_within(c: &mut Child, limit: Duration) -> bool {
     false
 }
 
+/// `wait_with_output` for at most `limit`: a child still running then is
+/// killed and fails the test, naming `what`.
+pub fn output_within(c: Child, limit: Duration, what: &str) -> Output {
+    let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let _ = tx.send(c.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(o) => {
+            let _ = waiter.join();
+            o.unwrap_or_else(|e| panic!("{what}: {e}"))
+        }
+        Err(_) => {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = waiter.join();
+            panic!("{what} did not finish within {limit:?}")
+        }
+    }
+}
+
 pub fn ok(o: &Output) -> String {
     assert!(
         o.status.success(),
@@ -351,7 +372,21 @@ impl Topo {
         self.start_switch_with(config, &[], args);
     }
 
+    /// Gives the switch that will run in namespace `name` no upstream
+    /// resolver (a `resolv.conf` without nameservers, unless the test wrote
+    /// its own): its networks then answer other names REFUSED at once
+    /// instead of asking the machine's resolver, which no test may reach.
+    pub fn no_upstream(&self, name: &str) {
+        let dir = format!("/etc/netns/{}", self.ns(name));
+        let file = format!("{dir}/resolv.conf");
+        if !std::path::Path::new(&file).exists() {
+            let _ = std::fs::create_dir_all(&dir);
+            let _ = std::fs::write(&file, "# a test's switch: no resolver outside the test\n");
+        }
+    }
+
     fn start_switch_with(&mut self, config: &str, env: &[(&str, &str)], args: &[&str]) {
+        self.no_upstream("host");
         let cfg = self.write_config(config);
         let log = std::fs::File::create(self.dir.join("vswitch.log")).expect("log file");
         let ns = self.ns("host");
