@@ -267,18 +267,6 @@ const MACS: [&str; 3] = [
     "02:90:00:00:00:12",
 ];
 
-/// The address container `c` gets for `name` from its resolver.
-fn resolve(t: &Topo, c: &str, name: &str) -> Option<String> {
-    let o = t.exec(c, &["getent", "hosts", name]);
-    o.status.success().then(|| {
-        String::from_utf8_lossy(&o.stdout)
-            .split_whitespace()
-            .next()
-            .unwrap_or("")
-            .to_string()
-    })
-}
-
 fn has(list: &[(String, String)], mac: &str, host: &str) -> bool {
     list.iter().any(|(m, h)| m == mac && h == host)
 }
@@ -356,7 +344,7 @@ fn three_hosts_sync_endpoints(backend: Backend, tag: &str) {
         until(
             &format!("c{a} resolves c{b}"),
             Duration::from_secs(5),
-            || resolve(&t, &c, &format!("c{b}")).as_deref() == Some(ips[b].as_str()),
+            || t.getent(&c, &format!("c{b}")).as_deref() == Some(ips[b].as_str()),
         );
     }
     // Flood lists came from the cluster too.
@@ -373,7 +361,7 @@ fn three_hosts_sync_endpoints(backend: Backend, tag: &str) {
         });
     }
     until("c2's name withdrawn", Duration::from_secs(3), || {
-        resolve(&t, "c0", "c2").is_none()
+        t.getent("c0", "c2").is_none()
     });
     // Back, then the switch on host 2 dies without a word.
     vs(

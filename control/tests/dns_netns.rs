@@ -42,17 +42,6 @@ fn short(t: &Topo, c: &str, args: &[&str]) -> String {
     dig(t, c, &a).trim().to_string()
 }
 
-fn getent(t: &Topo, c: &str, name: &str) -> Option<String> {
-    let o = t.exec(c, &["getent", "hosts", name]);
-    o.status.success().then(|| {
-        String::from_utf8_lossy(&o.stdout)
-            .split_whitespace()
-            .next()
-            .unwrap_or("")
-            .to_string()
-    })
-}
-
 fn dns_stats(t: &Topo) -> serde_json::Value {
     t.json(&["stats", "--json"])["dns"].clone()
 }
@@ -164,12 +153,12 @@ fn containers_find_each_other_by_name() {
 
     // Names and aliases on the same network, through glibc, dig, busybox.
     assert_eq!(
-        getent(&t, "c2", "web").as_deref(),
+        t.getent("c2", "web").as_deref(),
         Some("10.81.0.11"),
         "{}",
         t.log()
     );
-    assert_eq!(getent(&t, "c2", "WWW").as_deref(), Some("10.81.0.11"));
+    assert_eq!(t.getent("c2", "WWW").as_deref(), Some("10.81.0.11"));
     assert_eq!(short(&t, "c2", &["@10.81.0.1", "web"]), "10.81.0.11");
     let o = ok(&t.exec("c2", &["busybox", "nslookup", "www", "10.81.0.1"]));
     assert!(o.contains("10.81.0.11"), "busybox nslookup: {o}");
@@ -180,13 +169,13 @@ fn containers_find_each_other_by_name() {
     );
     assert_eq!(short(&t, "c2", &["@10.81.0.1", "-x", "10.81.0.11"]), "web.");
     // A container on two networks sees both; the others only their own.
-    assert_eq!(getent(&t, "c2", "db").as_deref(), Some("10.82.0.13"));
-    assert_eq!(getent(&t, "c1", "db"), None, "b's name leaked into a");
-    assert_eq!(getent(&t, "c3", "web"), None, "a's name leaked into b");
-    assert_eq!(getent(&t, "c3", "client").as_deref(), Some("10.82.0.12"));
+    assert_eq!(t.getent("c2", "db").as_deref(), Some("10.82.0.13"));
+    assert_eq!(t.getent("c1", "db"), None, "b's name leaked into a");
+    assert_eq!(t.getent("c3", "web"), None, "a's name leaked into b");
+    assert_eq!(t.getent("c3", "client").as_deref(), Some("10.82.0.12"));
 
     // Other names come from upstream, and the second time from the cache.
-    assert_eq!(getent(&t, "c1", "external.test").as_deref(), Some(EXTERNAL));
+    assert_eq!(t.getent("c1", "external.test").as_deref(), Some(EXTERNAL));
     assert_eq!(short(&t, "c2", &["@10.81.0.1", "external.test"]), EXTERNAL);
     // Network b asks its own resolver (--dns).
     assert_eq!(short(&t, "c3", &["@10.82.0.1", "external.test"]), EXTERNAL2);
@@ -194,7 +183,7 @@ fn containers_find_each_other_by_name() {
     assert!(s["forwarded"].as_u64().unwrap() >= 1, "{s}");
     assert!(s["cache_hits"].as_u64().unwrap() >= 1, "{s}");
     // An --internal network resolves its own names and forwards nothing.
-    assert_eq!(getent(&t, "c4", "vault").as_deref(), Some("10.83.0.14"));
+    assert_eq!(t.getent("c4", "vault").as_deref(), Some("10.83.0.14"));
     let refused = dig(&t, "c4", &["@10.83.0.1", "internal-only.external.test"]);
     assert!(refused.contains("status: REFUSED"), "{refused}");
     let upstream_saw = std::fs::read_to_string(&dnsmasq_log).unwrap_or_default();

@@ -92,6 +92,22 @@ impl Dockerd {
         String::from_utf8_lossy(&o.stdout).trim().to_string()
     }
 
+    /// The page at `url`, fetched by a container of network `net`.
+    fn fetch(&self, net: &str, url: &str) -> String {
+        self.run(&[
+            "run",
+            "--rm",
+            "--network",
+            net,
+            "vsbox",
+            "wget",
+            "-q",
+            "-O",
+            "-",
+            url,
+        ])
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default()
     }
@@ -240,18 +256,7 @@ fn docker_runs_containers_on_vswitch_through_its_network_driver() {
     // Docker's own resolver (127.0.0.11 in each container of a
     // user-defined network) finds a container of this driver's network by
     // its name, as on Docker's bridge.
-    let by_name = dockerd.run(&[
-        "run",
-        "--rm",
-        "--network",
-        "n1",
-        "vsbox",
-        "wget",
-        "-q",
-        "-O",
-        "-",
-        "http://web:8080/",
-    ]);
+    let by_name = dockerd.fetch("n1", "http://web:8080/");
     assert_eq!(by_name, "hello from docker", "a container by its name");
 
     // An address asked for with --ip.
@@ -314,18 +319,7 @@ fn docker_runs_containers_on_vswitch_through_its_network_driver() {
     ]);
     assert!(ping.contains("2 packets received"), "{ping}");
     t.serve_http("ext", &format!("{EXT_IP}:8099"), "hello from outside");
-    let out = dockerd.run(&[
-        "run",
-        "--rm",
-        "--network",
-        "n1",
-        "vsbox",
-        "wget",
-        "-q",
-        "-O",
-        "-",
-        &format!("http://{EXT_IP}:8099/"),
-    ]);
+    let out = dockerd.fetch("n1", &format!("http://{EXT_IP}:8099/"));
     assert_eq!(
         out, "hello from outside",
         "egress through the switch's SNAT"
@@ -347,18 +341,7 @@ fn docker_runs_containers_on_vswitch_through_its_network_driver() {
     dockerd.run(&["network", "connect", "n2", "web"]);
     let web_ip2 = dockerd.ip_of("web", "n2");
     assert_eq!(web_ip2, "10.85.0.2");
-    let page = dockerd.run(&[
-        "run",
-        "--rm",
-        "--network",
-        "n2",
-        "vsbox",
-        "wget",
-        "-q",
-        "-O",
-        "-",
-        &format!("http://{web_ip2}:8080/"),
-    ]);
+    let page = dockerd.fetch("n2", &format!("http://{web_ip2}:8080/"));
     assert_eq!(page, "hello from docker", "TCP between veth endpoints");
     let eps = endpoints(&t);
     assert_eq!(eps.len(), 2, "web is on both networks: {eps:?}");

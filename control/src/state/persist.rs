@@ -241,7 +241,10 @@ impl State {
                 Err(e)
             }
         };
-        self.dns.limit(cfg.dns);
+        if reload {
+            // At start the resolver began with them.
+            self.dns.limit(cfg.dns);
+        }
         for n in &cfg.networks {
             if let Err(e) = self.config_network(n) {
                 fail(e)?;

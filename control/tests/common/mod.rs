@@ -589,6 +589,19 @@ impl Topo {
         body
     }
 
+    /// The address container `c` gets for `name` from glibc (`getent
+    /// hosts`, through its `resolv.conf`), if any.
+    pub fn getent(&self, c: &str, name: &str) -> Option<String> {
+        let o = self.exec(c, &["getent", "hosts", name]);
+        o.status.success().then(|| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
+    }
+
     pub fn ping(&self, from: &str, to: &str, count: u32) -> bool {
         self.exec(
             from,
