@@ -546,6 +546,9 @@ for L in $LAYOUTS; do
 done
 "$BIN" --socket "$TMP/xA.sock" stats
 "$BIN" --socket "$TMP/xB.sock" stats
+# The two VXLAN switches are done: their workers would otherwise wake on the
+# worker core beside every later section (the pipeline on memory runs there).
+kill "${XPIDS[@]}"; wait "${XPIDS[@]}" 2>/dev/null || true
 
 : >"$TMP/cl.res"
 # CLUSTER_HOSTS=0 skips the peer-table sync section, CONTAINER_START=0 the

@@ -178,6 +178,8 @@ fn iperf3_tcp_tap_and_veth() {
         ("x2", "x1", "10.63.0.6"),
         ("v1", "t1", "10.63.0.3"),
         ("x1", "v1", "10.63.0.5"),
+        ("t2", "x1", "10.63.0.2"),
+        ("x2", "t1", "10.63.0.6"),
     ] {
         let mut s = t.spawn_in(srv, &["iperf3", "-s", "-1", "-B", ip]);
         std::thread::sleep(Duration::from_millis(300));
@@ -195,6 +197,23 @@ fn iperf3_tcp_tap_and_veth() {
     }
     let s = t.port_stats(&format!("{}:eth0", t.ns("v1")));
     assert!(s["tx_packets"].as_u64().unwrap() > 1000);
+    // A detached AF_XDP port's memory goes to the next one, once every frame
+    // it lent is back; the new port forwards as well.
+    t.vs_ok(&["detach", "blue", "--netns", &t.ns("x2")]);
+    t.add_ns("x3");
+    t.attach("blue", "x3", "veth-xdp", "10.63.0.7/24");
+    assert!(
+        t.log().contains("reused=true"),
+        "the new port took the detached port's UMEM:\n{}",
+        t.log()
+    );
+    let mut s = t.spawn_in("x3", &["iperf3", "-s", "-1", "-B", "10.63.0.7"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let out = ok(&t.exec("x1", &["iperf3", "-c", "10.63.0.7", "-t", "2", "-J"]));
+    assert!(wait_within(&mut s, Duration::from_secs(20)));
+    let v: serde_json::Value = serde_json::from_str(&out).expect("iperf3 JSON");
+    let bytes = v["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0);
+    assert!(bytes > 100_000_000, "x1 -> x3: only {bytes} bytes in 2 s");
 }
 
 /// Deleting an attached interface underneath the switch: the switch keeps

@@ -3,6 +3,11 @@
 //! A [`Packet`] owns its buffer, so moving it between stages, ports or workers
 //! never copies the frame. Headroom in front of the frame lets encapsulation
 //! (VXLAN, virtio-net headers) prepend bytes by moving the start offset.
+//!
+//! The buffer is either the switch's own memory (a `Vec`, from a
+//! [`PacketPool`]) or a frame lent by a port ([`LentFrame`]): an AF_XDP port
+//! hands the engine its UMEM frame as received, headroom and all, and gets it
+//! back when the packet is transmitted from it or dropped.
 use crate::port::PortId;
 use crate::wire::virtio::Offload;
 
@@ -22,11 +27,107 @@ pub struct Meta {
     pub offload: Offload,
 }
 
+/// Memory that lends frames to packets: an AF_XDP port's UMEM. Whoever holds
+/// a packet may drop it on any thread; the frame then comes back through
+/// [`FrameOwner::give_back`]. Owners live for the whole process (they recycle
+/// their memory, never unmap it), so a frame can never outlive its memory.
+pub trait FrameOwner: Send + Sync + std::fmt::Debug {
+    /// `frame`, lent before, is free again.
+    fn give_back(&self, frame: &'static mut [u8]);
+}
+
+/// A frame of a [`FrameOwner`]'s memory, lent to one packet.
+#[derive(Debug)]
+pub struct LentFrame {
+    bytes: &'static mut [u8],
+    /// `None` once the frame is handed on without coming back here.
+    owner: Option<&'static dyn FrameOwner>,
+}
+
+impl LentFrame {
+    /// Lends `bytes`, one frame of `owner`'s memory; it goes back to `owner`
+    /// when dropped.
+    pub fn new(bytes: &'static mut [u8], owner: &'static dyn FrameOwner) -> Self {
+        Self {
+            bytes,
+            owner: Some(owner),
+        }
+    }
+
+    /// Whether `owner` lent this frame.
+    pub fn is_from(&self, owner: &dyn FrameOwner) -> bool {
+        self.owner.is_some_and(|o| {
+            std::ptr::addr_eq(o as *const dyn FrameOwner, owner as *const dyn FrameOwner)
+        })
+    }
+}
+
+impl Drop for LentFrame {
+    fn drop(&mut self) {
+        if let Some(o) = self.owner.take() {
+            o.give_back(std::mem::take(&mut self.bytes));
+        }
+    }
+}
+
+/// Where a packet's bytes live.
+#[derive(Debug)]
+enum Buf {
+    Own(Vec<u8>),
+    Lent(LentFrame),
+}
+
+impl Default for Buf {
+    fn default() -> Self {
+        Buf::Own(Vec::new())
+    }
+}
+
+// The switch's own buffers are the common case (every TAP port, every
+// benchmark on memory): their arm is inline, a lent frame's is out of line,
+// so the hot path is a predicted branch rather than a select.
+impl Buf {
+    #[inline(always)]
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Buf::Own(v) => v,
+            Buf::Lent(f) => f.get(),
+        }
+    }
+
+    #[inline(always)]
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        match self {
+            Buf::Own(v) => v,
+            Buf::Lent(f) => f.get_mut(),
+        }
+    }
+
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.bytes().len()
+    }
+}
+
+impl LentFrame {
+    #[cold]
+    #[inline(never)]
+    fn get(&self) -> &[u8] {
+        self.bytes
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn get_mut(&mut self) -> &mut [u8] {
+        self.bytes
+    }
+}
+
 /// One frame in a buffer with headroom. The default is an empty packet with
 /// no buffer (no allocation): what a moved-out slot is left holding.
 #[derive(Debug, Default)]
 pub struct Packet {
-    buf: Vec<u8>,
+    buf: Buf,
     head: usize,
     len: usize,
     /// Per-frame metadata.
@@ -36,7 +137,7 @@ pub struct Packet {
 impl Packet {
     fn with_capacity(frame: usize) -> Self {
         Self {
-            buf: vec![0; HEADROOM + frame],
+            buf: Buf::Own(vec![0; HEADROOM + frame]),
             head: HEADROOM,
             len: 0,
             meta: Meta::default(),
@@ -46,21 +147,63 @@ impl Packet {
     /// A packet holding a copy of `data` (tests, benchmarks, flooding).
     pub fn from_slice(data: &[u8]) -> Self {
         let mut p = Self::with_capacity(data.len().max(64));
-        p.buf[HEADROOM..HEADROOM + data.len()].copy_from_slice(data);
+        p.buf.bytes_mut()[HEADROOM..HEADROOM + data.len()].copy_from_slice(data);
         p.len = data.len();
         p
+    }
+
+    /// A packet of `len` bytes at offset `head` of a lent frame (a frame a
+    /// port received into): the bytes before `head` are its headroom.
+    pub fn lent(frame: LentFrame, head: usize, len: usize) -> Self {
+        let cap = frame.bytes.len();
+        let head = head.min(cap);
+        let len = len.min(cap - head);
+        Self {
+            buf: Buf::Lent(frame),
+            head,
+            len,
+            meta: Meta::default(),
+        }
+    }
+
+    /// The lent frame this packet lives in, if any: a port transmits such a
+    /// packet from its own memory without a copy.
+    #[inline]
+    pub fn lent_frame(&self) -> Option<&LentFrame> {
+        match &self.buf {
+            Buf::Lent(f) => Some(f),
+            Buf::Own(_) => None,
+        }
+    }
+
+    /// Gives up the lent frame without giving it back, leaving the packet
+    /// empty: the port that lent it hands it on (to its transmit ring).
+    /// Returns the frame and the packet's place in it (offset, length), or
+    /// `None` (the packet unchanged) for the switch's own buffers.
+    pub fn take_lent(&mut self) -> Option<(&'static mut [u8], usize, usize)> {
+        if !matches!(self.buf, Buf::Lent(_)) {
+            return None;
+        }
+        let Buf::Lent(mut f) = std::mem::take(&mut self.buf) else {
+            return None;
+        };
+        f.owner = None;
+        let at = (std::mem::take(&mut f.bytes), self.head, self.len);
+        self.len = 0;
+        Some(at)
     }
 
     /// The frame's bytes.
     #[inline]
     pub fn data(&self) -> &[u8] {
-        &self.buf[self.head..self.head + self.len]
+        &self.buf.bytes()[self.head..self.head + self.len]
     }
 
     /// The frame's bytes, writable.
     #[inline]
     pub fn data_mut(&mut self) -> &mut [u8] {
-        &mut self.buf[self.head..self.head + self.len]
+        let (h, l) = (self.head, self.len);
+        &mut self.buf.bytes_mut()[h..h + l]
     }
 
     /// Frame length in bytes.
@@ -75,13 +218,13 @@ impl Packet {
     #[inline]
     pub fn rx_space(&mut self) -> &mut [u8] {
         self.head = HEADROOM;
-        &mut self.buf[HEADROOM..]
+        &mut self.buf.bytes_mut()[HEADROOM..]
     }
 
     /// Room for a frame from [`Packet::rx_space`].
     #[inline]
     pub fn capacity(&self) -> usize {
-        self.buf.len() - HEADROOM
+        self.buf.len().saturating_sub(HEADROOM)
     }
 
     /// Sets the frame length after a receive; clamps to the buffer.
@@ -99,7 +242,8 @@ impl Packet {
         }
         self.head -= n;
         self.len += n;
-        Some(&mut self.buf[self.head..self.head + n])
+        let h = self.head;
+        Some(&mut self.buf.bytes_mut()[h..h + n])
     }
 
     /// Removes `n` bytes from the front (decapsulation); `None` if shorter.
@@ -116,7 +260,7 @@ impl Packet {
     /// Whether this buffer is one of the large (TSO-sized) class.
     #[inline]
     pub fn is_large(&self) -> bool {
-        self.buf.len() >= HEADROOM + LARGE_FRAME
+        matches!(&self.buf, Buf::Own(v) if v.len() >= HEADROOM + LARGE_FRAME)
     }
 
     /// Copies this frame (and its metadata) into a buffer from `pool`.
@@ -127,7 +271,7 @@ impl Packet {
             pool.get_small()
         };
         p.head = HEADROOM;
-        p.buf[HEADROOM..HEADROOM + self.len].copy_from_slice(self.data());
+        p.buf.bytes_mut()[HEADROOM..HEADROOM + self.len].copy_from_slice(self.data());
         p.len = self.len;
         p.meta = self.meta;
         p
@@ -196,7 +340,10 @@ impl PacketPool {
             if self.large.len() < self.large_cap {
                 self.large.push(p);
             }
-        } else if p.capacity() >= SMALL_FRAME && self.small.len() < self.small_cap {
+        } else if matches!(p.buf, Buf::Own(_))
+            && p.capacity() >= SMALL_FRAME
+            && self.small.len() < self.small_cap
+        {
             self.small.push(p);
         }
     }
@@ -238,6 +385,57 @@ mod tests {
         assert_eq!(p.data(), &[1, 2, 3, 4]);
         assert!(p.pull_front(5).is_none());
         assert!(p.push_front(HEADROOM + 1).is_none());
+    }
+
+    /// Memory that lends its frames and records what comes back.
+    #[derive(Debug, Default)]
+    struct Lender {
+        back: std::sync::Mutex<Vec<u8>>,
+    }
+
+    impl FrameOwner for Lender {
+        fn give_back(&self, frame: &'static mut [u8]) {
+            self.back.lock().unwrap().push(frame[0]);
+        }
+    }
+
+    #[test]
+    fn a_lent_frame_keeps_its_headroom_and_comes_back_once() {
+        let owner: &'static Lender = Box::leak(Box::default());
+        let mem: &'static mut [u8] = Vec::leak(vec![0u8; 3 * 512]);
+        mem[256..260].copy_from_slice(&[1, 2, 3, 4]);
+        let (a, rest) = mem.split_at_mut(512);
+        let (b, c) = rest.split_at_mut(512);
+        (a[0], b[0], c[0]) = (10, 11, 12);
+        let (f0, f1, f2) = (
+            LentFrame::new(a, owner),
+            LentFrame::new(b, owner),
+            LentFrame::new(c, owner),
+        );
+        assert!(f0.is_from(owner) && !f0.is_from(&Lender::default()));
+        let mut p = Packet::lent(f0, 256, 4);
+        assert_eq!(p.data(), &[1, 2, 3, 4]);
+        // An outer header goes into the frame's own headroom: no copy.
+        p.push_front(50).unwrap().fill(9);
+        assert_eq!(p.len(), 54);
+        assert_eq!(&p.data()[50..], &[1, 2, 3, 4]);
+        assert!(p.push_front(207).is_none(), "206 bytes of headroom left");
+        // Dropped anywhere, on any thread: the frame goes back.
+        std::thread::spawn(move || drop(p)).join().unwrap();
+        assert_eq!(*owner.back.lock().unwrap(), vec![10]);
+        // The pool does not keep a lent frame; it gives it back.
+        let mut pool = PacketPool::new(4, 1);
+        pool.put(Packet::lent(f1, 256, 1));
+        assert_eq!(pool.free(), (0, 0));
+        assert_eq!(owner.back.lock().unwrap().len(), 2);
+        // Handed on by its port (to a transmit ring): not given back.
+        let mut q = Packet::lent(f2, 256, 60);
+        let (frame, head, len) = q.take_lent().unwrap();
+        assert_eq!((frame[0], head, len), (12, 256, 60));
+        assert_eq!(q.len(), 0);
+        drop(q);
+        assert_eq!(owner.back.lock().unwrap().len(), 2);
+        assert_eq!(Packet::from_slice(&[1]).take_lent(), None);
     }
 
     #[test]

@@ -2,10 +2,12 @@
 //! veth, or a NIC queue), with its own UMEM and our redirect program.
 //!
 //! The UMEM is split in two: frames the kernel fills with received frames
-//! (kept on the fill ring) and frames the switch transmits from (a free list,
-//! replenished from the completion ring). Received frames are copied into the
-//! engine's packet buffers and their UMEM frame goes straight back to the fill
-//! ring, so the engine never holds UMEM memory and ports stay independent.
+//! (kept on the fill ring) and frames the switch copies other ports' packets
+//! into to transmit them (a free list, replenished from the completion ring).
+//! A received frame stays where the kernel put it: the engine gets it lent as
+//! a packet, with the frame's headroom in front for an outer header, and it
+//! returns to the fill ring when the packet is dropped or sent. A packet sent
+//! back out of the port whose frame it lives in goes on the TX ring as it is.
 pub mod bpf;
 mod umem;
 
@@ -14,8 +16,8 @@ use bpf::XdpRedirect;
 use std::ffi::CString;
 use std::num::NonZeroU32;
 use std::os::fd::{BorrowedFd, RawFd};
-use umem::Area;
-use vswitch_engine::packet::{Packet, PacketPool};
+use umem::FrameStore;
+use vswitch_engine::packet::{LentFrame, Packet, PacketPool};
 use vswitch_engine::port::{Port, PortCaps, PortError, TxResult};
 use vswitch_engine::stats::{BatchDrops, DropReason};
 use xdpilone::xdp::XdpDesc;
@@ -63,13 +65,28 @@ pub struct AfXdpPort {
     kernel_drops_seen: u64,
     kernel_drops_new: u32,
     mode: AfXdpMode,
-    // Last: the memory must outlive every ring and the UMEM registration.
-    area: Area,
+    // Last: the store goes back to the spare list only after every ring and
+    // the UMEM registration are closed.
+    lease: Lease,
 }
 
-// SAFETY: the rings and UMEM pointers refer to memory owned by this struct
-// (the mmap'd area and the kernel's ring mappings); the port is used by one
-// thread at a time (the worker that owns it), which `&mut self` enforces.
+/// A port's hold on its [`FrameStore`], and how many of its frames are lent
+/// to packets.
+#[derive(Debug)]
+struct Lease {
+    store: &'static FrameStore,
+    lent: usize,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.store.release(self.lent);
+    }
+}
+
+// SAFETY: the rings and UMEM pointers refer to the kernel's ring mappings and
+// to the store, which is never unmapped; the port is used by one thread at a
+// time (the worker that owns it), which `&mut self` enforces.
 unsafe impl Send for AfXdpPort {}
 
 impl std::fmt::Debug for AfXdpPort {
@@ -92,7 +109,9 @@ impl AfXdpPort {
             .map_err(|_| IoError::NoInterface(cfg.ifname.clone()))?;
         let ifindex = nix::net::if_::if_nametoindex(cname.as_c_str())
             .map_err(|_| IoError::NoInterface(cfg.ifname.clone()))?;
-        let mut area = Area::new((RX_FRAMES + TX_FRAMES) as usize * FRAME as usize)?;
+        let (store, reused) = FrameStore::take((RX_FRAMES + TX_FRAMES) as usize, FRAME as usize)?;
+        store.zero();
+        let lease = Lease { store, lent: 0 };
         let ucfg = UmemConfig {
             fill_size: RX_FRAMES,
             complete_size: TX_FRAMES,
@@ -100,11 +119,12 @@ impl AfXdpPort {
             headroom: 0,
             flags: 0,
         };
-        // SAFETY: `area` is a page-aligned mapping of the whole length that
-        // lives as long as `self` (declared last, dropped last) and is only
-        // accessed through frames the rings hand to us.
-        let umem =
-            unsafe { Umem::new(ucfg, area.as_nonnull()) }.map_err(|e| errno("register UMEM", e))?;
+        // SAFETY: the store is a page-aligned mapping of the whole length
+        // that is never unmapped, goes to no other port before this one has
+        // closed its rings (`lease`, dropped last), and is only accessed
+        // through frames the rings hand to us.
+        let umem = unsafe { Umem::new(ucfg, store.as_nonnull()) }
+            .map_err(|e| errno("register UMEM", e))?;
         let mut info = IfInfo::invalid();
         info.from_ifindex(ifindex)
             .map_err(|e| errno("interface info", e))?;
@@ -136,9 +156,8 @@ impl AfXdpPort {
         xdp.insert(cfg.queue, fd)?;
         let mode = AfXdpMode {
             native: xdp.native,
-            hugepages: area.huge(),
+            hugepages: store.huge(),
         };
-        area.zero();
         let mut port = Self {
             name: cfg.ifname.clone(),
             rx,
@@ -159,10 +178,10 @@ impl AfXdpPort {
             kernel_drops_seen: 0,
             kernel_drops_new: 0,
             mode,
-            area,
+            lease,
         };
         port.fill();
-        tracing::info!(port = %port.name, native = mode.native, hugepages = mode.hugepages, "AF_XDP port up");
+        tracing::info!(port = %port.name, native = mode.native, hugepages = mode.hugepages, reused, "AF_XDP port up");
         Ok(port)
     }
 
@@ -174,6 +193,10 @@ impl AfXdpPort {
     /// Puts frames back on the fill ring; the ring may take fewer than
     /// offered, the rest wait for the next call.
     fn fill(&mut self) {
+        while let Some(addr) = self.lease.store.pop_returned() {
+            self.lease.lent -= 1;
+            self.refill.push(addr);
+        }
         if self.refill.is_empty() {
             return;
         }
@@ -187,7 +210,7 @@ impl AfXdpPort {
     fn reclaim(&mut self) {
         let mut c = self.dq.complete(TX_FRAMES);
         while let Some(addr) = c.read() {
-            self.free_tx.push(addr);
+            recycle(&mut self.refill, &mut self.free_tx, addr);
         }
         c.release();
     }
@@ -216,7 +239,7 @@ impl AfXdpPort {
             res.bytes += d.len as usize;
         }
         for d in &descs[done..] {
-            self.free_tx.push(d.addr);
+            recycle(&mut self.refill, &mut self.free_tx, d.addr);
             res.full += 1;
         }
     }
@@ -253,6 +276,18 @@ impl AfXdpPort {
     }
 }
 
+/// A frame the kernel is done with (or never took) goes back where it
+/// belongs: a received frame that was sent back out to the fill ring
+/// (`refill`), a copy frame to the free list.
+fn recycle(refill: &mut Vec<u64>, free_tx: &mut Vec<u64>, addr: u64) {
+    let chunk = addr & !(FRAME as u64 - 1);
+    if chunk < RX_FRAMES as u64 * FRAME as u64 {
+        refill.push(chunk);
+    } else {
+        free_tx.push(chunk);
+    }
+}
+
 impl Port for AfXdpPort {
     fn name(&self) -> &str {
         &self.name
@@ -268,25 +303,30 @@ impl Port for AfXdpPort {
 
     fn rx_burst(
         &mut self,
-        pool: &mut PacketPool,
+        _pool: &mut PacketPool,
         out: &mut Vec<Packet>,
         max: usize,
     ) -> Result<usize, PortError> {
         let mut n = 0;
         let mut r = self.rx.receive(max as u32);
+        let store = self.lease.store;
         while let Some(XdpDesc { addr, len, .. }) = r.read() {
-            if let Some(src) = self.area.frame(addr, len) {
-                let mut p = pool.get_small();
-                let dst = p.rx_space();
-                let l = src.len().min(dst.len());
-                dst[..l].copy_from_slice(&src[..l]);
-                p.set_len(l);
-                out.push(p);
-                n += 1;
-            } else {
-                self.bad_desc += 1;
+            let head = (addr & (FRAME as u64 - 1)) as usize;
+            match store.frame(addr) {
+                Some(frame) if head + len as usize <= frame.len() => {
+                    out.push(Packet::lent(
+                        LentFrame::new(frame, store),
+                        head,
+                        len as usize,
+                    ));
+                    self.lease.lent += 1;
+                    n += 1;
+                }
+                _ => {
+                    self.bad_desc += 1;
+                    self.refill.push(addr & !(FRAME as u64 - 1));
+                }
             }
-            self.refill.push(addr & !(FRAME as u64 - 1));
         }
         r.release();
         drop(r);
@@ -302,7 +342,24 @@ impl Port for AfXdpPort {
         let mut res = TxResult::default();
         let mut descs = [XdpDesc::default(); TX_CHUNK];
         let mut queued = 0;
-        for p in pkts.drain(..) {
+        for mut p in pkts.drain(..) {
+            if p.lent_frame().is_some_and(|f| f.is_from(self.lease.store)) {
+                // One of our own received frames: it goes out as it is.
+                if let Some((frame, head, len)) = p.take_lent() {
+                    self.lease.lent -= 1;
+                    descs[queued] = XdpDesc {
+                        addr: self.lease.store.addr_of(frame) + head as u64,
+                        len: len as u32,
+                        options: 0,
+                    };
+                    queued += 1;
+                    if queued == TX_CHUNK {
+                        self.push_tx(&descs, &mut res);
+                        queued = 0;
+                    }
+                    continue;
+                }
+            }
             if self.free_tx.is_empty() {
                 // Flush what is queued so completions can come back.
                 self.push_tx(&descs[..queued], &mut res);
@@ -315,9 +372,9 @@ impl Port for AfXdpPort {
                 continue;
             };
             let len = p.len();
-            match self.area.frame_mut(addr, len as u32) {
-                Some(dst) => {
-                    dst.copy_from_slice(p.data());
+            match self.lease.store.frame(addr) {
+                Some(dst) if len <= dst.len() => {
+                    dst[..len].copy_from_slice(p.data());
                     descs[queued] = XdpDesc {
                         addr,
                         len: len as u32,
@@ -325,7 +382,7 @@ impl Port for AfXdpPort {
                     };
                     queued += 1;
                 }
-                None => {
+                _ => {
                     self.free_tx.push(addr);
                     res.errors += 1;
                 }
