@@ -592,6 +592,7 @@ P100KM=$(jv "$TMP/pipe.txt" pipeline_l2_100000_macs_3_out_ports cycles_per_packe
 taskset -c "$WORKER_CORE" "$BENCH" nat | tee "$TMP/nat.txt" | grep -v '^JSON'
 N1=$(jv "$TMP/nat.txt" pipeline_nat_1_flows cycles_per_packet); N1M=$(jv "$TMP/nat.txt" pipeline_nat_1000000_flows cycles_per_packet)
 NRATIO=$(jv "$TMP/nat.txt" pipeline_nat_1000000_flows ratio_vs_1_flow); NBYTES=$(jv "$TMP/nat.txt" pipeline_nat_1000000_flows bytes_per_flow)
+EXP50=$(jv "$TMP/nat.txt" expiry_step_1000000_flows median_us); EXP99=$(jv "$TMP/nat.txt" expiry_step_1000000_flows p99_us); EXPMAX=$(jv "$TMP/nat.txt" expiry_step_1000000_flows max_us)
 # The same with the flow entries in a mapping of a tmpfs file, as the switch
 # keeps them (so that a restarted switch takes them over).
 taskset -c "$WORKER_CORE" "$BENCH" nat --flow-file "/dev/shm/$P.flows" | tee "$TMP/natf.txt" | grep -v '^JSON'
@@ -651,6 +652,7 @@ echo "== summary (kernel = Linux bridge for the L2 rows, docker0-style bridge + 
 echo "pipeline cycles/packet: $P1 (1 MAC), $P100K (100,000 MACs), $P100KM (100,000 MACs, destinations on 3 ports)"
 echo "NAT pipeline cycles/packet: $N1 (1 flow), $N1M (1,000,000 flows: ${NRATIO}x the 1-flow rate); $NBYTES bytes per tracked flow"
 echo "NAT pipeline cycles/packet, flow entries in a tmpfs file mapping: $NF1 (1 flow), $NF1M (1,000,000 flows)"
+echo "conntrack expiry at the bound, 1,000,000 flows replaced, steps of 4,096 slots: median $EXP50 / p99 $EXP99 / max $EXPMAX us"
 echo "VXLAN pipeline cycles/packet: encap $VENC, decap $VDEC"
 echo "adaptive idle: $IDLE_CPU % of one core while idle; first packet after idle one-way p50/p99/max $I_OW50 / $I_OW99 / $I_OWMAX us"
 {
@@ -661,6 +663,7 @@ echo "adaptive idle: $IDLE_CPU % of one core while idle; first packet after idle
     echo "pipeline cycles/packet: $P1 (1 MAC), $P100K (100,000 MACs), $P100KM (100,000 MACs, destinations on 3 ports)"
     echo "NAT pipeline cycles/packet: $N1 (1 flow), $N1M (1,000,000 flows: ${NRATIO}x the 1-flow rate); $NBYTES bytes per tracked flow"
     echo "NAT pipeline cycles/packet, flow entries in a tmpfs file mapping: $NF1 (1 flow), $NF1M (1,000,000 flows)"
+echo "conntrack expiry at the bound, 1,000,000 flows replaced, steps of 4,096 slots: median $EXP50 / p99 $EXP99 / max $EXPMAX us"
     echo "VXLAN pipeline cycles/packet: encap $VENC, decap $VDEC"
     echo "adaptive idle: $IDLE_CPU % of one core while idle; first packet after idle one-way p50/p99/max $I_OW50 / $I_OW99 / $I_OWMAX us"
     echo '```'

@@ -184,6 +184,56 @@ fn case(flows: u32, batches: usize, file: Option<&std::path::Path>) -> (f64, u64
     (ns, sent, bytes_per_flow)
 }
 
+/// Expiry at the bound: `flows` ICMP flows fill the table, all idle past
+/// their timeout; the worker's paced expiry (steps of 4,096 slots) removes
+/// them, and after each step as many new flows take their room, until every
+/// slot was visited once. Returns the steps' durations in µs (sorted) and
+/// the share of full index buckets at the bound.
+fn expiry_steps(flows: u32) -> (Vec<f64>, f64) {
+    const STEP: usize = 4096;
+    let mut g = CtTable::with_max(flows as usize);
+    let side = Side::Uplink;
+    for i in 0..flows {
+        g.create(orig(i), reply(i), side, side, State::Icmp, 0)
+            .expect("flow fits");
+    }
+    let (full, all) = g.full_buckets();
+    let now = 31;
+    let mut next = flows;
+    let mut steps = Vec::new();
+    for _ in 0..g.slots().div_ceil(STEP) {
+        let t = Instant::now();
+        let removed = g.expire(now, STEP);
+        steps.push(t.elapsed().as_secs_f64() * 1e6);
+        for _ in 0..removed {
+            g.create(orig(next), reply(next), side, side, State::Icmp, now)
+                .expect("room was freed");
+            next += 1;
+        }
+    }
+    assert_eq!(next, 2 * flows, "every flow expired and was replaced");
+    steps.sort_by(f64::total_cmp);
+    (steps, full as f64 / all as f64)
+}
+
+/// Prints the expiry steps' durations and one JSON line.
+fn run_expiry(flows: u32) {
+    let (steps, full) = expiry_steps(flows);
+    let q = |p: f64| steps[((steps.len() - 1) as f64 * p) as usize];
+    println!(
+        "expiry at the bound, {flows} flows replaced in {} steps of 4,096 slots: median {:.0} µs, p99 {:.0} µs, max {:.0} µs; {:.1} % of index buckets full",
+        steps.len(),
+        q(0.5),
+        q(0.99),
+        q(1.0),
+        full * 100.0
+    );
+    println!(
+        "JSON {}",
+        serde_json::json!({"case": format!("expiry_step_{flows}_flows"), "median_us": q(0.5), "p99_us": q(0.99), "max_us": q(1.0), "full_buckets": full})
+    );
+}
+
 /// Prints the table and one JSON line per case (median of `TRIALS`).
 /// `file`: keep the flow entries in a mapping of this file, as the switch
 /// does (otherwise anonymous memory).
@@ -231,5 +281,8 @@ pub fn run(batches: usize, only: Option<u32>, file: Option<&std::path::Path>) {
             "JSON {}",
             serde_json::json!({"case": format!("pipeline_nat_{flows}_flows{}", if file.is_some() { "_flow_file" } else { "" }), "mpps": mpps, "ns_per_packet": ns, "cycles_per_packet": cycles, "bytes_per_flow": bpf, "ratio_vs_1_flow": mpps / one, "mhz": mhz})
         );
+    }
+    if file.is_none() && only.is_none_or(|o| o == 1_000_000) {
+        run_expiry(1_000_000);
     }
 }

@@ -231,6 +231,7 @@ pub fn coalesce(p: &mut Packet, l4: usize) -> Result<(), DropReason> {
 
 /// A VXLAN packet for the local VTEP: decapsulated, then switched inside its
 /// overlay network (to a local port; never back into a tunnel).
+#[inline]
 pub(in crate::pipeline) fn from_tunnel(ctx: &mut Ctx<'_>, p: &mut Packet, v: &V4) -> Action {
     use super::is_remote;
     use crate::wire::virtio::GsoKind;
