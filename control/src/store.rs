@@ -260,10 +260,23 @@ impl Store {
         &self.dir
     }
 
-    /// Writes `d` unless it is what is on disk already (`force`: write
-    /// anyway, to find out whether the directory takes writes).
-    pub fn save(&mut self, d: &Desired, force: bool) -> Result<(), StoreError> {
-        if !force && self.saved.as_ref() == Some(d) {
+    /// Whether the directory takes a write, before a change is made: a
+    /// small file where the state's temporary file goes, written and
+    /// removed. Far cheaper than writing the whole state, which a change
+    /// writes anyway once made (and takes back if that fails).
+    pub fn probe(&self) -> Result<(), StoreError> {
+        let tmp = self.dir.join(format!("{FILE}.tmp"));
+        let r = std::fs::File::create(&tmp).and_then(|mut f| f.write_all(b"{}\n"));
+        let _ = std::fs::remove_file(&tmp);
+        r.map_err(|e| StoreError::Write {
+            path: self.dir.join(FILE).display().to_string(),
+            msg: e.to_string(),
+        })
+    }
+
+    /// Writes `d` unless it is what is on disk already.
+    pub fn save(&mut self, d: &Desired) -> Result<(), StoreError> {
+        if self.saved.as_ref() == Some(d) {
             return Ok(());
         }
         let path = self.dir.join(FILE);
@@ -348,7 +361,7 @@ mod tests {
         let d = tmpdir("rt");
         let (mut s, none) = Store::open(&d).expect("open");
         assert!(none.is_none());
-        s.save(&sample(), false).expect("save");
+        s.save(&sample()).expect("save");
         drop(s);
         let (_s, back) = Store::open(&d).expect("reopen");
         assert_eq!(back, Some(sample()));
@@ -394,13 +407,13 @@ mod tests {
     fn unchanged_state_is_not_rewritten() {
         let d = tmpdir("same");
         let (mut s, _) = Store::open(&d).expect("open");
-        s.save(&sample(), false).expect("save");
+        s.save(&sample()).expect("save");
         let m1 = std::fs::metadata(d.join(FILE))
             .expect("meta")
             .modified()
             .ok();
         std::thread::sleep(std::time::Duration::from_millis(20));
-        s.save(&sample(), false).expect("save again");
+        s.save(&sample()).expect("save again");
         let m2 = std::fs::metadata(d.join(FILE))
             .expect("meta")
             .modified()

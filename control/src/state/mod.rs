@@ -310,7 +310,7 @@ impl State {
         }
         s.apply_config(cfg, false)?;
         s.settle_carried();
-        s.save(false).map_err(|e| CmdError(e.to_string()))?;
+        s.save().map_err(|e| CmdError(e.to_string()))?;
         if let Some(c) = &cfg.cluster {
             let (cl, views) = sync::start(c)?;
             s.cluster = Some(cl);
@@ -331,14 +331,14 @@ impl State {
         if req.is_query() {
             return answer(self.dispatch(req));
         }
-        if let Err(e) = self.save(true) {
+        if let Err(e) = self.store.probe() {
             return Response::error(format!(
                 "{e}; nothing was changed (make the state directory writable, or run with another --state-dir)"
             ));
         }
         let r = self.dispatch(req.clone());
         if let Ok(data) = &r {
-            if let Err(e) = self.save(false) {
+            if let Err(e) = self.save() {
                 // Take the change back, so that what runs is what is saved.
                 if let Some(undo) = Self::undo_of(&req, data) {
                     let _ = self.dispatch(undo);
@@ -357,7 +357,7 @@ impl State {
     /// Re-reads the config file (`SIGHUP`) and applies the difference.
     pub fn reload(&mut self, cfg: &Config) {
         let r = self.apply_config(cfg, true);
-        if let Err(e) = self.save(false) {
+        if let Err(e) = self.save() {
             tracing::error!(error = %e, "state after reload not saved");
         }
         self.sync_local();

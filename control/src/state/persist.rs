@@ -75,11 +75,10 @@ impl State {
         d
     }
 
-    /// Saves the desired state (`force`: even if unchanged, to learn
-    /// whether the directory takes writes).
-    pub(super) fn save(&mut self, force: bool) -> Result<(), StoreError> {
+    /// Saves the desired state, if it changed.
+    pub(super) fn save(&mut self) -> Result<(), StoreError> {
         let d = self.desired();
-        self.store.save(&d, force)
+        self.store.save(&d)
     }
 
     /// Puts back saved state: networks under their ids, the uplink, ports,
