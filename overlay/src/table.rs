@@ -498,6 +498,13 @@ mod tests {
         items.iter().cloned().collect()
     }
 
+    /// A host's rows: its VTEP and `rows`.
+    fn vtep_and(rows: impl IntoIterator<Item = (Key, Value)>) -> BTreeMap<Key, Value> {
+        std::iter::once((Key::Vtep, Value::Vtep(Ipv4Addr::LOCALHOST)))
+            .chain(rows)
+            .collect()
+    }
+
     const M1: [u8; 6] = [2, 0, 0, 0, 0, 1];
     const M2: [u8; 6] = [2, 0, 0, 0, 0, 2];
 
@@ -636,11 +643,8 @@ mod tests {
     fn pieces_are_contiguous() {
         let t = Instant::now();
         let mut a = Store::new("a", 1, Duration::from_secs(60), t);
-        let mut w = vec![(Key::Vtep, Value::Vtep(Ipv4Addr::LOCALHOST))];
-        for i in 0..10u8 {
-            w.push((Key::Endpoint(1, [2, 0, 0, 0, 1, i]), Value::Endpoint(None)));
-        }
-        a.set_local(&want(&w), t);
+        let rows = (0..10u8).map(|i| (Key::Endpoint(1, [2, 0, 0, 0, 1, i]), Value::Endpoint(None)));
+        a.set_local(&vtep_and(rows), t);
         let d = a.local_delta(0, 3);
         assert_eq!(d.len(), 4);
         for p in d.windows(2) {
@@ -660,13 +664,12 @@ mod tests {
     fn names_replicate_and_long_ones_make_smaller_pieces() {
         let t = Instant::now();
         let mut a = Store::new("a", 1, Duration::from_secs(60), t);
-        let mut w = vec![(Key::Vtep, Value::Vtep(Ipv4Addr::LOCALHOST))];
-        for i in 0..100u8 {
-            // Names as long as a DNS name gets: 253 bytes.
+        // Names as long as a DNS name gets: 253 bytes.
+        let rows = (0..100u8).map(|i| {
             let n = format!("{i:03}.{}", "x".repeat(249));
-            w.push((Key::Name(1, n), Value::Name(Ipv4Addr::new(10, 0, 0, i))));
-        }
-        a.set_local(&want(&w), t);
+            (Key::Name(1, n), Value::Name(Ipv4Addr::new(10, 0, 0, i)))
+        });
+        a.set_local(&vtep_and(rows), t);
         // Gossip's piece: 40 units, which must stay within one datagram.
         let d = a.local_delta(0, 40);
         assert!(d.len() > 3, "{} pieces", d.len());

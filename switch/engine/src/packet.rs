@@ -55,7 +55,7 @@ impl LentFrame {
     }
 
     /// Whether `owner` lent this frame.
-    pub fn is_from(&self, owner: &dyn FrameOwner) -> bool {
+    fn is_from(&self, owner: &dyn FrameOwner) -> bool {
         self.owner.is_some_and(|o| {
             std::ptr::addr_eq(o as *const dyn FrameOwner, owner as *const dyn FrameOwner)
         })
@@ -177,22 +177,15 @@ impl Packet {
         }
     }
 
-    /// The lent frame this packet lives in, if any: a port transmits such a
-    /// packet from its own memory without a copy.
-    #[inline]
-    pub fn lent_frame(&self) -> Option<&LentFrame> {
-        match &self.buf {
-            Buf::Lent(f) => Some(f),
-            Buf::Own(_) => None,
-        }
-    }
-
-    /// Gives up the lent frame without giving it back, leaving the packet
-    /// empty: the port that lent it hands it on (to its transmit ring).
-    /// Returns the frame and the packet's place in it (offset, length), or
-    /// `None` (the packet unchanged) for the switch's own buffers.
-    pub fn take_lent(&mut self) -> Option<(&'static mut [u8], usize, usize)> {
-        if !matches!(self.buf, Buf::Lent(_)) {
+    /// Gives up the frame `owner` lent, without giving it back, leaving the
+    /// packet empty: the port that lent it hands it on (to its transmit
+    /// ring, no copy). Returns the frame and the packet's place in it
+    /// (offset, length); `None`, the packet unchanged, for any other buffer.
+    pub fn take_lent_from(
+        &mut self,
+        owner: &dyn FrameOwner,
+    ) -> Option<(&'static mut [u8], usize, usize)> {
+        if !matches!(&self.buf, Buf::Lent(f) if f.is_from(owner)) {
             return None;
         }
         let Buf::Lent(mut f) = std::mem::take(&mut self.buf) else {
@@ -441,12 +434,16 @@ mod tests {
         assert_eq!(owner.back.lock().unwrap().len(), 2);
         // Handed on by its port (to a transmit ring): not given back.
         let mut q = Packet::lent(f2, 256, 60);
-        let (frame, head, len) = q.take_lent().unwrap();
+        assert!(
+            q.take_lent_from(&Lender::default()).is_none(),
+            "not its lender"
+        );
+        let (frame, head, len) = q.take_lent_from(owner).unwrap();
         assert_eq!((frame[0], head, len), (12, 256, 60));
         assert_eq!(q.len(), 0);
         drop(q);
         assert_eq!(owner.back.lock().unwrap().len(), 2);
-        assert_eq!(Packet::from_slice(&[1]).take_lent(), None);
+        assert_eq!(Packet::from_slice(&[1]).take_lent_from(owner), None);
     }
 
     #[test]

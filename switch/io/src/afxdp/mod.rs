@@ -343,22 +343,20 @@ impl Port for AfXdpPort {
         let mut descs = [XdpDesc::default(); TX_CHUNK];
         let mut queued = 0;
         for mut p in pkts.drain(..) {
-            if p.lent_frame().is_some_and(|f| f.is_from(self.lease.store)) {
-                // One of our own received frames: it goes out as it is.
-                if let Some((frame, head, len)) = p.take_lent() {
-                    self.lease.lent -= 1;
-                    descs[queued] = XdpDesc {
-                        addr: self.lease.store.addr_of(frame) + head as u64,
-                        len: len as u32,
-                        options: 0,
-                    };
-                    queued += 1;
-                    if queued == TX_CHUNK {
-                        self.push_tx(&descs, &mut res);
-                        queued = 0;
-                    }
-                    continue;
+            // One of our own received frames: it goes out as it is.
+            if let Some((frame, head, len)) = p.take_lent_from(self.lease.store) {
+                self.lease.lent -= 1;
+                descs[queued] = XdpDesc {
+                    addr: self.lease.store.addr_of(frame) + head as u64,
+                    len: len as u32,
+                    options: 0,
+                };
+                queued += 1;
+                if queued == TX_CHUNK {
+                    self.push_tx(&descs, &mut res);
+                    queued = 0;
                 }
+                continue;
             }
             if self.free_tx.is_empty() {
                 // Flush what is queued so completions can come back.
