@@ -138,6 +138,22 @@ last() { awk -v k="$1" -v kl="${L:-}.$1" '$1==kl||$1==k{v=$2} END{print v}' "$TM
 # tickless kernel; so is uptime.
 cpu_busy() { awk -v n="$(nproc)" -v hz="$(getconf CLK_TCK)" 'FNR==NR{up=$1; next} /^cpu /{idle=($5+$6)/hz} END{printf "%.3f\n", n*up - idle}' /proc/uptime /proc/stat; }
 
+# Runs a measuring function ("$@", which prints its figure) and writes
+# "figure busy-CPU-seconds wall-seconds" to $TMP/cost.
+cost() {
+    local c0 c1 v t0 t1
+    c0=$(cpu_busy); t0=$(date +%s.%N); v=$("$@"); t1=$(date +%s.%N); c1=$(cpu_busy)
+    echo "$v $(python3 -c "print(round($c1 - $c0, 3), round($t1 - $t0, 3))")" >"$TMP/cost"
+}
+# CPU-seconds per GB (TCP, figure in Gbit/s) and per million packets
+# (frames, figure in frames/s), from $TMP/cost.
+per_gb() { read -r g c _ <"$TMP/cost"; python3 -c "g=$g*$DURATION/8; print(round($c/g, 3) if g > 0 else 'nan')"; }
+per_mp() { read -r r c _ <"$TMP/cost"; python3 -c "m=$r*$DURATION/1e6; print(round($c/m, 3) if m > 0 else 'nan')"; }
+# Cores the whole machine kept busy during the last cost measurement.
+cores() { read -r _ c w <"$TMP/cost"; python3 -c "print(round($c/$w, 2))"; }
+# The figure of the last cost measurement.
+fig() { cut -d' ' -f1 "$TMP/cost"; }
+
 # Median of the arguments.
 med() { printf '%s\n' "$@" | python3 -c "import sys,statistics;print(round(statistics.median(float(x) for x in sys.stdin.read().split()),3))"; }
 
@@ -236,14 +252,14 @@ for t in $(seq "$TRIALS"); do
     for L in $LAYOUTS; do
         layout "$L"
         kill -STOP "$VPID"
-        rec "$L.k_pps" "$(pps ba bb 10.99.0.2 10.99.0.1)"
-        rec "$L.k_tcp" "$(tcp ba bb 10.99.0.2)"
+        cost pps ba bb 10.99.0.2 10.99.0.1; rec "$L.k_pps" "$(fig)"; rec "$L.k_pps_cpu" "$(per_mp)"; rec "$L.k_pps_cores" "$(cores)"
+        cost tcp ba bb 10.99.0.2; rec "$L.k_tcp" "$(fig)"; rec "$L.k_tcp_cpu" "$(per_gb)"; rec "$L.k_tcp_cores" "$(cores)"
         rec "$L.k_tcpa" "$(TCP_CC=$ALT_CC tcp ba bb 10.99.0.2)"
         rtt ba bb 10.99.0.2; read -r a b <"$TMP/rtt"; rec "$L.k_p50" "$a"; rec "$L.k_p99" "$b"
         kill -CONT "$VPID"; sleep 0.2
-        rec "$L.v_pps" "$(pps wa wb 10.98.0.16 10.98.0.15)"
+        cost pps wa wb 10.98.0.16 10.98.0.15; rec "$L.v_pps" "$(fig)"; rec "$L.v_pps_cpu" "$(per_mp)"; rec "$L.v_pps_cores" "$(cores)"
         rec "$L.v_ppsp" "$(pps va vb 10.98.0.12 10.98.0.11)"
-        rec "$L.v_tcp" "$(tcp ta tb 10.98.0.14)"
+        cost tcp ta tb 10.98.0.14; rec "$L.v_tcp" "$(fig)"; rec "$L.v_tcp_cpu" "$(per_gb)"; rec "$L.v_tcp_cores" "$(cores)"
         rec "$L.v_tcpa" "$(TCP_CC=$ALT_CC tcp ta tb 10.98.0.14)"
         rec "$L.v_tcpv" "$(tcp va vb 10.98.0.12)"
         rec "$L.v_tcpx" "$(tcp wa wb 10.98.0.16)"
@@ -254,6 +270,7 @@ for t in $(seq "$TRIALS"); do
 done
 for L in $LAYOUTS; do
     echo "Linux bridge, $L layout, medians: 64B frames delivered $(medk "$L.k_pps")/s; iperf3 TCP $(medk "$L.k_tcp") Gbit/s ($ALT_CC: $(medk "$L.k_tcpa")); UDP RTT p50/p99 $(medk "$L.k_p50") / $(medk "$L.k_p99") us"
+    echo "at full rate, $L layout, medians (whole machine): 64B frames bridge/vswitch veth-xdp $(medk "$L.k_pps_cpu")/$(medk "$L.v_pps_cpu") CPU-s per million frames with $(medk "$L.k_pps_cores")/$(medk "$L.v_pps_cores") cores busy; iperf3 TCP bridge/vswitch TAP $(medk "$L.k_tcp_cpu")/$(medk "$L.v_tcp_cpu") CPU-s per GB with $(medk "$L.k_tcp_cores")/$(medk "$L.v_tcp_cores") cores busy"
     echo "vswitch, $L layout, medians: 64B frames delivered (veth/AF_XDP) $(medk "$L.v_pps")/s, (veth/AF_PACKET) $(medk "$L.v_ppsp")/s; iperf3 TCP (TAP) $(medk "$L.v_tcp") ($ALT_CC: $(medk "$L.v_tcpa")), (veth/AF_PACKET) $(medk "$L.v_tcpv"), (veth/AF_XDP) $(medk "$L.v_tcpx") Gbit/s; UDP RTT p50/p99 (TAP) $(medk "$L.v_p50") / $(medk "$L.v_p99") us, p50 (veth) $(medk "$L.vv_p50") us"
 done
 "$BIN" --socket "$SOCK" stats
@@ -290,20 +307,9 @@ oneway ia ib 10.97.0.12; read -r I_OW50 I_OW99 I_OWMAX <"$TMP/oneway"
 echo "one-way latency of packets after 300 ms idle (first packet wakes the worker), p50/p99/max: $I_OW50 / $I_OW99 / $I_OWMAX us"
 
 echo "== CPU cost at a fixed offered load (equal layout): iperf3 TCP at $FIX_TCP bit/s, 64-byte frames at $FIX_PPS/s; whole machine, /proc/stat"
-# Runs a measuring function ("$@", which prints its figure) and writes
-# "figure busy-CPU-seconds" to $TMP/cost.
-cost() {
-    local c0 c1 v
-    c0=$(cpu_busy); v=$("$@"); c1=$(cpu_busy)
-    echo "$v $(python3 -c "print(round($c1 - $c0, 3))")" >"$TMP/cost"
-}
-# CPU-seconds per GB (TCP, figure in Gbit/s) and per million packets
-# (frames, figure in frames/s), from $TMP/cost.
-per_gb() { read -r g c <"$TMP/cost"; python3 -c "g=$g*$DURATION/8; print(round($c/g, 3) if g > 0 else 'nan')"; }
-per_mp() { read -r r c <"$TMP/cost"; python3 -c "m=$r*$DURATION/1e6; print(round($c/m, 3) if m > 0 else 'nan')"; }
 kill -STOP "$IPID"
 for t in $(seq "$TRIALS"); do
-    TCP_RATE=$FIX_TCP cost tcp ba bb 10.99.0.2; rec k_tcp_fix "$(cut -d' ' -f1 "$TMP/cost")"; rec k_tcp_cpu "$(per_gb)"
+    TCP_RATE=$FIX_TCP cost tcp ba bb 10.99.0.2; rec k_tcp_fix "$(fig)"; rec k_tcp_cpu "$(per_gb)"
     RATE=$FIX_PPS cost pps ba bb 10.99.0.2 10.99.0.1; rec k_pps_fix "$(cut -d' ' -f1 "$TMP/cost")"; rec k_pps_cpu "$(per_mp)"
     kill -CONT "$VPID"; sleep 0.2
     TCP_RATE=$FIX_TCP cost tcp ta tb 10.98.0.14; rec vb_tcp_fix "$(cut -d' ' -f1 "$TMP/cost")"; rec vb_tcp_cpu "$(per_gb)"
@@ -614,6 +620,10 @@ iperf3_tcp_tap$x Gbit/s $(m k_tcp) $(m v_tcp)
 iperf3_tcp_veth_packet$x Gbit/s $(m k_tcp) $(m v_tcpv)
 iperf3_tcp_veth_xdp$x Gbit/s $(m k_tcp) $(m v_tcpx)
 iperf3_tcp_tap_$ALT_CC$x Gbit/s $(m k_tcpa) $(m v_tcpa)
+cpu_s_per_mpkt_frames64_veth_xdp_at_full_rate$x cpu-s/Mpkt $(m k_pps_cpu) $(m v_pps_cpu) lower
+cores_busy_frames64_veth_xdp_at_full_rate$x cores $(m k_pps_cores) $(m v_pps_cores) lower
+cpu_s_per_gb_tcp_tap_at_full_rate$x cpu-s/GB $(m k_tcp_cpu) $(m v_tcp_cpu) lower
+cores_busy_tcp_tap_at_full_rate$x cores $(m k_tcp_cores) $(m v_tcp_cores) lower
 rtt_p50_tap$x us $(m k_p50) $(m v_p50) lower
 rtt_p99_tap$x us $(m k_p99) $(m v_p99) lower
 rtt_p50_veth$x us $(m k_p50) $(m vv_p50) lower

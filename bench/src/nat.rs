@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use vswitch_engine::conntrack::{CtTable, Side, State, TcpState, Tuple, PROTO_TCP};
 use vswitch_engine::packet::{Packet, PacketPool};
-use vswitch_engine::pipeline::{Pipeline, TxQueues, BATCH};
+use vswitch_engine::pipeline::{Ingress, Pipeline, Sinks, TxQueues, BATCH};
 use vswitch_engine::stats::BatchDrops;
 use vswitch_engine::tables::{L3View, NetworkView, Prefix, Route, Snapshot, Tables, UplinkView};
 use vswitch_engine::wire::checksum;
@@ -169,7 +169,18 @@ fn case(flows: u32, batches: usize, file: Option<&std::path::Path>) -> (f64, u64
             p.data_mut().copy_from_slice(&frames[k & 0xffff]);
             k += 1;
         }
-        pipe.run(&t, &snap, 1, 1, &mut batch, &mut pool, &mut txq, &mut drops);
+        pipe.run(
+            &t,
+            &snap,
+            Ingress::Port(1),
+            1,
+            &mut batch,
+            Sinks {
+                pool: &mut pool,
+                txq: &mut txq,
+                drops: &mut drops,
+            },
+        );
         let pending = txq.take_pending();
         for p in &pending {
             let q = txq.queue(*p);

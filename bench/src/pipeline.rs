@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use vswitch_engine::fdb::NetId;
 use vswitch_engine::packet::{Packet, PacketPool};
-use vswitch_engine::pipeline::{Pipeline, TxQueues, BATCH};
+use vswitch_engine::pipeline::{Ingress, Pipeline, Sinks, TxQueues, BATCH};
 use vswitch_engine::port::PortCaps;
 use vswitch_engine::stats::{BatchDrops, PortStats};
 use vswitch_engine::tables::{NetworkView, PortView, Snapshot, Tables};
@@ -93,7 +93,18 @@ fn case(macs: u64, out_ports: u64, batches: usize) -> (f64, u64) {
             d[0..6].copy_from_slice(&dst(i).bytes());
             d[6..12].copy_from_slice(&src(i).bytes());
         }
-        pipe.run(&t, &snap, 1, 0, &mut batch, &mut pool, &mut txq, &mut drops);
+        pipe.run(
+            &t,
+            &snap,
+            Ingress::Port(1),
+            0,
+            &mut batch,
+            Sinks {
+                pool: &mut pool,
+                txq: &mut txq,
+                drops: &mut drops,
+            },
+        );
         let pending = txq.take_pending();
         for p in &pending {
             let q = txq.queue(*p);

@@ -7,7 +7,7 @@ use std::time::Instant;
 use vswitch_engine::fdb::NetId;
 use vswitch_engine::packet::{Packet, PacketPool};
 use vswitch_engine::pipeline::vxlan::REMOTE_BASE;
-use vswitch_engine::pipeline::{Pipeline, TxQueues, BATCH};
+use vswitch_engine::pipeline::{Ingress, Pipeline, Sinks, TxQueues, BATCH};
 use vswitch_engine::stats::BatchDrops;
 use vswitch_engine::tables::{
     NetworkView, OverlayView, Prefix, Route, Snapshot, Tables, UplinkView,
@@ -133,7 +133,16 @@ fn case(decap: bool, batches: usize) -> f64 {
             p.set_len(template.len());
         }
         pipe.run(
-            &t, &snap, in_port, 0, &mut batch, &mut pool, &mut txq, &mut drops,
+            &t,
+            &snap,
+            Ingress::Port(in_port),
+            0,
+            &mut batch,
+            Sinks {
+                pool: &mut pool,
+                txq: &mut txq,
+                drops: &mut drops,
+            },
         );
         let pending = txq.take_pending();
         for p in &pending {

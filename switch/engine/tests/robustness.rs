@@ -5,7 +5,7 @@ mod common;
 use common::Rng;
 use std::sync::Arc;
 use vswitch_engine::packet::{Packet, PacketPool};
-use vswitch_engine::pipeline::{offload, Pipeline, TxQueues};
+use vswitch_engine::pipeline::{offload, Ingress, Pipeline, Sinks, TxQueues};
 use vswitch_engine::port::PortCaps;
 use vswitch_engine::stats::{BatchDrops, DropReason, PortStats};
 use vswitch_engine::tables::{NetworkView, PortView, Snapshot, Tables};
@@ -86,7 +86,16 @@ fn random_frames_never_panic_and_are_accounted() {
             .collect();
         let in_port = 1 + (round % 3) as u16;
         pipe.run(
-            &tables, &snap, in_port, 0, &mut batch, &mut pool, &mut txq, &mut drops,
+            &tables,
+            &snap,
+            Ingress::Port(in_port),
+            0,
+            &mut batch,
+            Sinks {
+                pool: &mut pool,
+                txq: &mut txq,
+                drops: &mut drops,
+            },
         );
         assert!(batch.is_empty(), "the pipeline consumes every frame");
         let pending = txq.take_pending();

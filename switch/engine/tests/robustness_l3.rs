@@ -13,7 +13,7 @@ mod common;
 use common::Rng;
 use std::sync::Arc;
 use vswitch_engine::packet::{Packet, PacketPool};
-use vswitch_engine::pipeline::{vxlan, Pipeline, TxQueues};
+use vswitch_engine::pipeline::{vxlan, Ingress, Pipeline, Sinks, TxQueues};
 use vswitch_engine::port::PortCaps;
 use vswitch_engine::stats::{BatchDrops, DropReason, PortStats};
 use vswitch_engine::tables::{
@@ -538,7 +538,16 @@ fn hostile_frames_through_gateway_nat_and_overlay() {
         let mut drops = BatchDrops::default();
         let now = round / 50;
         pipe.run(
-            &tables, &snap, in_port, now, &mut batch, &mut pool, &mut txq, &mut drops,
+            &tables,
+            &snap,
+            Ingress::Port(in_port),
+            now,
+            &mut batch,
+            Sinks {
+                pool: &mut pool,
+                txq: &mut txq,
+                drops: &mut drops,
+            },
         );
         assert!(batch.is_empty(), "the pipeline consumes every frame");
         let pending = txq.take_pending();
@@ -628,7 +637,16 @@ fn tunnel_learns_over_the_limit_are_refused_and_counted() {
     );
     let mut drops = BatchDrops::default();
     pipe.run(
-        &tables, &snap, UPLINK, 1, &mut batch, &mut pool, &mut txq, &mut drops,
+        &tables,
+        &snap,
+        Ingress::Port(UPLINK),
+        1,
+        &mut batch,
+        Sinks {
+            pool: &mut pool,
+            txq: &mut txq,
+            drops: &mut drops,
+        },
     );
     drops.flush(&stats[UPLINK as usize]);
     assert_eq!(tables.fdb.learned_count(1), 2, "the limit holds");

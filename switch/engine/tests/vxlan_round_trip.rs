@@ -5,7 +5,7 @@
 //! as unicast through the tunnel and arrives at A the same way.
 use std::sync::Arc;
 use vswitch_engine::packet::{Packet, PacketPool};
-use vswitch_engine::pipeline::{vxlan, Pipeline, TxQueues};
+use vswitch_engine::pipeline::{vxlan, Ingress, Pipeline, Sinks, TxQueues};
 use vswitch_engine::port::{PortCaps, PortId};
 use vswitch_engine::stats::{BatchDrops, PortStats};
 use vswitch_engine::tables::{
@@ -109,12 +109,14 @@ impl Host {
         self.pipe.run(
             &self.tables,
             &snap,
-            port,
+            Ingress::Port(port),
             1,
             &mut batch,
-            &mut self.pool,
-            &mut txq,
-            &mut drops,
+            Sinks {
+                pool: &mut self.pool,
+                txq: &mut txq,
+                drops: &mut drops,
+            },
         );
         drops.flush(&self.stats[port as usize]);
         txq

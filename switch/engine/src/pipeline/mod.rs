@@ -4,8 +4,9 @@
 //! `gateway::mark` (frames for the gateway) → `learn` (source MAC) →
 //! `forward` (destination lookup: unicast, flood or drop; `--no-icc`
 //! filtering) → `arp::suppress_arp` (overlays) → `gateway::route_batch`
-//! (ARP and echo for the gateway, routing, NAT) → `flood` (replication) or
-//! `vxlan::encap` → per-output-port queues.
+//! (ARP and echo for the gateway, routing, NAT) → `emit`: each frame to its
+//! output port's queue (`txq`), replicated (`flood`), tunnelled
+//! (`vxlan::encap`) or handed to the worker its connection lives with.
 //!
 //! From the uplink: `uplink::from_uplink` takes what the switch owns (NAT
 //! replies, published ports, ICMP errors, VXLAN through `vxlan::decap`).
@@ -17,6 +18,7 @@
 //! that cannot take them.
 pub mod arp;
 pub mod classify;
+mod emit;
 pub mod flood;
 pub mod forward;
 pub mod frag;
@@ -28,16 +30,21 @@ pub mod nat;
 pub mod offload;
 pub mod route;
 pub mod steer;
+mod txq;
 pub mod uplink;
 pub mod vxlan;
+
+pub use emit::Out;
+pub use txq::TxQueues;
 
 use crate::conntrack::CtTable;
 use crate::fdb::NetId;
 use crate::packet::{Packet, PacketPool};
 use crate::port::PortId;
 use crate::stats::{BatchDrops, DropReason};
-use crate::tables::{Snapshot, Tables, MAX_PORTS};
+use crate::tables::{Snapshot, Tables};
 use crate::wire::mac::Mac;
+use emit::emit;
 
 /// Largest batch a port is asked for.
 pub const BATCH: usize = 32;
@@ -73,82 +80,27 @@ pub struct Hdr {
     pub action: Action,
 }
 
-/// Frames waiting for transmit, by output port.
+/// Where a batch comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ingress {
+    /// Received on this port by the worker running it: frames of flows that
+    /// live with another worker are handed to it.
+    Port(PortId),
+    /// Received on this port by another worker, which handed the frames
+    /// over: they belong to this worker's flows and are not handed on.
+    HandedOver(PortId),
+}
+
+/// Where a batch's frames end up besides other workers: the transmit
+/// queues, the buffer pool (drops), and the ingress port's drop counters.
 #[derive(Debug)]
-pub struct TxQueues {
-    queues: Vec<Vec<Packet>>,
-    pending: Vec<PortId>,
-}
-
-impl Default for TxQueues {
-    fn default() -> Self {
-        Self {
-            queues: (0..MAX_PORTS).map(|_| Vec::new()).collect(),
-            pending: Vec::with_capacity(64),
-        }
-    }
-}
-
-impl TxQueues {
-    /// Queues `p` for `port`.
-    #[inline]
-    pub fn push(&mut self, port: PortId, p: Packet) {
-        let Some(q) = self.queues.get_mut(port as usize) else {
-            return;
-        };
-        if q.is_empty() {
-            self.pending.push(port);
-        }
-        q.push(p);
-    }
-
-    /// Queues every frame of `batch` for `port`, leaving `batch` empty: one
-    /// copy of the batch instead of a move per frame. `false` (and `batch`
-    /// untouched) for a port out of range.
-    #[inline]
-    pub fn append(&mut self, port: PortId, batch: &mut Vec<Packet>) -> bool {
-        let Some(q) = self.queues.get_mut(port as usize) else {
-            return false;
-        };
-        if q.is_empty() && !batch.is_empty() {
-            self.pending.push(port);
-        }
-        q.append(batch);
-        true
-    }
-
-    /// Takes the list of ports with queued frames; give it back with
-    /// [`TxQueues::restore_pending`] to reuse its allocation.
-    #[inline]
-    pub fn take_pending(&mut self) -> Vec<PortId> {
-        std::mem::take(&mut self.pending)
-    }
-
-    /// Returns the (drained) list from [`TxQueues::take_pending`].
-    #[inline]
-    pub fn restore_pending(&mut self, mut v: Vec<PortId>) {
-        v.clear();
-        self.pending = v;
-    }
-
-    /// The queue of `port`.
-    #[inline]
-    pub fn queue(&mut self, port: PortId) -> &mut Vec<Packet> {
-        &mut self.queues[port as usize]
-    }
-
-    /// Frames waiting in total.
-    pub fn len(&self) -> usize {
-        self.pending
-            .iter()
-            .map(|p| self.queues[*p as usize].len())
-            .sum()
-    }
-
-    /// Nothing waiting.
-    pub fn is_empty(&self) -> bool {
-        self.pending.is_empty()
-    }
+pub struct Sinks<'a> {
+    /// Buffers of dropped frames go back here.
+    pub pool: &'a mut PacketPool,
+    /// Output queues.
+    pub txq: &'a mut TxQueues,
+    /// Drop counters of the ingress port.
+    pub drops: &'a mut BatchDrops,
 }
 
 /// Flows a [`Pipeline::default`] table holds (tests and benchmarks; a
@@ -218,58 +170,23 @@ impl Pipeline {
         &mut self.handed
     }
 
-    /// Runs one batch received on `in_port` through every stage, moving each
-    /// frame into `txq`, into [`Pipeline::handed`], or back into `pool`
-    /// (drops, counted in `drops`).
-    #[allow(clippy::too_many_arguments)]
+    /// Runs one batch through every stage, moving each frame into
+    /// `sinks.txq`, into [`Pipeline::handed`], or back into `sinks.pool`
+    /// (drops, counted in `sinks.drops`).
     pub fn run(
         &mut self,
         tables: &Tables,
         snap: &Snapshot,
-        in_port: PortId,
+        ingress: Ingress,
         now: u32,
         batch: &mut Vec<Packet>,
-        pool: &mut PacketPool,
-        txq: &mut TxQueues,
-        drops: &mut BatchDrops,
+        sinks: Sinks<'_>,
     ) {
-        let steer = self.steer;
-        self.run_as(steer, tables, snap, in_port, now, batch, pool, txq, drops);
-    }
-
-    /// [`Pipeline::run`] for a batch another worker received on `in_port`
-    /// and handed over: its frames belong to this worker's flows, and are
-    /// not handed on.
-    #[allow(clippy::too_many_arguments)]
-    pub fn run_handed_over(
-        &mut self,
-        tables: &Tables,
-        snap: &Snapshot,
-        in_port: PortId,
-        now: u32,
-        batch: &mut Vec<Packet>,
-        pool: &mut PacketPool,
-        txq: &mut TxQueues,
-        drops: &mut BatchDrops,
-    ) {
-        let steer = self.steer.handed_over();
-        self.run_as(steer, tables, snap, in_port, now, batch, pool, txq, drops);
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    #[inline]
-    fn run_as(
-        &mut self,
-        steer: steer::Steer,
-        tables: &Tables,
-        snap: &Snapshot,
-        in_port: PortId,
-        now: u32,
-        batch: &mut Vec<Packet>,
-        pool: &mut PacketPool,
-        txq: &mut TxQueues,
-        drops: &mut BatchDrops,
-    ) {
+        let (in_port, steer) = match ingress {
+            Ingress::Port(p) => (p, self.steer),
+            Ingress::HandedOver(p) => (p, self.steer.handed_over()),
+        };
+        let Sinks { pool, txq, drops } = sinks;
         if let Some(u) = snap.uplink.as_ref().filter(|u| u.port == in_port) {
             let mut ctx = gateway::Ctx::new(tables, snap, now, in_port, &mut self.ct, steer);
             uplink::from_uplink(&mut ctx, u, batch, &mut self.actions, &mut self.parsed);
@@ -335,107 +252,5 @@ impl Pipeline {
     #[inline]
     fn release_freed(&mut self, tables: &Tables) {
         tables.ct.release(self.ct.take_freed());
-    }
-}
-
-/// Carries out each frame's action, in order, leaving `batch` empty.
-///
-/// A batch whose frames all go to one local port (one flow's burst, or
-/// traffic between two containers) moves to that queue as a whole. Otherwise
-/// frames are taken out of their slots (left empty, no allocation) one by
-/// one rather than drained: a drained `Option<Packet>` went through the
-/// stack split around its niche word, and each read back missed
-/// store-to-load forwarding (~15 cycles per frame, measured).
-#[inline]
-fn emit(batch: &mut Vec<Packet>, actions: impl Iterator<Item = Action> + Clone, out: &mut Out<'_>) {
-    if single_local_port(actions.clone()).is_some_and(|port| out.txq.append(port, batch)) {
-        return;
-    }
-    for (slot, a) in batch.iter_mut().zip(actions) {
-        let p = std::mem::take(slot);
-        // The common case stays in this loop; the rest is out of line.
-        match a {
-            Action::Unicast(port) if !vxlan::is_remote(port) => out.txq.push(port, p),
-            a => dispatch(p, a, out),
-        }
-    }
-    batch.clear();
-}
-
-/// The local port every action sends its frame to, if they all send to the
-/// same one (a batch that can move to its queue as a whole).
-#[inline]
-fn single_local_port(mut actions: impl Iterator<Item = Action>) -> Option<PortId> {
-    let Some(Action::Unicast(port)) = actions.next() else {
-        return None;
-    };
-    (!vxlan::is_remote(port) && actions.all(|a| a == Action::Unicast(port))).then_some(port)
-}
-
-/// What the output side of a batch needs: where frames go, where buffers
-/// return, where drops are counted.
-pub struct Out<'a> {
-    /// Shared tables (FDB, neighbour requests).
-    pub tables: &'a Tables,
-    /// Configuration in force.
-    pub snap: &'a Snapshot,
-    /// The batch's ingress port.
-    pub in_port: PortId,
-    /// Buffers.
-    pub pool: &'a mut PacketPool,
-    /// Output queues.
-    pub txq: &'a mut TxQueues,
-    /// Drop counters of the ingress port.
-    pub drops: &'a mut BatchDrops,
-    /// Outer-header templates for remote VTEPs.
-    pub encap: &'a mut vxlan::EncapCache,
-    /// Frames for other workers' flows.
-    pub handed: &'a mut Vec<(u16, Packet)>,
-}
-
-impl Out<'_> {
-    /// Counts `r` and returns the buffer.
-    #[inline]
-    pub fn drop(&mut self, p: Packet, r: DropReason) {
-        self.drops.add(r);
-        self.pool.put(p);
-    }
-}
-
-/// Carries out one frame's action (all but local unicast).
-#[inline(never)]
-fn dispatch(p: Packet, a: Action, o: &mut Out<'_>) {
-    let snap = o.snap;
-    let ingress_net = || {
-        snap.port(o.in_port)
-            .and_then(|v| v.net)
-            .and_then(|n| snap.network(n))
-    };
-    match a {
-        Action::Unicast(port) if vxlan::is_remote(port) => match ingress_net() {
-            Some(nv) => vxlan::to_remote(p, nv, port, o),
-            None => o.drop(p, DropReason::NoNetwork),
-        },
-        Action::Unicast(port) => o.txq.push(port, p),
-        Action::Flood | Action::FloodIn(_) => {
-            let nv = match a {
-                Action::FloodIn(n) => snap.network(n),
-                _ => ingress_net(),
-            };
-            match nv {
-                Some(nv) => {
-                    // A local frame is also replicated to the overlay's peers;
-                    // one that came out of a tunnel (FloodIn) is not.
-                    if matches!(a, Action::Flood) && nv.overlay.is_some() {
-                        vxlan::flood_remote(&p, nv, o);
-                    }
-                    flood::replicate(p, nv, o.in_port, o.pool, o.txq)
-                }
-                None => o.drop(p, DropReason::NoNetwork),
-            }
-        }
-        Action::Drop(r) => o.drop(p, r),
-        Action::Route => o.drop(p, DropReason::NoRoute),
-        Action::Steer(w) => o.handed.push((w, p)),
     }
 }

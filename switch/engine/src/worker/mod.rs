@@ -21,7 +21,7 @@ pub use table::FlowList;
 use crate::clock::Clock;
 use crate::conntrack::{CtTable, Flow, FlowEntry};
 use crate::packet::{Packet, PacketPool};
-use crate::pipeline::{offload, Pipeline, TxQueues, BATCH};
+use crate::pipeline::{offload, Ingress, Pipeline, Sinks, TxQueues, BATCH};
 use crate::port::{Port, PortId};
 use crate::stats::{BatchDrops, DropReason};
 use crate::tables::{Snapshot, Tables};
@@ -342,12 +342,14 @@ impl Worker {
                     self.pipeline.run(
                         &self.tables,
                         &snap,
-                        id,
+                        Ingress::Port(id),
                         now,
                         &mut self.batch,
-                        &mut self.pool,
-                        &mut self.txq,
-                        &mut self.drops,
+                        Sinks {
+                            pool: &mut self.pool,
+                            txq: &mut self.txq,
+                            drops: &mut self.drops,
+                        },
                     );
                     self.hand_over(id);
                 }
@@ -433,15 +435,17 @@ impl Worker {
     }
 
     fn run_handed(&mut self, snap: &Snapshot, in_port: PortId, now: u32) {
-        self.pipeline.run_handed_over(
+        self.pipeline.run(
             &self.tables,
             snap,
-            in_port,
+            Ingress::HandedOver(in_port),
             now,
             &mut self.batch,
-            &mut self.pool,
-            &mut self.txq,
-            &mut self.drops,
+            Sinks {
+                pool: &mut self.pool,
+                txq: &mut self.txq,
+                drops: &mut self.drops,
+            },
         );
         // Handed-over frames are not handed on; drop any a bug left.
         let left = self.pipeline.handed();
