@@ -310,6 +310,18 @@ pub struct WorkerConfig {
     /// `{ mode = "busy" }` or `{ mode = "adaptive", idle_after_us = 200, max_sleep_ms = 100 }`.
     #[serde(default)]
     pub idle: IdleMode,
+    /// The worker thread's nice value, -20 (the default: packets go before
+    /// the processes sharing its core, as the kernel's own packet path in
+    /// softirq does) to 19.
+    #[serde(default = "default_nice")]
+    pub nice: i32,
+}
+
+/// Nice values the kernel takes.
+pub const NICE_RANGE: std::ops::RangeInclusive<i32> = -20..=19;
+
+fn default_nice() -> i32 {
+    -20
 }
 
 /// A network (bridge domain).
@@ -471,6 +483,7 @@ fn default_workers() -> Vec<WorkerConfig> {
     vec![WorkerConfig {
         core: None,
         idle: IdleMode::default(),
+        nice: default_nice(),
     }]
 }
 fn default_fdb_capacity() -> usize {
@@ -556,6 +569,12 @@ impl Config {
         // start, against its CPU affinity (`vswitch_io::placement::Plan`):
         // the configuration alone cannot know.
         for (i, w) in self.workers.iter().enumerate() {
+            if !NICE_RANGE.contains(&w.nice) {
+                return Err(ConfigError::Invalid(format!(
+                    "workers[{i}].nice = {}: give a nice value from -20 to 19",
+                    w.nice
+                )));
+            }
             if let Some(c) = w.core {
                 if c >= MAX_CORE {
                     return Err(ConfigError::Invalid(format!(
@@ -812,6 +831,10 @@ mod tests {
         let e = parse("[[workers]]\ncore = 4096\n").unwrap_err();
         assert!(e.contains("workers[0].core = 4096"), "{e}");
         parse("[[workers]]\ncore = 999\n").unwrap();
+        let e = parse("[[workers]]\nnice = -21\n").unwrap_err();
+        assert!(e.contains("workers[0].nice = -21"), "{e}");
+        let c = parse("[[workers]]\ncore = 1\n[[workers]]\nnice = 5\n").unwrap();
+        assert_eq!((c.workers[0].nice, c.workers[1].nice), (-20, 5));
         for bad in [0, 100_000_000] {
             let e = parse(&format!("[switch]\nmax_flows = {bad}\n")).unwrap_err();
             assert!(e.contains("max_flows") && e.contains("8388608"), "{e}");

@@ -36,6 +36,9 @@ pub struct WorkerStats {
     pub allowed_cores: String,
     /// The core it last ran on.
     pub last_cpu: Option<usize>,
+    /// Its thread's nice value, as the kernel reports it.
+    #[serde(default)]
+    pub nice: Option<i32>,
     /// Whether the allowed cores are the ones its configuration asks for
     /// (its core, or the control cores when it is not pinned).
     pub placed_as_configured: bool,
@@ -73,11 +76,13 @@ impl Workers {
         let mut handles = Vec::new();
         let mut flows = flows.into_iter();
         for (id, w) in cfg.workers.iter().enumerate() {
-            let core = w.core;
+            let (core, nice) = (w.core, w.nice);
             let setup: runtime::ThreadSetup = Box::new(move || {
                 if let Some(c) = core {
                     placement::pin_current(c)?;
                 }
+                placement::set_nice_current(nice)
+                    .map_err(|e| format!("{e} (workers[{id}].nice; below 0 needs CAP_SYS_NICE)"))?;
                 Ok(placement::current_tid())
             });
             let wc = WorkerConfig {
@@ -198,9 +203,9 @@ impl Workers {
             .iter()
             .map(|w| {
                 let tid = w.shared.tid.load(Ordering::Relaxed);
-                let (allowed, last_cpu) = match placement::of_thread(tid) {
-                    Ok(p) => (p.allowed, p.last_cpu),
-                    Err(_) => (Cores::new(), None),
+                let (allowed, last_cpu, nice) = match placement::of_thread(tid) {
+                    Ok(p) => (p.allowed, p.last_cpu, p.nice),
+                    Err(_) => (Cores::new(), None, None),
                 };
                 WorkerStats {
                     id: w.config.id,
@@ -210,6 +215,7 @@ impl Workers {
                     placed_as_configured: allowed == self.plan.expected(w.config.core),
                     allowed_cores: placement::list(&allowed),
                     last_cpu,
+                    nice,
                     loops: w.shared.loops.load(Ordering::Relaxed),
                     busy_loops: w.shared.busy_loops.load(Ordering::Relaxed),
                     sleeps: w.shared.sleeps.load(Ordering::Relaxed),

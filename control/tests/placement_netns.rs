@@ -29,23 +29,35 @@ struct Variant {
     config: String,
     /// Expected allowed cores of worker i.
     workers: Vec<String>,
+    /// Expected nice value of worker i.
+    nice: Vec<i32>,
     publish: bool,
 }
 
-/// Thread name → `Cpus_allowed_list` for every thread of process `pid`.
-fn threads(pid: u32) -> Vec<(String, String)> {
+/// Thread name, `Cpus_allowed_list` and nice value (`stat` field 19) of
+/// every thread of process `pid`.
+fn threads(pid: u32) -> Vec<(String, String, i32)> {
     let mut out = Vec::new();
     for t in std::fs::read_dir(format!("/proc/{pid}/task")).expect("task dir") {
         let t = t.expect("task").path();
         let comm = std::fs::read_to_string(t.join("comm")).unwrap_or_default();
         let status = std::fs::read_to_string(t.join("status")).unwrap_or_default();
+        let stat = std::fs::read_to_string(t.join("stat")).unwrap_or_default();
         let Some(cpus) = status
             .lines()
             .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
         else {
             continue; // the thread has just exited
         };
-        out.push((comm.trim().to_string(), cpus.trim().to_string()));
+        // Fields after the command (which may hold spaces) start at 3.
+        let Some(nice) = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().nth(19 - 3))
+            .and_then(|n| n.parse().ok())
+        else {
+            continue;
+        };
+        out.push((comm.trim().to_string(), cpus.trim().to_string(), nice));
     }
     out
 }
@@ -63,6 +75,7 @@ fn check(t: &Topo, v: &Variant, start: usize, control: &str) {
             t.log()
         );
         assert_eq!(w["placed_as_configured"], true, "{ctx}: {w}");
+        assert_eq!(w["nice"].as_i64(), Some(v.nice[i] as i64), "{ctx}: {w}");
         let last = w["last_cpu"].as_u64().expect("last_cpu") as usize;
         let allowed_list: Vec<usize> = v.workers[i]
             .split(',')
@@ -78,15 +91,20 @@ fn check(t: &Topo, v: &Variant, start: usize, control: &str) {
     }
     // The kernel's view of every thread, not the switch's own report.
     let mut workers_seen = BTreeMap::new();
-    for (comm, cpus) in threads(t.switch_pid()) {
+    for (comm, cpus, nice) in threads(t.switch_pid()) {
         if let Some(id) = comm.strip_prefix("vswitch-worker") {
             let id: usize = id.parse().expect("worker id");
             assert_eq!(cpus, v.workers[id], "{ctx}: thread {comm} allowed {cpus}");
+            assert_eq!(nice, v.nice[id], "{ctx}: thread {comm} nice {nice}");
             workers_seen.insert(id, cpus);
         } else {
             assert_eq!(
                 cpus, control,
                 "{ctx}: thread {comm:?} is allowed cores {cpus}, the control cores are {control}"
+            );
+            assert_eq!(
+                nice, 0,
+                "{ctx}: thread {comm:?} nice {nice}: only workers change it"
             );
         }
     }
@@ -125,20 +143,21 @@ fn workers_are_placed_as_configured_at_every_start() {
     let adaptive = format!(
         "[[workers]]\ncore = {wcore}\nidle = {{ mode = \"adaptive\", idle_after_us = 200, max_sleep_ms = 20 }}\n"
     );
-    let unpinned =
-        "[[workers]]\nidle = { mode = \"adaptive\", idle_after_us = 200, max_sleep_ms = 20 }\n";
+    let unpinned = "[[workers]]\nidle = { mode = \"adaptive\", idle_after_us = 200, max_sleep_ms = 20 }\nnice = 3\n";
     let uplink = format!("[uplink]\niface = \"{up}\"\n");
     let variants = [
         Variant {
             name: "busy",
             config: format!("{busy}{net}"),
             workers: vec![wcore.to_string()],
+            nice: vec![-20],
             publish: false,
         },
         Variant {
             name: "adaptive, uplink and a published port's proxy",
             config: format!("{adaptive}{net}{uplink}"),
             workers: vec![wcore.to_string()],
+            nice: vec![-20],
             publish: true,
         },
         Variant {
@@ -150,12 +169,14 @@ fn workers_are_placed_as_configured_at_every_start() {
                 key.display()
             ),
             workers: vec![wcore.to_string()],
+            nice: vec![-20],
             publish: false,
         },
         Variant {
             name: "one pinned worker and one unpinned",
             config: format!("{busy}{unpinned}{net}"),
             workers: vec![wcore.to_string(), control.clone()],
+            nice: vec![-20, 3],
             publish: false,
         },
     ];
@@ -172,7 +193,7 @@ fn workers_are_placed_as_configured_at_every_start() {
             assert!(
                 threads(t.switch_pid())
                     .iter()
-                    .any(|(c, _)| c == "vswitch-proxy"),
+                    .any(|(c, _, _)| c == "vswitch-proxy"),
                 "no proxy thread: {:?}",
                 threads(t.switch_pid())
             );

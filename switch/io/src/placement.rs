@@ -154,6 +154,28 @@ pub fn pin_current(core: usize) -> Result<(), String> {
     }
 }
 
+/// Gives the calling thread the nice value `nice` (-20, the most favoured,
+/// to 19) and checks that the kernel took it. On Linux a nice value belongs
+/// to a thread: `setpriority` with a thread id changes that thread alone.
+pub fn set_nice_current(nice: i32) -> Result<(), String> {
+    let tid = current_tid();
+    // SAFETY: setpriority(2) takes three integers and touches no memory of
+    // this process.
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) };
+    if r != 0 {
+        return Err(format!(
+            "cannot set nice {nice}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat"))
+        .map_err(|e| format!("cannot read back the nice value: {e}"))?;
+    match nice_of(&stat) {
+        Some(got) if got == nice => Ok(()),
+        got => Err(format!("asked for nice {nice}, the kernel reports {got:?}")),
+    }
+}
+
 /// Where a thread of this process is, as the kernel sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ThreadPlacement {
@@ -161,6 +183,8 @@ pub struct ThreadPlacement {
     pub allowed: Cores,
     /// The core it last ran on.
     pub last_cpu: Option<usize>,
+    /// Its nice value.
+    pub nice: Option<i32>,
 }
 
 /// The placement of thread `tid` of this process.
@@ -170,16 +194,27 @@ pub fn of_thread(tid: i32) -> std::io::Result<ThreadPlacement> {
     Ok(ThreadPlacement {
         allowed,
         last_cpu: last_cpu(&stat),
+        nice: nice_of(&stat),
     })
 }
 
-/// Field 39 (`processor`) of a `/proc/.../stat` line. The second field,
-/// the command in parentheses, may itself hold spaces and parentheses: count
-/// from the last `)`.
-fn last_cpu(stat: &str) -> Option<usize> {
+/// Field `n` of a `/proc/.../stat` line. The second field, the command in
+/// parentheses, may itself hold spaces and parentheses: count from the
+/// last `)`.
+fn stat_field(stat: &str, n: usize) -> Option<&str> {
     let rest = &stat[stat.rfind(')')? + 1..];
-    // Fields after the command start at field 3; `processor` is field 39.
-    rest.split_whitespace().nth(39 - 3)?.parse().ok()
+    // Fields after the command start at field 3.
+    rest.split_whitespace().nth(n - 3)
+}
+
+/// Field 39 (`processor`) of a `/proc/.../stat` line.
+fn last_cpu(stat: &str) -> Option<usize> {
+    stat_field(stat, 39)?.parse().ok()
+}
+
+/// Field 19 (`nice`) of a `/proc/.../stat` line.
+fn nice_of(stat: &str) -> Option<i32> {
+    stat_field(stat, 19)?.parse().ok()
 }
 
 #[cfg(test)]
@@ -232,19 +267,38 @@ mod tests {
     }
 
     #[test]
-    fn reads_the_processor_field() {
+    fn reads_the_processor_and_nice_fields() {
         // A command with a space and a parenthesis in it.
         let mut s = String::from("1234 (a b) c) S");
         for f in 4..=52 {
             s.push(' ');
-            s.push_str(&if f == 39 {
-                "7".to_string()
-            } else {
-                f.to_string()
+            s.push_str(&match f {
+                39 => "7".to_string(),
+                19 => "-20".to_string(),
+                _ => f.to_string(),
             });
         }
         assert_eq!(last_cpu(&s), Some(7));
+        assert_eq!(nice_of(&s), Some(-20));
         assert_eq!(last_cpu("garbage"), None);
+        assert_eq!(nice_of("garbage"), None);
+    }
+
+    /// A thread's nice value is its own: the thread that lowers its
+    /// priority (raising needs CAP_SYS_NICE; lowering does not) reads the
+    /// new value back, and the test's own thread keeps its value.
+    #[test]
+    fn nice_is_set_on_the_calling_thread_only() {
+        let before = of_thread(current_tid()).unwrap().nice.expect("nice field");
+        let want = (before + 1).min(19);
+        let got = std::thread::spawn(move || {
+            set_nice_current(want).unwrap();
+            of_thread(current_tid()).unwrap().nice
+        })
+        .join()
+        .unwrap();
+        assert_eq!(got, Some(want));
+        assert_eq!(of_thread(current_tid()).unwrap().nice, Some(before));
     }
 
     #[test]

@@ -588,7 +588,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 serde_json::from_value(v["workers"].clone()).unwrap_or_default();
             for w in workers {
                 out!(
-                    "worker {} pinned to {} allowed cores {} last ran on {}{} idle {} loops {} busy_loops {} sleeps {} handed_over {} handed_in {}",
+                    "worker {} pinned to {} allowed cores {} last ran on {}{} idle {} nice {} loops {} busy_loops {} sleeps {} handed_over {} handed_in {}",
                     w.id,
                     w.core.map_or("-".to_string(), |c| c.to_string()),
                     w.allowed_cores,
@@ -598,6 +598,7 @@ fn run(cli: Cli) -> Result<(), String> {
                         IdleMode::Busy => "busy",
                         IdleMode::Adaptive { .. } => "adaptive",
                     },
+                    w.nice.map_or("-".to_string(), |n| n.to_string()),
                     w.loops,
                     w.busy_loops,
                     w.sleeps,
