@@ -4,12 +4,12 @@
 //! incremental checksums, TTL, next-hop MAC) to the uplink's queue.
 //! With 1 flow and with 1,000,000 flows (a random walk over them), and the
 //! memory each tracked flow takes.
+use crate::pipeline::Rig;
 use std::sync::Arc;
 use std::time::Instant;
 use vswitch_engine::conntrack::{CtTable, Side, State, TcpState, Tuple, PROTO_TCP};
-use vswitch_engine::packet::{Packet, PacketPool};
-use vswitch_engine::pipeline::{Ingress, Pipeline, Sinks, TxQueues, BATCH};
-use vswitch_engine::stats::BatchDrops;
+use vswitch_engine::packet::Packet;
+use vswitch_engine::pipeline::{Pipeline, BATCH};
 use vswitch_engine::tables::{L3View, NetworkView, Prefix, Route, Snapshot, Tables, UplinkView};
 use vswitch_engine::wire::checksum;
 use vswitch_engine::wire::mac::Mac;
@@ -156,10 +156,7 @@ fn case(flows: u32, batches: usize, file: Option<&std::path::Path>) -> (f64, u64
             frame(&orig((x % flows as u64) as u32))
         })
         .collect();
-    let mut pool = PacketPool::default();
-    let mut txq = TxQueues::default();
-    let mut drops = BatchDrops::default();
-    let mut pipe = Pipeline::new(g);
+    let mut rig = Rig::new(Pipeline::new(g));
     let mut batch: Vec<Packet> = (0..BATCH).map(|_| Packet::from_slice(&frames[0])).collect();
     let mut k = 0usize;
     let mut sent = 0u64;
@@ -169,27 +166,7 @@ fn case(flows: u32, batches: usize, file: Option<&std::path::Path>) -> (f64, u64
             p.data_mut().copy_from_slice(&frames[k & 0xffff]);
             k += 1;
         }
-        pipe.run(
-            &t,
-            &snap,
-            Ingress::Port(1),
-            1,
-            &mut batch,
-            Sinks {
-                pool: &mut pool,
-                txq: &mut txq,
-                drops: &mut drops,
-            },
-        );
-        let pending = txq.take_pending();
-        for p in &pending {
-            let q = txq.queue(*p);
-            if *p == UPLINK {
-                sent += q.len() as u64;
-            }
-            batch.append(q);
-        }
-        txq.restore_pending(pending);
+        sent += rig.pass(&t, &snap, (1, 1), &mut batch, Some(UPLINK));
     }
     let ns = start.elapsed().as_nanos() as f64 / (batches * BATCH) as f64;
     (ns, sent, bytes_per_flow)

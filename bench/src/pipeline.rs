@@ -13,7 +13,7 @@ use std::time::Instant;
 use vswitch_engine::fdb::NetId;
 use vswitch_engine::packet::{Packet, PacketPool};
 use vswitch_engine::pipeline::{Ingress, Pipeline, Sinks, TxQueues, BATCH};
-use vswitch_engine::port::PortCaps;
+use vswitch_engine::port::{PortCaps, PortId};
 use vswitch_engine::stats::{BatchDrops, PortStats};
 use vswitch_engine::tables::{NetworkView, PortView, Snapshot, Tables};
 use vswitch_engine::wire::mac::Mac;
@@ -49,6 +49,54 @@ fn tables() -> (Arc<Tables>, Arc<Snapshot>) {
     (t, snap)
 }
 
+/// A pipeline under measurement and where its batches go: each pass runs one
+/// batch and puts every frame it queued back into the batch for the next.
+pub(crate) struct Rig {
+    pipe: Pipeline,
+    pool: PacketPool,
+    txq: TxQueues,
+    drops: BatchDrops,
+}
+
+impl Rig {
+    pub(crate) fn new(pipe: Pipeline) -> Self {
+        Self {
+            pipe,
+            pool: PacketPool::default(),
+            txq: TxQueues::default(),
+            drops: BatchDrops::default(),
+        }
+    }
+
+    /// Runs `batch`, received on `in_port` at `now`, and refills it with
+    /// what the pipeline queued; returns how many frames were queued for
+    /// `port` (every port: `None`).
+    #[inline]
+    pub(crate) fn pass(
+        &mut self,
+        t: &Tables,
+        snap: &Snapshot,
+        (in_port, now): (PortId, u32),
+        batch: &mut Vec<Packet>,
+        port: Option<PortId>,
+    ) -> u64 {
+        let sinks = Sinks::new(&mut self.pool, &mut self.txq, &mut self.drops);
+        self.pipe
+            .run(t, snap, Ingress::Port(in_port), now, batch, sinks);
+        let mut counted = 0;
+        let pending = self.txq.take_pending();
+        for p in &pending {
+            let q = self.txq.queue(*p);
+            if port.is_none_or(|o| o == *p) {
+                counted += q.len() as u64;
+            }
+            batch.append(q);
+        }
+        self.txq.restore_pending(pending);
+        counted
+    }
+}
+
 fn frame() -> Vec<u8> {
     let mut f = vec![0u8; 64];
     f[12] = 0x08; // IPv4
@@ -67,10 +115,7 @@ fn case(macs: u64, out_ports: u64, batches: usize) -> (f64, u64) {
         t.fdb.learn(NET, dst(i), 2 + (i % out_ports) as u16, 0);
         t.fdb.learn(NET, src(i), 1, 0);
     }
-    let mut pool = PacketPool::default();
-    let mut txq = TxQueues::default();
-    let mut drops = BatchDrops::default();
-    let mut pipe = Pipeline::default();
+    let mut rig = Rig::new(Pipeline::default());
     let mut batch: Vec<Packet> = (0..BATCH).map(|_| Packet::from_slice(&frame())).collect();
     // A fixed pseudo-random walk over the MAC set (xorshift), precomputed.
     let mut x = 0x9E37_79B9u64;
@@ -93,25 +138,7 @@ fn case(macs: u64, out_ports: u64, batches: usize) -> (f64, u64) {
             d[0..6].copy_from_slice(&dst(i).bytes());
             d[6..12].copy_from_slice(&src(i).bytes());
         }
-        pipe.run(
-            &t,
-            &snap,
-            Ingress::Port(1),
-            0,
-            &mut batch,
-            Sinks {
-                pool: &mut pool,
-                txq: &mut txq,
-                drops: &mut drops,
-            },
-        );
-        let pending = txq.take_pending();
-        for p in &pending {
-            let q = txq.queue(*p);
-            forwarded += q.len() as u64;
-            batch.append(q);
-        }
-        txq.restore_pending(pending);
+        forwarded += rig.pass(&t, &snap, (1, 0), &mut batch, None);
     }
     let ns = start.elapsed().as_nanos() as f64 / (batches * BATCH) as f64;
     (ns, forwarded)

@@ -2,13 +2,13 @@
 //! VTEP (classify, learn, forward to the remote "port", outer headers) and
 //! to decapsulate one from the uplink (parse, checks, learn, forward to the
 //! local port). Batches of 32, one flow, median of trials.
+use crate::pipeline::Rig;
 use std::sync::Arc;
 use std::time::Instant;
 use vswitch_engine::fdb::NetId;
-use vswitch_engine::packet::{Packet, PacketPool};
+use vswitch_engine::packet::Packet;
 use vswitch_engine::pipeline::vxlan::REMOTE_BASE;
-use vswitch_engine::pipeline::{Ingress, Pipeline, Sinks, TxQueues, BATCH};
-use vswitch_engine::stats::BatchDrops;
+use vswitch_engine::pipeline::{Pipeline, BATCH};
 use vswitch_engine::tables::{
     NetworkView, OverlayView, Prefix, Route, Snapshot, Tables, UplinkView,
 };
@@ -120,10 +120,7 @@ fn case(decap: bool, batches: usize) -> f64 {
         inner(REMOTE, LOCAL)
     };
     let (in_port, out_port) = if decap { (UPLINK, 2) } else { (1, UPLINK) };
-    let mut pool = PacketPool::default();
-    let mut txq = TxQueues::default();
-    let mut drops = BatchDrops::default();
-    let mut pipe = Pipeline::default();
+    let mut rig = Rig::new(Pipeline::default());
     let mut batch: Vec<Packet> = (0..BATCH).map(|_| Packet::from_slice(&template)).collect();
     let mut sent = 0u64;
     let start = Instant::now();
@@ -132,27 +129,7 @@ fn case(decap: bool, batches: usize) -> f64 {
             p.rx_space()[..template.len()].copy_from_slice(&template);
             p.set_len(template.len());
         }
-        pipe.run(
-            &t,
-            &snap,
-            Ingress::Port(in_port),
-            0,
-            &mut batch,
-            Sinks {
-                pool: &mut pool,
-                txq: &mut txq,
-                drops: &mut drops,
-            },
-        );
-        let pending = txq.take_pending();
-        for p in &pending {
-            let q = txq.queue(*p);
-            if *p == out_port {
-                sent += q.len() as u64;
-            }
-            batch.append(q);
-        }
-        txq.restore_pending(pending);
+        sent += rig.pass(&t, &snap, (in_port, 0), &mut batch, Some(out_port));
     }
     let ns = start.elapsed().as_nanos() as f64 / (batches * BATCH) as f64;
     assert_eq!(

@@ -91,11 +91,7 @@ fn random_frames_never_panic_and_are_accounted() {
             Ingress::Port(in_port),
             0,
             &mut batch,
-            Sinks {
-                pool: &mut pool,
-                txq: &mut txq,
-                drops: &mut drops,
-            },
+            Sinks::new(&mut pool, &mut txq, &mut drops),
         );
         assert!(batch.is_empty(), "the pipeline consumes every frame");
         let pending = txq.take_pending();

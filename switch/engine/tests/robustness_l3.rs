@@ -543,11 +543,7 @@ fn hostile_frames_through_gateway_nat_and_overlay() {
             Ingress::Port(in_port),
             now,
             &mut batch,
-            Sinks {
-                pool: &mut pool,
-                txq: &mut txq,
-                drops: &mut drops,
-            },
+            Sinks::new(&mut pool, &mut txq, &mut drops),
         );
         assert!(batch.is_empty(), "the pipeline consumes every frame");
         let pending = txq.take_pending();
@@ -642,11 +638,7 @@ fn tunnel_learns_over_the_limit_are_refused_and_counted() {
         Ingress::Port(UPLINK),
         1,
         &mut batch,
-        Sinks {
-            pool: &mut pool,
-            txq: &mut txq,
-            drops: &mut drops,
-        },
+        Sinks::new(&mut pool, &mut txq, &mut drops),
     );
     drops.flush(&stats[UPLINK as usize]);
     assert_eq!(tables.fdb.learned_count(1), 2, "the limit holds");

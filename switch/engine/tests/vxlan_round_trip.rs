@@ -112,11 +112,7 @@ impl Host {
             Ingress::Port(port),
             1,
             &mut batch,
-            Sinks {
-                pool: &mut self.pool,
-                txq: &mut txq,
-                drops: &mut drops,
-            },
+            Sinks::new(&mut self.pool, &mut txq, &mut drops),
         );
         drops.flush(&self.stats[port as usize]);
         txq

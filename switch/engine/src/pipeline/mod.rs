@@ -103,6 +103,13 @@ pub struct Sinks<'a> {
     pub drops: &'a mut BatchDrops,
 }
 
+impl<'a> Sinks<'a> {
+    /// The sinks of one batch.
+    pub fn new(pool: &'a mut PacketPool, txq: &'a mut TxQueues, drops: &'a mut BatchDrops) -> Self {
+        Self { pool, txq, drops }
+    }
+}
+
 /// Flows a [`Pipeline::default`] table holds (tests and benchmarks; a
 /// worker's table is sized by the switch's `max_flows`).
 pub const DEFAULT_FLOWS: usize = 65_536;

@@ -345,11 +345,7 @@ impl Worker {
                         Ingress::Port(id),
                         now,
                         &mut self.batch,
-                        Sinks {
-                            pool: &mut self.pool,
-                            txq: &mut self.txq,
-                            drops: &mut self.drops,
-                        },
+                        Sinks::new(&mut self.pool, &mut self.txq, &mut self.drops),
                     );
                     self.hand_over(id);
                 }
@@ -441,11 +437,7 @@ impl Worker {
             Ingress::HandedOver(in_port),
             now,
             &mut self.batch,
-            Sinks {
-                pool: &mut self.pool,
-                txq: &mut self.txq,
-                drops: &mut self.drops,
-            },
+            Sinks::new(&mut self.pool, &mut self.txq, &mut self.drops),
         );
         // Handed-over frames are not handed on; drop any a bug left.
         let left = self.pipeline.handed();
