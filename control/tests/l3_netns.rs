@@ -385,7 +385,7 @@ fn published_ports_hairpin_and_host_access() {
             "ext",
             &[
                 "curl",
-                "-s",
+                "-sS",
                 "-m",
                 "3",
                 "--local-port",
@@ -396,7 +396,11 @@ fn published_ports_hairpin_and_host_access() {
         assert_eq!(
             String::from_utf8_lossy(&o.stdout),
             "served by w1",
-            "port {port} from source port 45123\n{}",
+            "port {port} from source port 45123: curl {} {}\n{}\n{}\n{}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr),
+            t.vs_ok(&["stats"]),
+            t.vs_ok(&["conntrack", "show"]),
             t.log()
         );
     }
