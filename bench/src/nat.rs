@@ -166,7 +166,7 @@ fn case(flows: u32, batches: usize, file: Option<&std::path::Path>) -> (f64, u64
             p.data_mut().copy_from_slice(&frames[k & 0xffff]);
             k += 1;
         }
-        sent += rig.pass(&t, &snap, (1, 1), &mut batch, Some(UPLINK));
+        sent += rig.pass(&t, &snap, 1, 1, &mut batch, Some(UPLINK));
     }
     let ns = start.elapsed().as_nanos() as f64 / (batches * BATCH) as f64;
     (ns, sent, bytes_per_flow)

@@ -76,7 +76,8 @@ impl Rig {
         &mut self,
         t: &Tables,
         snap: &Snapshot,
-        (in_port, now): (PortId, u32),
+        in_port: PortId,
+        now: u32,
         batch: &mut Vec<Packet>,
         port: Option<PortId>,
     ) -> u64 {
@@ -138,7 +139,7 @@ fn case(macs: u64, out_ports: u64, batches: usize) -> (f64, u64) {
             d[0..6].copy_from_slice(&dst(i).bytes());
             d[6..12].copy_from_slice(&src(i).bytes());
         }
-        forwarded += rig.pass(&t, &snap, (1, 0), &mut batch, None);
+        forwarded += rig.pass(&t, &snap, 1, 0, &mut batch, None);
     }
     let ns = start.elapsed().as_nanos() as f64 / (batches * BATCH) as f64;
     (ns, forwarded)

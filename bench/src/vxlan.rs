@@ -129,7 +129,7 @@ fn case(decap: bool, batches: usize) -> f64 {
             p.rx_space()[..template.len()].copy_from_slice(&template);
             p.set_len(template.len());
         }
-        sent += rig.pass(&t, &snap, (in_port, 0), &mut batch, Some(out_port));
+        sent += rig.pass(&t, &snap, in_port, 0, &mut batch, Some(out_port));
     }
     let ns = start.elapsed().as_nanos() as f64 / (batches * BATCH) as f64;
     assert_eq!(
